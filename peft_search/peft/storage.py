@@ -1,0 +1,71 @@
+"""Save and load the trained PEFT state: only the trainable tensors (PEFT modules and task head) as
+safetensors, plus the design, its budget plan and the backbone's model type as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from peft_search.errors import InputError
+from peft_search.peft.budget import BudgetPlan
+from peft_search.peft.inject import InjectionReport, apply_plan
+
+WEIGHTS_FILE = "peft.safetensors"
+DESIGN_FILE = "design.json"
+
+
+def save_peft(model, report: InjectionReport, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    metadata = {
+        "format": "peft-search/1",
+        "model_type": model.config.model_type,
+        "num_labels": model.config.num_labels,
+        "design_id": report.design.design_id,
+        "realised_params": report.realised_params,
+        "head_params": report.head_params,
+        "plan": report.plan.to_dict(),
+    }
+    # Write both files under temporary names first, so a crash never leaves a half-written pair.
+    weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
+    design_tmp = directory / (DESIGN_FILE + ".tmp")
+    save_file(tensors, str(weights_tmp), metadata={"design_id": report.design.design_id})
+    with open(design_tmp, "w") as handle:
+        json.dump(metadata, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    os.replace(design_tmp, directory / DESIGN_FILE)
+    return directory
+
+
+def read_saved_plan(directory: str | Path) -> dict:
+    path = Path(directory) / DESIGN_FILE
+    if not path.is_file() or not (Path(directory) / WEIGHTS_FILE).is_file():
+        raise InputError("peft", f"{directory} holds no saved PEFT state ({DESIGN_FILE} and {WEIGHTS_FILE})")
+    return json.loads(path.read_text())
+
+
+def load_peft(model, directory: str | Path) -> InjectionReport:
+    """Inject the saved plan into a fresh backbone `model` and load the saved tensors into it."""
+    saved = read_saved_plan(directory)
+    if saved["model_type"] != model.config.model_type:
+        raise InputError(
+            "model", f"the PEFT state was trained on a {saved['model_type']} backbone, not {model.config.model_type}"
+        )
+    report = apply_plan(model, BudgetPlan.from_dict(saved["plan"]))
+    tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != expected:
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise InputError("peft", f"saved tensors do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    parameters = dict(model.named_parameters())
+    for name, tensor in tensors.items():
+        if parameters[name].shape != tensor.shape:
+            raise InputError("peft", f"{name}: saved shape {tuple(tensor.shape)}, model has {tuple(parameters[name].shape)}")
+    model.load_state_dict(tensors, strict=False)
+    return report

@@ -1,0 +1,295 @@
+"""`DesignSpace`: which components are fixed and which are free, and sampling designs from it.
+
+The unconstrained space S0 has every component free. A refinement stage clamps one component to
+each of its candidate choices in turn (`clamp`) and samples designs from each clamped space.
+Pure Python: no torch, no ray. Sampling is deterministic in (space, n, seed, num_blocks).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from math import comb
+from typing import Callable
+
+from peft_search.errors import InputError
+from peft_search.space.components import (
+    ALLOCATION,
+    ALLOCATION_PATTERNS,
+    DEFAULT_NUM_GROUPS,
+    GROUPING,
+    GROUPING_PATTERNS,
+    STRATEGIES,
+    TUNABLE_GROUPS,
+    check_group_count,
+    component_names,
+    format_group_set,
+    format_strategy_set,
+    nonempty_subsets,
+    parse_group_set,
+    parse_strategy_set,
+    strategy_component,
+    strategy_group,
+)
+from peft_search.space.design import Design
+
+# A sampler gives up on a space whose designs are almost all infeasible rather than loop forever.
+MAX_REDRAWS_PER_DESIGN = 200
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    designs: tuple[Design, ...]
+    redraws: int  # infeasible designs drawn and thrown away
+
+
+@dataclass(frozen=True)
+class DesignSpace:
+    """Each component either fixed to one choice or free (None).
+
+    Free grouping: a uniformly random composition of the blocks into `num_groups` parts.
+    Free allocation: Dirichlet(1) weights over the tuned blocks.
+    Free tunable groups: a uniformly random non-empty subset of the groups, always containing the
+    groups whose strategies are fixed (fixing a group's strategies presumes the group is tuned).
+    Free strategies of a group: a uniformly random non-empty subset of the four strategies.
+    """
+
+    num_groups: int = DEFAULT_NUM_GROUPS
+    grouping: str | None = None
+    allocation: str | None = None
+    tunable_groups: tuple[int, ...] | None = None
+    strategies: tuple[tuple[str, ...] | None, ...] = field(default=())
+
+    def __post_init__(self):
+        if not isinstance(self.num_groups, int) or self.num_groups < 1:
+            raise InputError("num_groups", f"must be a positive integer, got {self.num_groups!r}")
+        if not self.strategies:
+            object.__setattr__(self, "strategies", (None,) * self.num_groups)
+        if len(self.strategies) != self.num_groups:
+            raise InputError("strategies", f"give one entry per group ({self.num_groups}), got {len(self.strategies)}")
+        for component in self.fixed_components():
+            self._check_choice(component, self.choice(component))
+
+    # ---- components ------------------------------------------------------------------------------
+
+    def components(self) -> tuple[str, ...]:
+        return component_names(self.num_groups)
+
+    def choice(self, component: str):
+        """The fixed choice of a component, or None when it is free."""
+        if component == GROUPING:
+            return self.grouping
+        if component == ALLOCATION:
+            return self.allocation
+        if component == TUNABLE_GROUPS:
+            return self.tunable_groups
+        return self.strategies[strategy_group(component, self.num_groups) - 1]
+
+    def fixed_components(self) -> tuple[str, ...]:
+        return tuple(c for c in self.components() if self.choice(c) is not None)
+
+    def free_components(self) -> tuple[str, ...]:
+        return tuple(c for c in self.components() if self.choice(c) is None)
+
+    def candidates(self, component: str) -> list:
+        """The candidate choices a refinement stage of this component compares (DESIGN.md section 1)."""
+        if component == GROUPING:
+            return list(GROUPING_PATTERNS)
+        if component == ALLOCATION:
+            return list(ALLOCATION_PATTERNS)
+        if component == TUNABLE_GROUPS:
+            return nonempty_subsets(tuple(range(1, self.num_groups + 1)))
+        strategy_group(component, self.num_groups)
+        return nonempty_subsets(STRATEGIES)
+
+    def parse_choice(self, component: str, text: str):
+        """A choice from its command-line form: `spindle`, `G1+G3`, `adapter+lora`."""
+        if component in (GROUPING, ALLOCATION):
+            return text
+        if component == TUNABLE_GROUPS:
+            return parse_group_set(text, self.num_groups, TUNABLE_GROUPS)
+        strategy_group(component, self.num_groups)
+        return parse_strategy_set(text, component)
+
+    def clamp(self, component: str, choice) -> "DesignSpace":
+        """This space with `component` fixed to `choice`."""
+        self._check_choice(component, choice)
+        if component == GROUPING:
+            return replace(self, grouping=choice)
+        if component == ALLOCATION:
+            return replace(self, allocation=choice)
+        if component == TUNABLE_GROUPS:
+            return replace(self, tunable_groups=parse_group_set(choice, self.num_groups, TUNABLE_GROUPS))
+        group = strategy_group(component, self.num_groups)
+        strategies = list(self.strategies)
+        strategies[group - 1] = parse_strategy_set(choice, component)
+        return replace(self, strategies=tuple(strategies))
+
+    def _check_choice(self, component: str, choice) -> None:
+        if component == GROUPING and choice not in GROUPING_PATTERNS:
+            raise InputError(GROUPING, f"unknown pattern {choice!r}; allowed: {', '.join(GROUPING_PATTERNS)}")
+        if component == ALLOCATION and choice not in ALLOCATION_PATTERNS:
+            raise InputError(ALLOCATION, f"unknown pattern {choice!r}; allowed: {', '.join(ALLOCATION_PATTERNS)}")
+        if component == TUNABLE_GROUPS:
+            groups = parse_group_set(choice, self.num_groups, TUNABLE_GROUPS)
+            untuned_fixed = [
+                g for g, s in enumerate(self.strategies, start=1) if s is not None and g not in groups
+            ]
+            if untuned_fixed:
+                raise InputError(
+                    TUNABLE_GROUPS,
+                    f"{format_group_set(groups)} leaves out {format_group_set(tuple(untuned_fixed))}, whose strategies are fixed",
+                )
+        if component.startswith("strategy."):
+            parse_strategy_set(choice, component)
+            group = strategy_group(component, self.num_groups)
+            if self.tunable_groups is not None and group not in self.tunable_groups:
+                raise InputError(component, f"G{group} is not among the fixed tunable groups {format_group_set(self.tunable_groups)}")
+
+    def format_choice(self, component: str, choice) -> str:
+        if choice is None:
+            return "free"
+        if component == TUNABLE_GROUPS:
+            return format_group_set(tuple(choice))
+        if component.startswith("strategy."):
+            return format_strategy_set(tuple(choice))
+        return str(choice)
+
+    # ---- size ------------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        """Number of distinct designs made of the stages' candidate choices.
+
+        Free components count their candidate lists (5 groupings, 3 allocations, ...); the sampler
+        draws free grouping and allocation more broadly (any composition, continuous weights), see
+        `sampled_grouping_count`.
+        """
+        groupings = 1 if self.grouping is not None else len(GROUPING_PATTERNS)
+        allocations = 1 if self.allocation is not None else len(ALLOCATION_PATTERNS)
+        strategy_choices = [1 if s is not None else len(nonempty_subsets(STRATEGIES)) for s in self.strategies]
+        if self.tunable_groups is not None:
+            tunable_sets = [self.tunable_groups]
+        else:
+            required = {g for g, s in enumerate(self.strategies, start=1) if s is not None}
+            tunable_sets = [
+                subset
+                for subset in nonempty_subsets(tuple(range(1, self.num_groups + 1)))
+                if required <= set(subset)
+            ]
+        assignments = 0
+        for subset in tunable_sets:
+            product = 1
+            for group in subset:
+                product *= strategy_choices[group - 1]
+            assignments += product
+        return groupings * allocations * assignments
+
+    def sampled_grouping_count(self, num_blocks: int) -> int:
+        """Distinct groupings the sampler can draw for a backbone of `num_blocks` blocks."""
+        if self.grouping is not None:
+            return 1
+        return comb(num_blocks - 1, self.num_groups - 1)
+
+    # ---- sampling --------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        n: int,
+        seed: int,
+        num_blocks: int,
+        is_feasible: Callable[[Design], bool] | None = None,
+    ) -> SampleResult:
+        """`n` designs drawn independently; infeasible ones are redrawn and counted."""
+        if n < 1:
+            raise InputError("samples", f"must be at least 1, got {n}")
+        check_group_count(num_blocks, self.num_groups)
+        rng = random.Random(seed)
+        designs: list[Design] = []
+        redraws = 0
+        while len(designs) < n:
+            design = self._draw(rng, num_blocks)
+            if is_feasible is None or is_feasible(design):
+                designs.append(design)
+                continue
+            redraws += 1
+            if redraws > MAX_REDRAWS_PER_DESIGN * n:
+                raise InputError(
+                    "space",
+                    f"{redraws} infeasible designs drawn for {len(designs)} feasible ones; "
+                    "the budget is too small or too large for this space on this backbone",
+                )
+        return SampleResult(designs=tuple(designs), redraws=redraws)
+
+    def _draw(self, rng: random.Random, num_blocks: int) -> Design:
+        if self.grouping is not None:
+            grouping: str | tuple[int, ...] = self.grouping
+        else:
+            # Uniform over compositions: G-1 distinct cut points among the L-1 gaps between blocks.
+            cuts = sorted(rng.sample(range(1, num_blocks), self.num_groups - 1))
+            bounds = [0, *cuts, num_blocks]
+            grouping = tuple(b - a for a, b in zip(bounds, bounds[1:]))
+
+        if self.tunable_groups is not None:
+            tunable = self.tunable_groups
+        else:
+            required = {g for g, s in enumerate(self.strategies, start=1) if s is not None}
+            options = [s for s in nonempty_subsets(tuple(range(1, self.num_groups + 1))) if required <= set(s)]
+            tunable = rng.choice(options)
+
+        strategy_options = nonempty_subsets(STRATEGIES)
+        strategies = tuple(
+            (fixed if fixed is not None else rng.choice(strategy_options)) if g in tunable else ()
+            for g, fixed in enumerate(self.strategies, start=1)
+        )
+
+        if self.allocation is not None:
+            allocation: str | tuple[float, ...] = self.allocation
+        else:
+            draft = Design(grouping=grouping, allocation="uniform", tunable_groups=tunable, strategies=strategies)
+            tuned = [g in tunable for g in draft.block_groups(num_blocks)]
+            # Dirichlet(1) over the tuned blocks: normalised unit exponentials.
+            draws = [rng.expovariate(1.0) if is_tuned else 0.0 for is_tuned in tuned]
+            total = sum(draws)
+            allocation = tuple(max(d / total, 10.0 ** -6) if d > 0 else 0.0 for d in draws)
+        return Design(grouping=grouping, allocation=allocation, tunable_groups=tunable, strategies=strategies)
+
+    # ---- serialisation ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "num_groups": self.num_groups,
+            GROUPING: self.grouping,
+            ALLOCATION: self.allocation,
+            TUNABLE_GROUPS: list(self.tunable_groups) if self.tunable_groups is not None else None,
+            "strategies": [list(s) if s is not None else None for s in self.strategies],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DesignSpace":
+        allowed = {"num_groups", GROUPING, ALLOCATION, TUNABLE_GROUPS, "strategies"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InputError("space", f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        num_groups = data.get("num_groups", DEFAULT_NUM_GROUPS)
+        space = cls(num_groups=num_groups)
+        for component, value in (
+            (GROUPING, data.get(GROUPING)),
+            (ALLOCATION, data.get(ALLOCATION)),
+            (TUNABLE_GROUPS, data.get(TUNABLE_GROUPS)),
+        ):
+            if value is not None:
+                space = space.clamp(component, value)
+        for group, value in enumerate(data.get("strategies") or (), start=1):
+            if value is not None:
+                space = space.clamp(strategy_component(group), value)
+        return space
+
+    def describe(self) -> str:
+        """Readable multi-line description: each component, fixed or free, and the space's size."""
+        lines = [f"design space with {self.num_groups} groups"]
+        for component in self.components():
+            choice = self.choice(component)
+            state = self.format_choice(component, choice) if choice is not None else f"free ({len(self.candidates(component))} candidates)"
+            lines.append(f"  {component:<16} {state}")
+        lines.append(f"  size: {self.size():,} designs from the candidate choices")
+        return "\n".join(lines)

