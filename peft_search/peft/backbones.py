@@ -129,7 +129,7 @@ def load_config(name_or_path: str, **config_overrides):
     try:
         config = AutoConfig.from_pretrained(source, **config_overrides)
     except (OSError, ValueError) as error:
-        where = "local directory" if Path(source).exists() else "Hub id (offline? set HF_HUB_OFFLINE=0 and check the name)"
+        where = "local directory" if Path(source).exists() else "Hub id (check the name and the network)"
         raise InputError("model", f"cannot load a config from {name_or_path!r} as a {where}: {error}") from None
     check_supported(config.model_type)
     return config
