@@ -92,6 +92,39 @@ def cmd_space_sample(args) -> int:
     return 0
 
 
+def cmd_space_plan(args) -> int:
+    from pathlib import Path
+
+    from peft_search.peft import inject, load_backbone
+    from peft_search.space import Design
+
+    path = Path(args.design)
+    if not path.is_file():
+        raise InputError("--design", f"no such file: {path}")
+    try:
+        design = Design.from_json(path.read_text())
+    except InputError as error:
+        raise error.in_file(path) from None
+    report = inject(load_backbone(args.model, meta=True), design, args.budget)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"design {design.design_id}: {design.summary()}")
+    print(
+        f"target {report.target_params:,} parameters ({args.budget:g} of {report.backbone_params:,}); "
+        f"realised {report.realised_params:,} ({report.relative_error:+.2%}); head {report.head_params:,}"
+    )
+    print(f"\n{'block':<11} {'group':>5} {'adapter':>7} {'prefix':>6} {'lora':>4} {'bitfit':>6} {'params':>8}  strategies")
+    for block in report.plan.blocks:
+        print(
+            f"{block.name:<11} {'G' + str(block.group):>5} {block.adapter_size:>7} {block.prefix_length:>6} "
+            f"{block.lora_rank:>4} {block.bitfit_params:>6} {block.params:>8,}  {'+'.join(block.strategies)}"
+        )
+    if not report.plan.feasible:
+        print(f"\nwarning: this design misses the budget by {report.relative_error:+.2%}; the sampler would redraw it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peft-search", description="Discover PEFT methods by searching design spaces, on Ray."
@@ -110,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET, help="fraction of backbone parameters (default 0.005)")
     _add_space_arguments(sample)
     sample.set_defaults(handler=cmd_space_sample)
+    plan = space_commands.add_parser("plan", help="show how one design (a JSON file) is realised on a backbone")
+    plan.add_argument("--model", required=True, help="Hub id, local directory, or the alias minilm")
+    plan.add_argument("--design", required=True, help="design JSON file")
+    plan.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET, help="fraction of backbone parameters (default 0.005)")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plan.set_defaults(handler=cmd_space_plan)
 
     return parser
 

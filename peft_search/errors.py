@@ -14,3 +14,7 @@ class InputError(ValueError):
     def under(self, parent: str) -> "InputError":
         """The same error with its field placed under `parent` (e.g. `design.grouping`)."""
         return InputError(f"{parent}.{self.field}" if self.field else parent, self.message)
+
+    def in_file(self, path) -> "InputError":
+        """The same error prefixed with the file it came from: `jobs/x.yaml: stages[2].candidates: ...`."""
+        return InputError(f"{path}: {self.field}", self.message)

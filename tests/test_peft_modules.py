@@ -1,0 +1,202 @@
+"""The PEFT modules on real backbones: identity at init, frozen backbone, prefix locality and
+padding, BitFit on bias-free T5, HF peft as an oracle for LoRA, save/load."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import TINY_BUILDERS, batch, build, needs_minilm
+from peft_search.peft import backbone_blocks, inject, load_peft, plan_budget, profile_backbone, save_peft
+from peft_search.space import Design
+
+ARCHS = sorted(TINY_BUILDERS)
+ALL_GROUPS = (1, 2, 3, 4)
+
+
+def everywhere(*strategies):
+    return Design("uniform", "uniform", ALL_GROUPS, (tuple(strategies),) * 4)
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def one_training_step(model, inputs, lr=1e-2):
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr)
+    labels = torch.zeros(inputs["input_ids"].shape[0], dtype=torch.long)
+    model(**inputs, labels=labels).loss.backward()
+    optimizer.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("strategies", [("adapter",), ("lora",), ("adapter", "lora")])
+def test_adapter_and_lora_start_as_the_identity_and_leave_the_backbone_frozen(arch, strategies):
+    bare = build(arch)
+    model = copy.deepcopy(bare)
+    inputs = batch(arch, pad_last=3)
+    inject(model, everywhere(*strategies), 0.02)
+    assert (logits(model, inputs) - logits(bare, inputs)).abs().max() <= 1e-6
+
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    one_training_step(model, inputs)
+    for name, parameter in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(parameter, frozen_before[name]), f"{name} moved"
+    # LoRA's B (and the adapter's up) start at zero, so after one step at least those moved.
+    moved = [n for n, p in model.named_parameters() if n in trained_before and not torch.equal(p, trained_before[n])]
+    assert any("lora_B" in n or "adapter.up" in n for n in moved)
+
+
+@needs_minilm
+def test_minilm_mixed_adapter_lora_design_is_the_identity(minilm_pristine, minilm):
+    inputs = {"input_ids": torch.randint(1000, 20000, (4, 24)), "attention_mask": torch.ones(4, 24, dtype=torch.long)}
+    design = Design("spindle", "increasing", (1, 2, 4), (("adapter",), ("lora",), (), ("adapter", "lora")))
+    inject(minilm, design, 0.005)
+    assert (logits(minilm, inputs) - logits(minilm_pristine, inputs)).abs().max() <= 1e-6
+
+
+def lora_only_budget(profile, rank):
+    # The fraction at which every block's share buys exactly `rank`.
+    total = rank * sum(block.lora_unit for block in profile.blocks)
+    return (total + 0.25) / profile.backbone_params
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_lora_matches_hf_peft_count_and_outputs(arch):
+    peft = pytest.importorskip("peft")
+    rank = 4
+    bare = build(arch)
+    ours, theirs = copy.deepcopy(bare), copy.deepcopy(bare)
+    profile = profile_backbone(bare)
+    report = inject(ours, everywhere("lora"), lora_only_budget(profile, rank))
+    assert {block.lora_rank for block in report.plan.blocks} == {rank}
+
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["query", "value"], lora_dropout=0.0, task_type="SEQ_CLS")
+    theirs = peft.get_peft_model(theirs, config)
+    their_lora = sum(p.numel() for n, p in theirs.named_parameters() if p.requires_grad and "lora_" in n)
+    their_trainable = sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    assert report.realised_params == their_lora
+    assert report.realised_params + report.head_params == their_trainable
+
+    # Same LoRA weights (random B, so the update is not zero) give the same outputs.
+    torch.manual_seed(1)
+    their_modules = dict(theirs.named_modules())
+    for site in backbone_blocks(ours):
+        (attention,) = site.attentions
+        for projection in ("query", "value"):
+            mine = getattr(attention.module, projection)
+            torch.nn.init.normal_(mine.lora_B.weight, std=0.1)
+            peft_name = next(n for n, m in their_modules.items() if m is not None and n.endswith(f"{site.name.replace('encoder.', 'encoder.layer.')}.attention.self.{projection}"))
+            theirs_layer = their_modules[peft_name]
+            with torch.no_grad():
+                theirs_layer.lora_A["default"].weight.copy_(mine.lora_A.weight)
+                theirs_layer.lora_B["default"].weight.copy_(mine.lora_B.weight)
+    inputs = batch(arch, pad_last=2)
+    assert (logits(ours, inputs) - logits(bare, inputs)).abs().max() > 1e-4  # the update is live
+    assert (logits(ours, inputs) - logits(theirs, inputs)).abs().max() <= 1e-6
+
+
+def prefix_on_block(num_blocks, block):
+    """A design whose only tuned block is `block` (2 <= block <= L-2), with a prefix: G3 = {block}."""
+    design = Design((block - 1, 1, 1, num_blocks - block - 1), "uniform", (3,), ((), (), ("prefix",), ()))
+    assert design.block_groups(num_blocks).index(3) == block
+    return design
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefix_on_one_block_changes_only_that_blocks_attention(arch):
+    bare = build(arch)
+    model = copy.deepcopy(bare)
+    num_blocks = len(backbone_blocks(bare))
+    block = num_blocks - 2  # on t5 and bart a decoder block: self- and cross-attention
+    report = inject(model, prefix_on_block(num_blocks, block), 0.02)
+    assert [b.block for b in report.plan.blocks] == [block]
+
+    # Every attention of the injected model is checked against its bare twin on the same inputs.
+    differences = {}
+    twins = [(site.name, a.module, b.module) for site, bare_site in zip(backbone_blocks(model), backbone_blocks(bare))
+             for a, b in zip(site.attentions, bare_site.attentions)]
+    handles = []
+    for name, injected_attention, bare_attention in twins:
+        def compare(module, args, kwargs, output, name=name, twin=bare_attention):
+            with torch.no_grad():
+                expected = twin(*args, **kwargs)
+            differences.setdefault(name, []).append((output[0] - expected[0]).abs().max().item())
+        handles.append(injected_attention.register_forward_hook(compare, with_kwargs=True))
+    inputs = batch(arch, pad_last=3)
+    if arch in ("t5", "bart"):
+        inputs["use_cache"] = False  # the twin must not see keys the injected attention cached
+    logits(model, inputs)
+    for handle in handles:
+        handle.remove()
+    block_name = backbone_blocks(model)[block].name
+    expected_attentions = 2 if block_name.startswith("decoder") else 1
+    assert len(differences[block_name]) == expected_attentions
+    for name, diffs in differences.items():
+        if name == block_name:
+            assert min(diffs) > 1e-4, f"the prefix on {name} changed nothing"
+        else:
+            assert max(diffs) <= 1e-6, f"{name} changed although its prefix is elsewhere"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefix_padded_batch_equals_examples_one_by_one(arch):
+    model = build(arch)
+    inject(model, everywhere("prefix", "lora"), 0.02)
+    inputs = batch(arch, batch_size=3, length=12, pad_last=5)
+    padded = logits(model, inputs)
+    for row in range(3):
+        length = int(inputs["attention_mask"][row].sum())
+        alone = logits(model, {k: v[row : row + 1, :length] for k, v in inputs.items()})
+        assert (padded[row] - alone[0]).abs().max() <= 1e-5
+
+
+def test_bitfit_on_t5_adds_zero_biases_and_trains_only_those():
+    bare = build("t5")
+    model = copy.deepcopy(bare)
+    assert not any(n.endswith("bias") for n, _ in bare.base_model.named_parameters() if "relative_attention" not in n)
+    report = inject(model, everywhere("bitfit"), 0.05)
+    tuned = {b.block for b in report.plan.blocks}
+    sites = backbone_blocks(model)
+    for index in tuned:
+        for module in sites[index].module.modules():
+            if isinstance(module, torch.nn.Linear):
+                assert module.bias is not None and module.bias.requires_grad
+                assert torch.equal(module.bias, torch.zeros_like(module.bias))
+    trainable = [n for n, p in model.base_model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith("bias") for n in trainable)
+    inputs = batch("t5")
+    assert torch.equal(logits(model, inputs), logits(bare, inputs))
+    one_training_step(model, inputs)
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in model.base_model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_then_load_onto_a_fresh_backbone_reproduces_outputs(arch, tmp_path):
+    design = Design("spindle", "increasing", ALL_GROUPS, (("adapter", "lora"), ("prefix",), ("adapter", "prefix", "bitfit"), ("prefix", "bitfit", "lora")))
+    model = build(arch)
+    report = inject(model, design, 0.02)
+    inputs = batch(arch, pad_last=2)
+    one_training_step(model, inputs)
+    save_peft(model, report, tmp_path / "saved")
+    saved_names = set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(str(tmp_path / "saved" / "peft.safetensors")))
+    assert saved_names == {n for n, p in model.named_parameters() if p.requires_grad}
+
+    fresh = build(arch)  # same seed: the same frozen backbone weights
+    loaded = load_peft(fresh, tmp_path / "saved")
+    assert loaded.realised_params == report.realised_params
+    assert torch.equal(logits(fresh, inputs), logits(model, inputs))
+
+
+def test_profile_matches_plan_units_on_every_arch():
+    for arch in ARCHS:
+        profile = profile_backbone(build(arch))
+        design = everywhere("adapter", "prefix", "bitfit", "lora")
+        plan = plan_budget(profile, design, 0.05)
+        assert plan.feasible, arch
