@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Collection, Literal, get_args
+from typing import Any, Callable, Collection, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,7 +29,8 @@ from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, s
 
 # Contenders of the final evaluation: the discovered design and the baseline presets of the trial layer.
 CONTENDERS: tuple[str, ...] = ("discovered", "full", "adapter", "prefix", "bitfit", "lora", "s4-t5")
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Registry names (sst2) and the trial layer's generic file tasks (file:text=review,label=stars).
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=,+\-]*$")
 
 
 class SpecError(InputError):
@@ -237,10 +238,16 @@ class SearchSpec(_Strict):
 
     # ---- checks that need more than the spec ---------------------------------------------------------
 
-    def check_tasks(self, known: Collection[str]) -> None:
-        """Refuse task names the trial layer does not know (the caller passes the registry's names)."""
+    def check_tasks(self, known: Collection[str] | Callable[[str], object]) -> None:
+        """Refuse task names the trial layer does not know. `known` is the registry's names, or its
+        lookup function (such as `peft_search.train.tasks.get_task`), which raises InputError."""
         for i, task in enumerate(self.tasks):
-            if task not in known:
+            if callable(known):
+                try:
+                    known(task)
+                except InputError as error:
+                    raise SpecError(f"tasks[{i}]", error.message) from None
+            elif task not in known:
                 raise SpecError(f"tasks[{i}]", f"unknown task {task!r}; known: {', '.join(sorted(known))}")
 
     def check_ready(self) -> None:
@@ -295,8 +302,9 @@ def parse_spec_text(text: str, source: str | None = None) -> SearchSpec:
     return SearchSpec.from_dict(data, source)
 
 
-def load_spec(path: str | Path, known_tasks: Collection[str] | None = None) -> SearchSpec:
-    """Read and validate a job file; with `known_tasks`, unknown task names are refused too."""
+def load_spec(path: str | Path, known_tasks: Collection[str] | Callable[[str], object] | None = None) -> SearchSpec:
+    """Read and validate a job file; with `known_tasks` (names or a lookup, see `check_tasks`), unknown
+    task names are refused too."""
     source = str(path)
     try:
         text = Path(path).read_text()
@@ -361,7 +369,7 @@ def _check_tasks(tasks: list[str]) -> None:
         raise InputError("tasks", "empty list; give at least one task, e.g. sst2")
     for i, task in enumerate(tasks):
         if not TASK_NAME.match(task):
-            raise InputError(f"tasks[{i}]", f"{task!r} is not a task name (letters, digits, _ . -)")
+            raise InputError(f"tasks[{i}]", f"{task!r} is not a task name (letters, digits and _ . - : = , +; no spaces)")
         if task in tasks[:i]:
             raise InputError(f"tasks[{i}]", f"{task!r} is listed twice")
 
