@@ -352,7 +352,8 @@ class SearchEstimate:
                 return "unknown"
             text = f"{steps:,}"
             if seconds_per_step:
-                text += f" (~{steps * seconds_per_step / 3600:.1f} h)"
+                seconds = steps * seconds_per_step
+                text += f" (~{seconds / 3600:,.1f} h)" if seconds >= 3600 else f" (~{seconds / 60:.0f} min)"
             return text
 
         lines = [f"{'stage':<6} {'component':<16} {'choices':>7} {'trials':>8}  steps"]
