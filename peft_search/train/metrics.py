@@ -1,0 +1,77 @@
+"""Evaluation metrics on numpy arrays: accuracy, F1, Matthews correlation, Pearson, Spearman.
+
+Written here (numpy only) so that the trial needs neither scipy nor scikit-learn. Degenerate inputs
+(a constant prediction, a single class) give 0.0 for the correlations, as scikit-learn does for
+Matthews, rather than NaN, so that a collapsed model scores low instead of poisoning a mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(predictions == labels)) if len(labels) else 0.0
+
+
+def f1(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 2) -> float:
+    """Binary: F1 of the positive class 1 (GLUE's F1 for MRPC and QQP). More classes: macro F1."""
+    classes = [1] if num_classes <= 2 else range(num_classes)
+    scores = []
+    for c in classes:
+        tp = np.sum((predictions == c) & (labels == c))
+        fp = np.sum((predictions == c) & (labels != c))
+        fn = np.sum((predictions != c) & (labels == c))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return float(np.mean(scores))
+
+
+def matthews(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 2) -> float:
+    """Matthews correlation coefficient, multi-class form (Gorodkin 2004); equals the binary MCC."""
+    k = max(num_classes, int(max(predictions.max(initial=0), labels.max(initial=0))) + 1)
+    confusion = np.zeros((k, k), dtype=np.float64)
+    np.add.at(confusion, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    n = confusion.sum()
+    correct = np.trace(confusion)
+    true_counts = confusion.sum(axis=1)
+    predicted_counts = confusion.sum(axis=0)
+    numerator = correct * n - true_counts @ predicted_counts
+    denominator = np.sqrt((n * n - predicted_counts @ predicted_counts) * (n * n - true_counts @ true_counts))
+    return float(numerator / denominator) if denominator > 0 else 0.0
+
+
+def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
+    x = np.asarray(predictions, dtype=np.float64) - np.mean(predictions)
+    y = np.asarray(labels, dtype=np.float64) - np.mean(labels)
+    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / denominator) if denominator > 0 else 0.0
+
+
+def rank(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (as scipy.stats.rankdata's default)."""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    # Start index of each run of equal values, and the average rank of the run.
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    average = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return pearson(rank(predictions), rank(labels))
+
+
+def compute_metrics(names, predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """The named metrics. Classification: `predictions` are class ids; regression: real values."""
+    table = {
+        "accuracy": lambda: accuracy(predictions, labels),
+        "f1": lambda: f1(predictions, labels, num_classes),
+        "matthews": lambda: matthews(predictions, labels, num_classes),
+        "pearson": lambda: pearson(predictions, labels),
+        "spearman": lambda: spearman(predictions, labels),
+    }
+    return {name: table[name]() for name in names}

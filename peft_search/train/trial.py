@@ -1,0 +1,222 @@
+"""A trial: one design (or preset), one task, one seed, one fidelity, trained for real and scored.
+
+`TrialConfig` is one plan row (frozen, validated, strict JSON round trip); `run_trial` trains it on
+one worker (in this process) or, with `workers > 1`, on a Ray Train `TorchTrainer`, and returns a
+`TrialResult`. Bad input raises `InputError`; a failure while training (divergence, out of memory,
+anything else) is returned as a status, never raised, so that a search survives its trials.
+
+This is the interface the search controller calls; keep its shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+from peft_search.errors import InputError
+from peft_search.space import Design
+from peft_search.train.presets import PRESETS, default_learning_rate, preset_design
+from peft_search.train.tasks import get_task
+
+STATUSES = ("finished", "diverged", "oom", "failed")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One plan row. Exactly one of `design` (a `Design.to_dict()`) and `preset` is given.
+
+    Training runs `max_steps` optimizer steps when given (evaluating at every epoch boundary and at
+    the end), else `epochs` passes over the training set (fractions allowed). `batch_size` is the
+    global batch: with `workers > 1` each worker takes batch_size / workers of it.
+    `learning_rate=None` takes the preset's default (presets.py), or DESIGN_LEARNING_RATE for a design.
+    `max_eval_examples` subsamples the validation split with a fixed seed, the same for every trial.
+    """
+
+    model: str
+    task: str
+    data_dir: str | None = None
+    design: dict | None = None
+    preset: str | None = None
+    budget_fraction: float = 0.005
+    seed: int = 0
+    epochs: float | None = 1
+    max_steps: int | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    learning_rate: float | None = None
+    batch_size: int = 32
+    warmup_ratio: float = 0.06
+    max_length: int = 128
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    workers: int = 1
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InputError("model", "give a Hub id, a local directory, or the alias minilm")
+        get_task(self.task)
+        if (self.design is None) == (self.preset is None):
+            raise InputError("design", f"give exactly one of design and preset (presets: {', '.join(PRESETS)})")
+        if self.preset is not None:
+            preset_design(self.preset)
+        else:
+            # Canonical form, so that equal designs make equal rows and equal trial ids.
+            object.__setattr__(self, "design", Design.from_dict(self.design).to_dict())
+        _number("budget_fraction", self.budget_fraction, low=0, high=1, open_low=True, open_high=True)
+        _integer("seed", self.seed, low=0)
+        if self.epochs is None and self.max_steps is None:
+            raise InputError("epochs", "give epochs or max_steps")
+        if self.epochs is not None:
+            _number("epochs", self.epochs, low=0, open_low=True)
+        if self.max_steps is not None:
+            _integer("max_steps", self.max_steps, low=1)
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None:
+                _integer(name, getattr(self, name), low=1)
+        if self.learning_rate is not None:
+            _number("learning_rate", self.learning_rate, low=0, open_low=True)
+        _integer("batch_size", self.batch_size, low=1)
+        _number("warmup_ratio", self.warmup_ratio, low=0, high=1, open_high=True)
+        _integer("max_length", self.max_length, low=8)
+        _integer("gradient_accumulation_steps", self.gradient_accumulation_steps, low=1)
+        _number("weight_decay", self.weight_decay, low=0)
+        _integer("workers", self.workers, low=1)
+        if self.batch_size % self.workers:
+            raise InputError("batch_size", f"{self.batch_size} does not split over {self.workers} workers; give a multiple of {self.workers}")
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the trial uses: the given one, else the preset's or designs' default."""
+        return self.learning_rate if self.learning_rate is not None else default_learning_rate(self.preset)
+
+    @property
+    def design_obj(self) -> Design | None:
+        """The design trained (None for full fine-tuning)."""
+        return preset_design(self.preset) if self.preset is not None else Design.from_dict(self.design)
+
+    @property
+    def design_id(self) -> str:
+        design = self.design_obj
+        return design.design_id if design is not None else self.preset
+
+    @property
+    def trial_id(self) -> str:
+        """A hash of the row: the same row, the same id."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrialConfig":
+        if not isinstance(data, dict):
+            raise InputError("trial", "must be a JSON object")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InputError("trial", f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+        missing = [key for key in ("model", "task") if key not in data]
+        if missing:
+            raise InputError("trial", f"missing key(s) {', '.join(missing)}")
+        return cls(**data)
+
+
+def _number(field, value, low=None, high=None, open_low=False, open_high=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(field, f"must be a number, got {value!r}")
+    if low is not None and (value < low or (open_low and value == low)):
+        raise InputError(field, f"must be {'>' if open_low else '>='} {low}, got {value}")
+    if high is not None and (value > high or (open_high and value == high)):
+        raise InputError(field, f"must be {'<' if open_high else '<='} {high}, got {value}")
+
+
+def _integer(field, value, low):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(field, f"must be an integer, got {value!r}")
+    if value < low:
+        raise InputError(field, f"must be >= {low}, got {value}")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """status: finished | diverged | oom | failed. score: the task's main metric on the validation
+    split after training (None unless finished). metrics: the final evaluation (main and extra
+    metrics, eval_loss, train_loss). epochs: one flat dict per evaluation, as given to `on_epoch`.
+    realised_params: trainable backbone parameters (all of them for `full`); head_params: the task
+    head's. train_samples_per_s: training examples per second of training (evaluation excluded).
+    peak_memory_mb: peak GPU memory allocated, or on CPU the process's peak resident set size (over
+    the process's life; with several workers the largest)."""
+
+    status: str
+    score: float | None
+    metrics: dict
+    epochs: list
+    realised_params: int | None
+    target_params: int | None
+    head_params: int | None
+    wall_time_s: float
+    train_samples_per_s: float | None
+    peak_memory_mb: float | None
+    error: str | None
+    task: str
+    design_id: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrialResult":
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def run_trial(
+    config: TrialConfig,
+    on_epoch: Callable[[dict], None] | None = None,
+    save_dir: str | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> TrialResult:
+    """Train and evaluate one plan row.
+
+    on_epoch: called in the calling thread after each evaluation (every epoch, and at the end of a
+        run that stops mid-epoch) with a flat dict: epoch, step, train_loss, eval_loss, the task's
+        metrics, score, elapsed_s. With workers > 1 it is still called live, in this thread. Inside
+        a Ray Tune trial with workers > 1 and no on_epoch, the epochs reach Tune through Ray's
+        TuneReportCallback instead; give on_epoch=ray.tune.report or the like, not both.
+    save_dir: where to save the trained PEFT state (`save_peft`; full fine-tuning: `save_pretrained`)
+        when the trial finishes.
+    log: progress lines (loading, steps, evaluations); None is silent.
+    """
+    from peft_search.train.loop import run_local
+
+    started = time.perf_counter()
+    if config.workers > 1:
+        from peft_search.train.distributed import run_on_ray
+
+        outcome = run_on_ray(config, on_epoch=on_epoch, save_dir=save_dir, log=log)
+    else:
+        outcome = run_local(config, on_epoch=on_epoch, save_dir=save_dir, log=log)
+    task = get_task(config.task)
+    status = outcome["status"]
+    metrics = outcome.get("metrics") or {}
+    score = metrics.get(task.main_metric) if status == "finished" else None
+    return TrialResult(
+        status=status,
+        score=score,
+        metrics=metrics,
+        epochs=outcome.get("epochs") or [],
+        realised_params=outcome.get("realised_params"),
+        target_params=outcome.get("target_params"),
+        head_params=outcome.get("head_params"),
+        wall_time_s=round(time.perf_counter() - started, 3),
+        train_samples_per_s=outcome.get("train_samples_per_s"),
+        peak_memory_mb=outcome.get("peak_memory_mb"),
+        error=outcome.get("error"),
+        task=config.task,
+        design_id=config.design_id,
+    )
