@@ -71,6 +71,7 @@ class StagePlan:
     rows: tuple[PlanRow, ...]
     redraws: dict[str, int] = field(default_factory=dict)  # infeasible draws thrown away, per choice
     duplicates: dict[str, int] = field(default_factory=dict)  # identical draws planned once, per choice
+    infeasible: dict[str, str] = field(default_factory=dict)  # choices without any feasible design, and why
     skipped: str | None = None  # why the stage plans nothing (its group is not tuned), else None
 
     @property
@@ -166,13 +167,19 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
     rows: list[PlanRow] = []
     redraws: dict[str, int] = {}
     duplicates: dict[str, int] = {}
+    infeasible: dict[str, str] = {}
     for choice_index, choice in enumerate(choices):
         clamped = space.clamp(component, space.parse_choice(component, choice))
         seed = choice_seed(spec.seed, stage, component, choice)
         try:
             result = clamped.sample(spec.designs_per_choice, seed, profile.num_blocks, is_feasible)
         except InputError as error:
-            raise InputError(f"stages[{stage}].candidates[{choice_index}]", f"{choice}: {error.message}") from None
+            if error.field != "space":
+                raise
+            # The sampler gave up: this choice cannot meet the budget here (e.g. a fully fixed design
+            # whose sizes round too far from it). It is planned empty, reported, and cannot win.
+            infeasible[choice] = error.message
+            continue
         designs = list(dict.fromkeys(result.designs))
         redraws[choice] = result.redraws
         duplicates[choice] = len(result.designs) - len(designs)
@@ -194,7 +201,13 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
                         "config": trial_config(spec, task, train_seed, design),
                     }
                     rows.append(PlanRow(trial_id=trial_id(fields), **fields))
-    return StagePlan(**base, rows=tuple(rows), redraws=redraws, duplicates=duplicates)
+    if len(infeasible) == len(choices):
+        raise InputError(
+            f"stages[{stage}]",
+            f"no candidate of {component} has a design within 2% of the budget {spec.budget_fraction:g} on this "
+            f"backbone; try another budget_fraction ({next(iter(infeasible.values()))})",
+        )
+    return StagePlan(**base, rows=tuple(rows), redraws=redraws, duplicates=duplicates, infeasible=infeasible)
 
 
 # ---- the plan file ----------------------------------------------------------------------------------
@@ -235,6 +248,7 @@ def plan_table(plan: StagePlan) -> pa.Table:
         "space": plan.space,
         "redraws": plan.redraws,
         "duplicates": plan.duplicates,
+        "infeasible": plan.infeasible,
         "skipped": plan.skipped,
     }
     schema = PLAN_SCHEMA.with_metadata({PLAN_METADATA_KEY: canonical_json(metadata).encode()})
@@ -299,6 +313,7 @@ def read_plan(path: str | Path) -> StagePlan:
         rows=tuple(rows),
         redraws=meta["redraws"],
         duplicates=meta["duplicates"],
+        infeasible=meta["infeasible"],
         skipped=meta["skipped"],
     )
 
@@ -309,15 +324,17 @@ def read_plan(path: str | Path) -> StagePlan:
 def trial_steps(fidelity: Fidelity, spec: SearchSpec, train_size: int | None = None) -> int | None:
     """Optimiser steps of one trial; None when it depends on a dataset size nobody gave.
 
-    The effective batch is batch_size x gradient_accumulation_steps x workers (data is sharded).
+    As the trial layer trains: exactly `max_steps` when given, else `epochs` passes; batch_size is the
+    global batch (split over workers), times gradient_accumulation_steps per optimiser step.
     """
-    hyper = spec.hyperparameters
+    if fidelity.max_steps is not None:
+        return fidelity.max_steps
     sizes = [n for n in (fidelity.max_train_examples, train_size) if n is not None]
-    if fidelity.epochs is None or not sizes:
-        return fidelity.max_steps if fidelity.epochs is None else None
-    batch = hyper.batch_size * hyper.gradient_accumulation_steps * spec.resources.workers
-    steps = fidelity.epochs * math.ceil(min(sizes) / batch)
-    return min(steps, fidelity.max_steps) if fidelity.max_steps is not None else steps
+    if not sizes:
+        return None
+    hyper = spec.hyperparameters
+    steps_per_epoch = math.ceil(min(sizes) / (hyper.batch_size * hyper.gradient_accumulation_steps))
+    return math.ceil(fidelity.epochs * steps_per_epoch)
 
 
 @dataclass(frozen=True)

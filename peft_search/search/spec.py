@@ -96,8 +96,10 @@ class StageSpec(_Strict):
 class Fidelity(_Strict):
     """How long each trial trains and on how much data."""
 
-    epochs: int | None = Field(None, ge=1, description="training epochs (at least 1); null = as many as max_steps needs")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps; null = no cap")
+    epochs: float | None = Field(
+        None, gt=0, description="passes over the training data (fractions allowed); ignored when max_steps is given"
+    )
+    max_steps: int | None = Field(None, ge=1, description="train exactly this many optimiser steps; null = run epochs")
     max_train_examples: int | None = Field(None, ge=1, description="use at most this many training examples; null = all")
     max_eval_examples: int | None = Field(None, ge=1, description="evaluate on at most this many dev examples; null = all")
 
@@ -114,7 +116,9 @@ class Hyperparameters(_Strict):
     learning_rate: float | None = Field(
         None, gt=0, description="peak learning rate; null = the trial layer's default for each design's strategies"
     )
-    batch_size: int = Field(32, ge=1, description="examples per optimiser step and worker, before accumulation")
+    batch_size: int = Field(
+        32, ge=1, description="global batch per micro-step (split over workers, so a multiple of resources.workers)"
+    )
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear warm-up, in [0, 1)")
     max_length: int = Field(128, ge=8, description="maximum tokens per example (at least 8)")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimiser step")
@@ -191,7 +195,7 @@ class SearchSpec(_Strict):
     designs_per_choice: int = Field(100, ge=1, description="designs sampled for each candidate choice (paper: 100)")
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of every search trial (paper: 3 epochs)")
     hyperparameters: Hyperparameters = Field(Hyperparameters(), description="optimisation settings of every trial")
-    seed: int = Field(0, description="search seed: with the stage and choice it fixes which designs are sampled")
+    seed: int = Field(0, ge=0, description="search seed: with the stage and choice it fixes which designs are sampled")
     seeds: list[int] = Field([0], description="training seeds: every design is trained once per task and seed")
     resources: Resources = Field(Resources(), description="what one trial reserves")
     max_concurrent_trials: int | None = Field(
@@ -206,6 +210,12 @@ class SearchSpec(_Strict):
     def _check(self):
         _check_tasks(self.tasks)
         _check_seeds(self.seeds, "seeds")
+        workers = self.resources.workers
+        if self.hyperparameters.batch_size % workers:
+            raise InputError(
+                "hyperparameters.batch_size",
+                f"{self.hyperparameters.batch_size} does not split over {workers} workers; give a multiple of {workers}",
+            )
         # Canonicalise in place: the model is frozen to callers, but its own validator may still finish
         # building it (returning a copy from an after-validator is unsupported in pydantic).
         object.__setattr__(self, "stages", _expand_stages(self.stages, self.num_groups))
@@ -378,6 +388,8 @@ def _check_seeds(seeds: list[int], field: str) -> None:
     if not seeds:
         raise InputError(field, "empty list; give at least one seed, e.g. [0]")
     for i, seed in enumerate(seeds):
+        if seed < 0:
+            raise InputError(f"{field}[{i}]", f"seeds are non-negative integers, got {seed}")
         if seed in seeds[:i]:
             raise InputError(f"{field}[{i}]", f"seed {seed} is listed twice")
 
