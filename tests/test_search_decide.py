@@ -1,0 +1,124 @@
+"""Decision statistics against constructed examples with known answers."""
+
+import json
+import math
+import random
+import statistics
+
+import pytest
+
+from peft_search.search.decide import (
+    Decision,
+    TrialScore,
+    decide,
+    decide_trials,
+    design_scores,
+    summarize_choice,
+)
+
+
+def normal_scores(mean: float, sd: float, n: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(mean, sd) for _ in range(n)]
+
+
+def test_far_separated_choices_are_decided_with_near_certainty():
+    decision = decide(
+        "grouping",
+        {"uniform": normal_scores(0.60, 0.02, 30, 1), "spindle": normal_scores(0.80, 0.02, 30, 2), "bottleneck": normal_scores(0.40, 0.02, 30, 3)},
+    )
+    assert decision.winner == "spindle" and decision.runner_up == "uniform"
+    assert decision.win_probability > 0.999
+
+
+def test_identical_distributions_give_a_coin_flip():
+    scores = normal_scores(0.7, 0.05, 40, 4)
+    decision = decide("allocation", {"uniform": scores, "increasing": list(scores)})
+    assert 0.4 < decision.win_probability < 0.6
+    # Equal means: the tie goes to the choice listed first.
+    assert decision.winner == "uniform"
+
+
+def test_close_choices_are_uncertain():
+    decision = decide("allocation", {"a": normal_scores(0.70, 0.05, 20, 5), "b": normal_scores(0.71, 0.05, 20, 6)})
+    assert 0.5 < decision.win_probability < 0.99
+
+
+def test_interval_contains_the_true_mean_with_the_expected_width():
+    true_mean, sd, n = 0.75, 0.04, 200
+    stats, _ = summarize_choice("spindle", normal_scores(true_mean, sd, n, 7), seed=3)
+    assert stats.ci_low < true_mean < stats.ci_high
+    # A 95% interval of a mean is about 2 x 1.96 standard errors wide.
+    expected_width = 2 * 1.96 * statistics.stdev(stats.edf_scores) / math.sqrt(n)
+    assert stats.ci_high - stats.ci_low == pytest.approx(expected_width, rel=0.15)
+    assert stats.ci_low < stats.mean < stats.ci_high
+
+
+def test_coverage_of_the_interval_over_many_samples():
+    true_mean = 0.5
+    intervals = [summarize_choice("x", normal_scores(true_mean, 0.1, 30, 100 + i), seed=i, resamples=500)[0] for i in range(60)]
+    covered = sum(s.ci_low < true_mean < s.ci_high for s in intervals)
+    assert covered >= 50  # about 95% of 60; the percentile bootstrap runs a little narrow at n=30
+
+
+def test_edf_mean_and_median_of_a_small_example():
+    stats, _ = summarize_choice("G1+G2", [0.3, 0.1, None, 0.2, float("nan")], seed=0)
+    assert stats.edf_scores == (0.1, 0.2, 0.3)
+    assert stats.edf_fractions == pytest.approx((1 / 3, 2 / 3, 1.0))
+    assert stats.mean == pytest.approx(0.2) and stats.median == pytest.approx(0.2)
+    assert (stats.n_finished, stats.n_failed) == (3, 2)
+    assert 0.1 <= stats.ci_low <= 0.2 <= stats.ci_high <= 0.3
+
+
+def test_a_choice_with_only_failed_designs_cannot_win():
+    decision = decide("strategy.G1", {"adapter": [None, None, float("nan")], "lora": [0.5, 0.52]})
+    assert decision.winner == "lora" and decision.runner_up is None and decision.win_probability is None
+    failed = decision.stats("adapter")
+    assert (failed.n_finished, failed.n_failed, failed.mean, failed.ci_low) == (0, 3, None, None)
+    nothing = decide("strategy.G1", {"adapter": [None], "lora": []})
+    assert nothing.winner is None and nothing.runner_up is None
+
+
+def test_design_scores_average_tasks_and_exclude_failed_trials():
+    trials = [
+        # design d1: sst2 over two seeds (0.8, 0.9) -> 0.85, mrpc one seed failed, one 0.65 -> 0.75
+        TrialScore("spindle", "d1", "sst2", 0, 0.8),
+        TrialScore("spindle", "d1", "sst2", 1, 0.9),
+        TrialScore("spindle", "d1", "mrpc", 0, None),
+        TrialScore("spindle", "d1", "mrpc", 1, 0.65),
+        # design d2: mrpc failed on every seed -> no score
+        TrialScore("spindle", "d2", "sst2", 0, 0.9),
+        TrialScore("spindle", "d2", "mrpc", 0, float("nan")),
+    ]
+    scores = {d.design_id: d for d in design_scores(trials, ["sst2", "mrpc"])}
+    assert scores["d1"].score == pytest.approx((0.85 + 0.65) / 2)
+    assert (scores["d1"].trials, scores["d1"].failed_trials) == (4, 1)
+    assert scores["d2"].score is None and scores["d2"].failed_trials == 1
+
+
+def test_decide_trials_end_to_end():
+    trials = []
+    for choice, level in (("uniform", 0.6), ("spindle", 0.8), ("bottleneck", 0.7)):
+        for d, noise in enumerate((-0.01, 0.0, 0.01)):
+            for task, offset in (("sst2", 0.05), ("cola", -0.05)):
+                trials.append(TrialScore(choice, f"{choice}-{d}", task, 0, level + offset + noise))
+    trials.append(TrialScore("bottleneck", "bottleneck-3", "sst2", 0, None))  # one design fails
+    trials.append(TrialScore("bottleneck", "bottleneck-3", "cola", 0, 0.99))
+    decision = decide_trials("grouping", ["uniform", "spindle", "bottleneck", "increasing"], trials, ["sst2", "cola"], seed=11)
+    assert decision.winner == "spindle" and decision.runner_up == "bottleneck"
+    assert decision.stats("spindle").mean == pytest.approx(0.8)
+    bottleneck = decision.stats("bottleneck")
+    assert (bottleneck.n_finished, bottleneck.n_failed, bottleneck.n_failed_trials) == (3, 1, 1)
+    assert decision.stats("increasing").n_finished == 0  # planned nothing, still reported
+    assert [c.choice for c in decision.choices] == ["uniform", "spindle", "bottleneck", "increasing"]
+    with pytest.raises(ValueError, match="not in this stage"):
+        decide_trials("grouping", ["uniform"], trials, ["sst2", "cola"])
+
+
+def test_decisions_are_deterministic_and_serialise():
+    scores = {"a": normal_scores(0.7, 0.05, 25, 8), "b": normal_scores(0.72, 0.05, 25, 9), "c": [None]}
+    first, again = decide("allocation", scores, seed=5), decide("allocation", scores, seed=5)
+    assert first == again
+    assert decide("allocation", scores, seed=6).stats("a").ci_low != first.stats("a").ci_low
+    restored = Decision.from_dict(json.loads(json.dumps(first.to_dict())))
+    assert restored == first
