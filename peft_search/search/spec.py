@@ -42,7 +42,7 @@ class SpecError(InputError):
     def __init__(self, path: str, message: str, source: str | None = None):
         self.path = path
         self.source = source
-        field = f"{source}: {path}" if source and path else (source or path)
+        field = f"{source}: {path}" if source and path else (source or path or "spec")
         super().__init__(field, message)
 
 
