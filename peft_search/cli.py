@@ -125,6 +125,96 @@ def cmd_space_plan(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Train one design or preset on one task and print its result (progress goes to stderr)."""
+    from pathlib import Path
+
+    from peft_search.space import Design
+    from peft_search.train import TrialConfig, run_trial
+
+    design = None
+    if args.design is not None:
+        path = Path(args.design)
+        if not path.is_file():
+            raise InputError("--design", f"no such file: {path}")
+        try:
+            design = Design.from_json(path.read_text()).to_dict()
+        except InputError as error:
+            raise error.in_file(path) from None
+    config = TrialConfig(
+        model=args.model,
+        task=args.task,
+        data_dir=args.data_dir,
+        design=design,
+        preset=args.preset,
+        budget_fraction=args.budget,
+        seed=args.seed,
+        epochs=None if args.max_steps is not None else args.epochs,
+        max_steps=args.max_steps,
+        max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+    )
+    progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    result = run_trial(config, save_dir=args.save, log=progress)
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), "result": result.to_dict()}, indent=2))
+    else:
+        print(f"{config.task} | {config.preset or config.design_id} | seed {config.seed} | lr {config.lr:g}: {result.status}")
+        if result.status == "finished":
+            extra = "  ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
+            print(f"score {result.score:.4f}  ({extra})")
+        else:
+            print(f"error: {result.error}")
+        print(
+            f"trainable {result.realised_params:,} backbone + {result.head_params:,} head (budget {result.target_params:,}); "
+            f"{result.train_samples_per_s} train samples/s; {result.wall_time_s:.1f}s; peak memory {result.peak_memory_mb} MB"
+            if result.realised_params is not None
+            else f"{result.wall_time_s:.1f}s"
+        )
+        if args.save and result.status == "finished":
+            print(f"saved to {args.save}")
+    return 0 if result.status == "finished" else 1
+
+
+def _add_train_parser(commands) -> None:
+    from peft_search.train.presets import PRESETS
+
+    train = commands.add_parser(
+        "train", help="fine-tune one design or preset on one task (one trial)",
+        description="Train one design or preset on one task and evaluate it on the validation split. "
+        "Exit status 0 when the trial finished, 1 when it diverged, ran out of memory or failed, 2 for bad input.",
+    )
+    train.add_argument("--model", required=True, help="Hub id, local directory, or the alias minilm")
+    train.add_argument("--task", required=True, help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, tweets, "
+                       "or file:text=FIELD[,pair=FIELD][,label=FIELD][,regression]")
+    train.add_argument("--data-dir", help="GLUE TSV directory (the GLUE root or the task's own), a directory with "
+                       "train/validation CSV, JSONL or Parquet files, one such file, or hub:DATASET; default: the Hub")
+    what = train.add_mutually_exclusive_group(required=True)
+    what.add_argument("--design", help="design JSON file")
+    what.add_argument("--preset", choices=PRESETS, help="a baseline at the same budget")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=1.0, help="passes over the training set (default 1)")
+    length.add_argument("--max-steps", type=int, help="optimizer steps instead of epochs")
+    train.add_argument("--max-train-examples", type=int, help="seeded, stratified subsample of the training set")
+    train.add_argument("--max-eval-examples", type=int, help="fixed subsample of the validation set")
+    train.add_argument("--lr", type=float, help="learning rate (default: the preset's own; 5e-3 for a design)")
+    train.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
+    train.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1: train in this process)")
+    train.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET, help="fraction of backbone parameters (default 0.005)")
+    train.add_argument("--save", help="directory to save the trained PEFT state in")
+    train.add_argument("--cache-dir", help="tokenisation cache (default ~/.cache/peft-search/tokens)")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--json", action="store_true", help="print the trial's config and result as JSON")
+    train.set_defaults(handler=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peft-search", description="Discover PEFT methods by searching design spaces, on Ray."
@@ -149,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET, help="fraction of backbone parameters (default 0.005)")
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plan.set_defaults(handler=cmd_space_plan)
+
+    _add_train_parser(commands)
 
     return parser
 

@@ -101,6 +101,19 @@ def check_inputs(config) -> TaskData:
     return data
 
 
+def _quiet_load(model: str, task):
+    """The backbone with real weights, without transformers' per-trial progress bar."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return load_backbone(model, num_labels=task.num_labels, problem_type=problem_type(task))
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 @dataclass
 class Prepared:
     tokenizer: object
@@ -123,7 +136,7 @@ def prepare(config, log=None) -> Prepared:
         f"({source}, {time.perf_counter() - started:.1f}s)")
     # Seed before building the model: the task head and the PEFT modules are initialised at random.
     set_seed(config.seed)
-    model = load_backbone(config.model, num_labels=data.task.num_labels, problem_type=problem_type(data.task))
+    model = _quiet_load(config.model, data.task)
     fit = check_fit(config, model)
     report = None
     if fit["plan"] is None:
