@@ -160,9 +160,12 @@ def test_submit_job_with_the_token_runs_to_completion(token_cluster, tmp_path):
     root = _job_dir(tmp_path, marker)
     (root / ".venv").mkdir()
     (root / ".venv" / "big").write_bytes(b"x" * 1024)
-    # A small entrypoint that proves the job runs in the shipped working directory, without the excludes.
+    (root / "shipped_module.py").write_text(f"MARK = 'importable-{marker}'\n")
+    # A small entrypoint that proves the job runs in the shipped working directory, without the excludes,
+    # and that the shipped code is importable from anywhere (as the `peft-search` console script needs).
     script = "import pathlib; print(pathlib.Path('jobs/tiny.yaml').read_text().strip(), pathlib.Path('.venv').exists())"
-    entrypoint = shlex.join([sys.executable, "-c", script])
+    probe = "import shipped_module; print(shipped_module.MARK)"
+    entrypoint = f"{shlex.join([sys.executable, '-c', script])} && cd / && {shlex.join([sys.executable, '-c', probe])}"
 
     job = submit_job(root / "jobs" / "tiny.yaml", address, root, entrypoint=entrypoint,
                      environ={"RAY_AUTH_TOKEN_PATH": str(token_path)})  # fmt: skip
@@ -178,6 +181,7 @@ def test_submit_job_with_the_token_runs_to_completion(token_cluster, tmp_path):
     logs = client.get_job_logs(job.job_id)
     assert status == JobStatus.SUCCEEDED, logs
     assert f"# {marker} False" in logs
+    assert f"importable-{marker}" in logs
     info = client.get_job_info(job.job_id)
     assert info.metadata["peft_search_spec"] == "jobs/tiny.yaml"
     assert token not in repr(info)  # the token is never part of what the cluster stores about a job
