@@ -350,7 +350,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything that decides the token ids: the vocabulary, normaliser, pre-tokeniser and
     post-processor (the fast tokenizer's full JSON), and the class."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        # Truncation and padding are set on the backend by each call (the cache key has max_length).
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     digest = hashlib.sha256()
     digest.update(type(tokenizer).__name__.encode())
     digest.update(text.encode())
