@@ -215,11 +215,113 @@ def _add_train_parser(commands) -> None:
     train.set_defaults(handler=cmd_train)
 
 
+# ---- search: run, resume, status, schema, submit ------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from peft_search.search.controller import Controller, new_run_dir, prepare_spec
+    from peft_search.search.plan import estimate_search
+
+    spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir)
+    if args.dry_run:
+        print(spec.initial_space().describe())
+        print()
+        print(estimate_search(spec).describe())
+        print("\n(dry run: nothing was created)")
+        return 0
+    controller = Controller.create(spec, new_run_dir(spec, args.job))
+    return _run_controller(controller, args.address)
+
+
+def cmd_resume(args) -> int:
+    from peft_search.search.controller import Controller, prepare_spec
+
+    new_spec = prepare_spec(args.spec) if args.spec else None
+    controller = Controller.open(args.run, new_spec=new_spec, force=args.force)
+    if controller.state["status"] == "finished":
+        print(f"{controller.run_dir} is already finished; nothing to resume")
+        return 0
+    return _run_controller(controller, args.address)
+
+
+def _run_controller(controller, address) -> int:
+    state = controller.run(address=address)
+    discovered = state["discovered"]
+    print(f"\nsearch finished: {controller.run_dir}")
+    if discovered:
+        from peft_search.space import Design
+
+        design = Design.from_dict(discovered["design"])
+        print(f"discovered design {design.design_id} (score {discovered['score']:.4f}): {design.summary()}")
+        print(f"design JSON: {design.to_json()}")
+    print(f"results: {controller.run_dir / 'results.parquet'}")
+    print(f"status:  peft-search status {controller.run_dir}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from peft_search.search.status import run_status
+
+    status = run_status(args.run)
+    print(json.dumps(status, indent=2) if args.json else status["text"])
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from peft_search.search.spec import schema_text
+
+    print(schema_text())
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from peft_search.search.submit import submit_job
+
+    job = submit_job(args.job, args.address, working_dir=args.working_dir, storage=args.storage)
+    print(f"submitted job {job.job_id}")
+    print(f"dashboard: {job.dashboard_url}")
+    print(f"follow its logs: {job.follow_command}")
+    return 0
+
+
+def _add_search_commands(commands) -> None:
+    run = commands.add_parser("run", help="run a search from a job spec (YAML)")
+    run.add_argument("job", help="job spec, e.g. jobs/quickstart.yaml")
+    run.add_argument("--storage", help="directory for runs (overrides the spec's storage)")
+    run.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
+    run.add_argument("--data-dir", help="local data directory for the spec's tasks (GLUE TSV layout or files)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and estimated compute; create nothing")
+    run.set_defaults(handler=cmd_run)
+
+    resume = commands.add_parser("resume", help="continue an interrupted run")
+    resume.add_argument("run", help="run directory")
+    resume.add_argument("--spec", help="a job spec to compare with the run's; differences are refused unless --force")
+    resume.add_argument("--force", action="store_true", help="run the changed spec (decided stages stay as they are)")
+    resume.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
+    resume.set_defaults(handler=cmd_resume)
+
+    status = commands.add_parser("status", help="stages, decisions with their confidence, trials done / failed")
+    status.add_argument("run", help="run directory")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=cmd_status)
+
+    schema = commands.add_parser("schema", help="print the job spec's schema (every key, its type and default)")
+    schema.set_defaults(handler=cmd_schema)
+
+    submit = commands.add_parser("submit", help="submit a job spec to a Ray cluster as a Ray Job")
+    submit.add_argument("job", help="job spec inside the working directory")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: .)")
+    submit.add_argument("--storage", help="run storage on the cluster (shared: NFS path, s3://, gs://)")
+    submit.set_defaults(handler=cmd_submit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peft-search", description="Discover PEFT methods by searching design spaces, on Ray."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_search_commands(commands)
 
     space = commands.add_parser("space", help="show a design space or sample designs from it")
     space_commands = space.add_subparsers(dest="space_command", required=True, metavar="SUBCOMMAND")

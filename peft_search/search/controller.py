@@ -1,0 +1,230 @@
+"""The stage controller: refine the design space greedily, one component per stage.
+
+For each stage: plan the trials (deterministic from the search seed and the stage) and write the
+plan; run them as one Ray Tune experiment; read the trial records; decide by mean design score;
+clamp the space to the winner; write the state atomically; go on. The state lives outside Tune
+(`state.json`), so `resume` can pick up any interrupted run: decided stages are not touched, a
+finished trial is never run again (its record exists) and never lost.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from pathlib import Path
+
+from peft_search.errors import InputError
+from peft_search.search.decide import Decision, decide_trials, derive_seed, design_scores
+from peft_search.search.plan import plan_path, plan_stage, read_plan, write_plan
+from peft_search.search.results import read_records, trial_scores, write_results
+from peft_search.search.run_dir import SPEC_FILE, STATE_FILE, check_writable, local_path, require_run, write_atomic, write_json_atomic
+from peft_search.search.spec import SearchSpec, load_spec, spec_diff
+from peft_search.space import Design, DesignSpace
+
+STATE_FORMAT = 1
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _known_task(name: str):
+    from peft_search.train.tasks import get_task
+
+    return get_task(name)
+
+
+def prepare_spec(job_path: str | Path, storage: str | None = None, data_dir: str | None = None) -> SearchSpec:
+    """Load and fully check a job spec (tasks, data directory, storage) before anything is created."""
+    spec = load_spec(job_path, known_tasks=_known_task)
+    if data_dir is not None:
+        spec = spec.with_data_dir(Path(data_dir).expanduser().resolve())
+    elif spec.data.dir is not None:
+        # Trials run in other working directories: make a relative data dir absolute now.
+        spec = spec.with_data_dir(Path(spec.data.dir).expanduser().resolve())
+    if storage is not None:
+        spec = spec.with_storage(storage)
+    spec.check_ready()
+    check_writable(local_path(spec.storage))
+    from peft_search.peft.backbones import load_config
+
+    load_config(spec.backbone)  # an unknown or unsupported model is bad input, before any run exists
+    return spec
+
+
+def new_run_dir(spec: SearchSpec, job_path: str | Path) -> Path:
+    name = spec.name or Path(job_path).stem
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return local_path(spec.storage) / f"{name}-{stamp}"
+
+
+class Controller:
+    def __init__(self, run_dir: Path, spec: SearchSpec, state: dict, out=sys.stdout):
+        self.run_dir = run_dir
+        self.spec = spec
+        self.state = state
+        self.out = out
+
+    # ---- creating and opening runs ----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, spec: SearchSpec, run_dir: Path, out=sys.stdout) -> "Controller":
+        run_dir.mkdir(parents=True, exist_ok=False)
+        write_atomic(run_dir / SPEC_FILE, spec.to_yaml().encode())
+        state = {
+            "format": STATE_FORMAT,
+            "status": "running",
+            "created_at": _now(),
+            "updated_at": _now(),
+            "space": spec.initial_space().to_dict(),
+            "stages": [
+                {"stage": i, "component": stage.component, "choices": list(stage.candidates), "status": "pending"}
+                for i, stage in enumerate(spec.stages)
+            ],
+            "discovered": None,
+        }
+        controller = cls(run_dir, spec, state, out)
+        controller.save_state()
+        return controller
+
+    @classmethod
+    def open(cls, path: str | Path, new_spec: SearchSpec | None = None, force: bool = False, out=sys.stdout) -> "Controller":
+        """An existing run; `new_spec` (if given) must equal the run's spec unless `force`."""
+        import json
+
+        run_dir = require_run(path)
+        spec = load_spec(run_dir / SPEC_FILE)
+        state = json.loads((run_dir / STATE_FILE).read_text())
+        if new_spec is not None:
+            differences = spec_diff(spec, new_spec, ignore=("storage",))
+            if differences and not force:
+                raise InputError(
+                    "--spec",
+                    "the job spec changed since this run started; resume with --force to run the new spec "
+                    "(decided stages stay as they are):\n  " + "\n  ".join(differences),
+                )
+            if differences:
+                spec = new_spec.with_storage(spec.storage)
+                write_atomic(run_dir / SPEC_FILE, spec.to_yaml().encode())
+        return cls(run_dir, spec, state, out)
+
+    def save_state(self) -> None:
+        self.state["updated_at"] = _now()
+        write_json_atomic(self.run_dir / STATE_FILE, self.state)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # ---- running ------------------------------------------------------------------------------------
+
+    def run(self, address: str | None = None) -> dict:
+        from peft_search.peft import load_backbone, profile_backbone
+        from peft_search.search.tune_stage import init_ray, run_stage
+
+        dashboard = init_ray(address)
+        if dashboard:
+            self.say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
+        self.say(f"run directory: {self.run_dir}")
+        profile = profile_backbone(load_backbone(self.spec.backbone, meta=True))
+        space = DesignSpace.from_dict(self.state["space"])
+        num_stages = len(self.spec.stages)
+        for index, stage_state in enumerate(self.state["stages"]):
+            if stage_state["status"] in ("decided", "skipped"):
+                continue
+            component = stage_state["component"]
+            path = plan_path(self.run_dir, index)
+            if Path(path).is_file():
+                plan = read_plan(path)
+            else:
+                plan = plan_stage(self.spec, index, space, profile)
+                write_plan(plan, path)  # before any trial starts
+            stage_state.update(
+                space=space.to_dict(),
+                trials=plan.num_trials,
+                redraws=plan.redraws,
+                duplicates=plan.duplicates,
+                infeasible=plan.infeasible,
+            )
+            if plan.skipped:
+                stage_state.update(status="skipped", skipped=plan.skipped)
+                self.save_state()
+                self.say(f"stage {index + 1}/{num_stages} ({component}): skipped, {plan.skipped}")
+                continue
+            stage_state["status"] = "running"
+            stage_state.setdefault("started_at", _now())
+            self.save_state()
+            redraws = sum(plan.redraws.values())
+            self.say(
+                f"stage {index + 1}/{num_stages} ({component}): {len(plan.choices)} choices, {plan.num_trials} trials"
+                + (f", {redraws} infeasible designs redrawn" if redraws else "")
+            )
+            started = time.monotonic()
+            run_stage(self.run_dir, plan, num_stages, self._trial_resources(), self.spec.max_concurrent_trials, self.spec.retries)
+            decision = self._decide(index, plan.choices)
+            records = read_records(self.run_dir, index)
+            stage_state.update(
+                status="decided",
+                decision=decision.to_dict(),
+                winner=decision.winner,
+                finished=sum(1 for r in records if r["status"] == "finished"),
+                failed=sum(1 for r in records if r["status"] != "finished"),
+                wall_time_s=round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1),
+                decided_at=_now(),
+            )
+            space = space.clamp(component, space.parse_choice(component, decision.winner))
+            self.state["space"] = space.to_dict()
+            self.state["discovered"] = self._best_design(index, decision.winner)
+            write_results(self.run_dir)
+            self.save_state()
+            self.say(describe_decision(index, num_stages, decision))
+        self.state["status"] = "finished"
+        self.state["finished_at"] = _now()
+        write_results(self.run_dir)
+        self.save_state()
+        return self.state
+
+    def _trial_resources(self) -> dict:
+        resources = self.spec.resources
+        if resources.workers > 1:
+            # The Tune trial only drives its TorchTrainer, whose workers reserve their own resources.
+            return {"cpu": 0.1}
+        return {"cpu": resources.cpus, "gpu": resources.gpus}
+
+    def _decide(self, index: int, choices) -> Decision:
+        records = read_records(self.run_dir, index)
+        decision = decide_trials(
+            self.state["stages"][index]["component"],
+            list(choices),
+            trial_scores(records),
+            self.spec.tasks,
+            seed=derive_seed(self.spec.seed, index),
+        )
+        if decision.winner is None:
+            self.state["status"] = "failed"
+            self.save_state()
+            errors = sorted({r["error"] for r in records if r.get("error")})[:3]
+            raise RuntimeError(
+                f"stage {index}: no design finished, so nothing can be decided; first errors: {errors}"
+            )
+        return decision
+
+    def _best_design(self, index: int, choice: str) -> dict:
+        """The best-scoring design of the winning choice: the concrete design the search hands back."""
+        records = [r for r in read_records(self.run_dir, index) if r["choice"] == choice]
+        scored = [d for d in design_scores(trial_scores(records), self.spec.tasks) if d.score is not None]
+        best = max(scored, key=lambda d: (d.score, d.design_id))
+        design_json = next(r["design_json"] for r in records if r["design_id"] == best.design_id)
+        design = Design.from_json(design_json)
+        return {"stage": index, "choice": choice, "design_id": best.design_id, "score": best.score, "design": design.to_dict()}
+
+
+def describe_decision(index: int, num_stages: int, decision: Decision) -> str:
+    winner = decision.stats(decision.winner)
+    text = (
+        f"stage {index + 1}/{num_stages} ({decision.component}) decided: {decision.winner} "
+        f"(mean {winner.mean:.4f}, 95% CI [{winner.ci_low:.4f}, {winner.ci_high:.4f}], {winner.n_finished} designs)"
+    )
+    if decision.runner_up is not None:
+        text += f"; beats {decision.runner_up} with probability {decision.win_probability:.2f}"
+    return text

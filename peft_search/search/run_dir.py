@@ -1,0 +1,78 @@
+"""The run directory: its layout (DESIGN.md section 3) and atomic file writes.
+
+    <run>/spec.yaml                 the canonical spec that ran
+    <run>/state.json                the controller's state (stages, decisions, current space)
+    <run>/stages/<i>/plan.parquet   the stage's plan, written before any trial starts
+    <run>/stages/<i>/tune/          the stage's Ray Tune experiment
+    <run>/stages/<i>/trials/<trial_id>.json   one file per finished trial, written by the trial
+    <run>/results.parquet           every trial of every stage
+    <run>/report/                   the HTML report
+
+Runs live on a local or shared (NFS) file system; object-store URIs are not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from peft_search.errors import InputError
+
+SPEC_FILE = "spec.yaml"
+STATE_FILE = "state.json"
+RESULTS_FILE = "results.parquet"
+
+
+def stage_dir(run_dir: Path, stage: int) -> Path:
+    return run_dir / "stages" / str(stage)
+
+
+def trials_dir(run_dir: Path, stage: int) -> Path:
+    return stage_dir(run_dir, stage) / "trials"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename: a reader sees the old file or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, value) -> None:
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def local_path(storage: str, field: str = "storage") -> Path:
+    if "://" in storage and not storage.startswith("file://"):
+        raise InputError(
+            field, f"{storage!r}: object-store URIs are not supported yet; give a local or shared (NFS) directory"
+        )
+    return Path(storage.removeprefix("file://")).expanduser().resolve()
+
+
+def check_writable(directory: Path, field: str = "storage") -> None:
+    """Refuse a storage directory we could not create or write, without creating anything."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(field, f"{directory} cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(field, f"{directory} is not writable ({existing} does not allow it)")
+
+
+def require_run(path: str | Path) -> Path:
+    run_dir = Path(path).expanduser().resolve()
+    if not (run_dir / STATE_FILE).is_file() or not (run_dir / SPEC_FILE).is_file():
+        raise InputError("RUN", f"{path} is not a peft-search run directory (no {STATE_FILE} and {SPEC_FILE})")
+    return run_dir
