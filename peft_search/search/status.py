@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peft_search.search.decide import Decision
+from peft_search.search.decide import ChoiceStats, Decision
 from peft_search.search.results import read_records
 from peft_search.search.run_dir import STATE_FILE, require_run
 
@@ -54,6 +54,35 @@ def run_status(path: str | Path) -> dict:
     return status
 
 
+def fmt_score(value: float | None) -> str:
+    """A score or statistic as the status text and the HTML report both show it."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def choice_cells(stats: ChoiceStats) -> dict[str, str]:
+    """One choice's row of a decisions table, formatted (status text and HTML report alike)."""
+    return {
+        "choice": stats.choice,
+        "designs": str(stats.n_finished),
+        "failed": str(stats.n_failed),
+        "failed_trials": str(stats.n_failed_trials),
+        "mean": fmt_score(stats.mean),
+        "median": fmt_score(stats.median),
+        "ci": f"[{fmt_score(stats.ci_low)}, {fmt_score(stats.ci_high)}]" if stats.scored else "no finished design",
+    }
+
+
+def decision_summary(decision: Decision) -> str:
+    """`winner: mean m [lo, hi], P(beats runner-up) = p`, the one-line form of a decision."""
+    if decision.winner is None:
+        return "no choice has a finished design"
+    w = decision.stats(decision.winner)
+    text = f"{decision.winner}: mean {fmt_score(w.mean)} [{fmt_score(w.ci_low)}, {fmt_score(w.ci_high)}]"
+    if decision.runner_up:
+        text += f", P(beats {decision.runner_up}) = {decision.win_probability:.2f}"
+    return text
+
+
 def format_status(status: dict) -> str:
     lines = [f"run {status['run_dir']}: {status['status']}"]
     lines.append(
@@ -67,11 +96,7 @@ def format_status(status: dict) -> str:
         planned = stage["planned"] if stage["planned"] is not None else "-"
         decision = ""
         if stage["decision"]:
-            d = Decision.from_dict(stage["decision"])
-            w = d.stats(d.winner)
-            decision = f"{d.winner}: mean {w.mean:.4f} [{w.ci_low:.4f}, {w.ci_high:.4f}]"
-            if d.runner_up:
-                decision += f", P(beats {d.runner_up}) = {d.win_probability:.2f}"
+            decision = decision_summary(Decision.from_dict(stage["decision"]))
         elif stage["skipped"]:
             decision = f"skipped: {stage['skipped']}"
         lines.append(
@@ -83,14 +108,15 @@ def format_status(status: dict) -> str:
             continue
         d = Decision.from_dict(stage["decision"])
         lines.append(f"\nstage {stage['stage']} ({stage['component']}): per choice")
-        lines.append(f"  {'choice':<22} {'designs':>7} {'failed':>6} {'mean':>7} {'median':>7}  95% CI")
+        lines.append(
+            f"  {'choice':<22} {'designs':>7} {'failed':>6} {'trials failed':>13} {'mean':>7} {'median':>7}  95% CI"
+        )
         for c in d.choices:
-            if c.scored:
-                lines.append(
-                    f"  {c.choice:<22} {c.n_finished:>7} {c.n_failed:>6} {c.mean:>7.4f} {c.median:>7.4f}  [{c.ci_low:.4f}, {c.ci_high:.4f}]"
-                )
-            else:
-                lines.append(f"  {c.choice:<22} {0:>7} {c.n_failed:>6} {'-':>7} {'-':>7}  no finished design")
+            cells = choice_cells(c)
+            lines.append(
+                f"  {c.choice:<22} {cells['designs']:>7} {cells['failed']:>6} {cells['failed_trials']:>13} "
+                f"{cells['mean']:>7} {cells['median']:>7}  {cells['ci']}"
+            )
     if status["discovered"]:
         found = status["discovered"]
         lines.append(f"\nbest design so far: {found['design_id']} (score {found['score']:.4f}, stage {found['stage']})")

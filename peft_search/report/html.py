@@ -1,0 +1,274 @@
+"""The HTML report: one self-contained page (inline CSS, no script, no network) with its PNG figures
+beside it, referenced by relative paths, so the directory opens from disk or can be copied anywhere.
+
+    <out>/index.html
+    <out>/edf-stage<i>.png      one per decided stage
+    <out>/final-comparison.png  when the run has a final evaluation
+
+The decisions table's cells are formatted by the same function as `peft-search status`
+(`peft_search.search.status.choice_cells`), and every number carries its exact value in a
+`data-value` attribute, so tools (and tests) can read the page without parsing formatted text.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from html import escape
+from pathlib import Path
+
+from peft_search.report.plots import comparison_plot, edf_plot
+from peft_search.report.tables import (
+    RunView,
+    StageView,
+    comparison,
+    compute_rows,
+    format_mean_std,
+    load_run,
+    space_path,
+)
+from peft_search.search.status import choice_cells, decision_summary
+from peft_search.space import Design
+
+REPORT_DIR = "report"
+INDEX = "index.html"
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.winner td { font-weight: bold; background: #eef7ee; }
+tr.failed td { background: #fbeaea; }
+tr.group th { background: #f2f2f2; }
+code, pre { font-size: 0.85em; } pre { white-space: pre-wrap; margin: 0; max-width: 50em; }
+.note { color: #555; font-size: 0.9em; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of a run (finished or still going) and return the path of its index.html.
+
+    InputError (the CLI's exit status 2) for a directory that is not a run, or a run without any
+    finished trial."""
+    run = load_run(run_dir)
+    out_dir = Path(out).expanduser().resolve() if out is not None else run.run_dir / REPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = [_header(run), _path_section(run)]
+    for view in run.stages:
+        parts.append(_stage_section(run, view, out_dir))
+    parts.append(_final_section(run, out_dir))
+    parts.append(_compute_section(run))
+    parts.append(_trials_section(run))
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>peft-search report: {escape(run.name)}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(p for p in parts if p)
+        + "\n</body></html>\n"
+    )
+    index = out_dir / INDEX
+    temporary = index.with_suffix(".html.tmp")
+    temporary.write_text(page, encoding="utf-8")
+    temporary.replace(index)
+    return index
+
+
+# ---- sections ---------------------------------------------------------------------------------------
+
+
+def _num(value, text: str | None = None) -> str:
+    """A numeric cell: formatted text, exact value in data-value."""
+    if value is None:
+        return '<td class="num">-</td>'
+    return f'<td class="num" data-value="{escape(repr(value))}">{escape(text if text is not None else str(value))}</td>'
+
+
+def _table(headers: list[str], rows: list[str], cls: str = "", attrs: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    return f'<table class="{cls}"{attrs}><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows) + "\n</tbody></table>"
+
+
+def _header(run: RunView) -> str:
+    spec = run.spec
+    decided = sum(1 for s in run.stages if s.status == "decided")
+    lines = [
+        f"<h1>peft-search report: {escape(run.name)}</h1>",
+        f'<p>Run <code>{escape(str(run.run_dir))}</code>: <b>{escape(run.state["status"])}</b>, '
+        f"{decided} of {len(run.stages)} stages decided. Backbone <code>{escape(spec.backbone)}</code>; "
+        f"tasks {escape(', '.join(spec.tasks))}; budget {spec.budget_fraction:g} of the backbone's parameters; "
+        f"{spec.designs_per_choice} designs per choice; training seeds {spec.seeds}; "
+        f"fidelity {escape(_fidelity_text(spec.fidelity))}.</p>",
+        f'<p class="note">Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}. '
+        "A design's score is the mean over tasks of each task's main metric; a stage keeps the choice with the "
+        "best mean design score. The interval is a percentile bootstrap 95% interval of the mean; P(beats runner-up) "
+        "is the fraction of bootstrap resamples in which the winner's mean exceeds the runner-up's.</p>",
+    ]
+    found = run.state.get("discovered")
+    if found:
+        design = Design.from_dict(found["design"])
+        lines.append(
+            f"<p>Discovered design <code>{escape(found['design_id'])}</code> (score {found['score']:.4f}, from stage "
+            f"{found['stage']}): {escape(design.summary())}</p><pre>{escape(design.to_json())}</pre>"
+        )
+    return "\n".join(lines)
+
+
+def _fidelity_text(fidelity) -> str:
+    parts = [f"{fidelity.max_steps} steps" if fidelity.max_steps is not None else f"{fidelity.epochs:g} epochs"]
+    if fidelity.max_train_examples:
+        parts.append(f"at most {fidelity.max_train_examples} training examples")
+    if fidelity.max_eval_examples:
+        parts.append(f"at most {fidelity.max_eval_examples} dev examples")
+    return ", ".join(parts)
+
+
+def _path_section(run: RunView) -> str:
+    rows = [
+        f"<tr><td>{escape(r['step'])}</td><td>{escape(r['component'])}</td><td>{escape(r['fixed'])}</td>"
+        f"<td>{escape(r['space'])}</td></tr>"
+        for r in space_path(run)
+    ]
+    return "<h2>Path S0 &rarr; S_final</h2>\n" + _table(["space", "component", "fixed to", "the space after it"], rows, "path")
+
+
+def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
+    title = f"Stage {view.stage}: {view.component}"
+    parts = [f'<section class="stage" data-stage="{view.stage}" data-status="{escape(view.status)}">',
+             f"<h2>{escape(title)} <small>({escape(view.status)})</small></h2>"]
+    if view.skipped:
+        parts.append(f"<p>Skipped: {escape(view.skipped)}</p></section>")
+        return "\n".join(parts)
+    notes = []
+    if any(view.redraws.values()):
+        notes.append("infeasible draws redrawn: " + ", ".join(f"{c} {n}" for c, n in view.redraws.items() if n))
+    if any(view.duplicates.values()):
+        notes.append("identical draws planned once: " + ", ".join(f"{c} {n}" for c, n in view.duplicates.items() if n))
+    for choice, why in view.infeasible.items():
+        notes.append(f"{choice}: no feasible design ({why})")
+    if notes:
+        parts.append('<p class="note">' + escape("; ".join(notes)) + "</p>")
+    decision = view.decision
+    if decision is None:
+        parts.append(f"<p>Not decided yet: {len(view.records)} of {view.planned or '?'} trials recorded "
+                     f"({view.failed} failed).</p></section>")
+        return "\n".join(parts)
+    image = f"edf-stage{view.stage}.png"
+    edf_plot(decision, f"{title}: EDF of design scores per choice", out_dir / image)
+    parts.append(f'<p><b>Decision: {escape(decision_summary(decision))}</b></p>')
+    parts.append(f'<img class="edf" src="{image}" alt="EDF of design scores per choice, stage {view.stage}">')
+    rows = []
+    for stats in decision.choices:
+        cells = choice_cells(stats)
+        cls = "winner" if stats.choice == decision.winner else ""
+        rows.append(
+            f'<tr class="{cls}" data-choice="{escape(stats.choice)}"><td>{escape(stats.choice)}</td>'
+            + _num(stats.mean, cells["mean"]).replace("<td", '<td data-field="mean"', 1)
+            + _num(stats.median, cells["median"]).replace("<td", '<td data-field="median"', 1)
+            + _num(stats.ci_low, cells["ci"].split(",")[0].lstrip("[") if stats.scored else None).replace("<td", '<td data-field="ci_low"', 1)
+            + _num(stats.ci_high, cells["ci"].split(", ")[1].rstrip("]") if stats.scored else None).replace("<td", '<td data-field="ci_high"', 1)
+            + _num(stats.n_finished).replace("<td", '<td data-field="n_finished"', 1)
+            + _num(stats.n_failed).replace("<td", '<td data-field="n_failed"', 1)
+            + _num(stats.n_failed_trials).replace("<td", '<td data-field="n_failed_trials"', 1)
+            + "</tr>"
+        )
+    parts.append(_table(
+        ["choice", "mean", "median", "95% CI low", "95% CI high", "designs scored", "designs failed", "trials failed"],
+        rows, "decisions", f' data-stage="{view.stage}"',
+    ))
+    probability = decision.win_probability
+    parts.append(
+        f'<p class="decision" data-winner="{escape(decision.winner or "")}" data-runner-up="{escape(decision.runner_up or "")}"'
+        + (f' data-win-probability="{probability!r}"' if probability is not None else "")
+        + ">"
+        + (f"{escape(decision.winner)} beats {escape(decision.runner_up)} with probability {probability:.2f} "
+           f"({decision.resamples} paired bootstrap resamples, seed {decision.seed})."
+           if probability is not None else "Only one choice has scored designs: no runner-up to compare with.")
+        + "</p></section>"
+    )
+    return "\n".join(parts)
+
+
+def _final_section(run: RunView, out_dir: Path) -> str:
+    if not run.final_rows:
+        if run.spec.final is not None:
+            return "<h2>Final evaluation</h2><p>Not run yet (peft-search evaluate RUN).</p>"
+        return ""
+    tasks = list(run.spec.tasks)
+    table = comparison(run.final_rows, tasks)
+    final = run.spec.final
+    intro = (
+        "<h2>Final evaluation</h2>"
+        "<p>The discovered design against baseline presets at the same budget (full fine-tuning trains every "
+        "parameter). Each contender's learning rate was tuned the same way: Optuna's TPE sampler through Ray Tune's "
+        f"OptunaSearch, {final.tuning.trials if final else '?'} trials per contender and task over "
+        f"[{final.tuning.learning_rate_min:g}, {final.tuning.learning_rate_max:g}] (log scale), validated on "
+        f"{final.tuning.holdout_fraction:g} of the training data held back (never the dev set). Then each contender "
+        f"trained with seeds {final.seeds} at the tuned rate; dev score mean &plusmn; std over seeds. Fidelity: "
+        f"{escape(_fidelity_text(final.fidelity))}.</p>" if final else "<h2>Final evaluation</h2>"
+    )
+    headers = ["contender"] + [f"{t}: dev score" for t in tasks] + [f"{t}: tuned lr" for t in tasks] + ["average", "realised params"]
+    rows = []
+    for row in table:
+        cells = [f'<td>{escape(row["contender"])}</td>']
+        for task in tasks:
+            cell = row["tasks"][task]
+            cells.append(_num(cell["mean"], format_mean_std(cell)).replace("<td", f'<td data-task="{escape(task)}" data-std="{cell["std"]!r}"', 1))
+        for task in tasks:
+            lr = row["tasks"][task]["learning_rate"]
+            cells.append(_num(lr, f"{lr:.2e}" if lr is not None else None))
+        cells.append(_num(row["average"], f"{row['average']:.4f}" if row["average"] is not None else None))
+        params = next((row["tasks"][t]["realised_params"] for t in tasks if row["tasks"][t]["realised_params"] is not None), None)
+        cells.append(_num(params, f"{params:,}" if params is not None else None))
+        rows.append(f'<tr data-contender="{escape(row["contender"])}">' + "".join(cells) + "</tr>")
+    skipped = json.loads((run.run_dir / "final" / "skipped.json").read_text()) if (run.run_dir / "final" / "skipped.json").is_file() else {}
+    notes = "".join(f"<p class=\"note\">{escape(name)} not compared: {escape(why)}</p>" for name, why in skipped.items())
+    image = "final-comparison.png"
+    comparison_plot(table, tasks, out_dir / image)
+    return (intro + "\n" + _table(headers, rows, "comparison") + notes
+            + f'\n<img class="comparison" src="{image}" alt="final comparison">')
+
+
+def _compute_section(run: RunView) -> str:
+    rows = [
+        f"<tr><td>{escape(r['stage'])}</td><td>{escape(r['component'])}</td><td>{escape(r['status'])}</td>"
+        f'<td class="num">{r["trials"]}</td><td class="num">{r["failed"]}</td><td class="num">{r["trial_hours"]}</td>'
+        f'<td class="num">{escape(r["wall_time"])}</td></tr>'
+        for r in compute_rows(run)
+    ]
+    return ("<h2>Compute</h2>\n" + _table(["stage", "component", "status", "trials (done/planned)", "failed",
+                                          "trial-hours", "wall time"], rows, "compute")
+            + '<p class="note">Trial-hours: the sum of the trials\' own wall times; wall time: the stage from its '
+              "first trial to its decision.</p>")
+
+
+def _trials_section(run: RunView) -> str:
+    headers = ["trial", "design", "task", "seed", "status", "score", "trainable params", "wall s", "design / error"]
+    rows = []
+    for view in run.stages:
+        if not view.records:
+            continue
+        current = None
+        for r in view.records:
+            if r["choice"] != current:
+                current = r["choice"]
+                rows.append(f'<tr class="group"><th colspan="{len(headers)}">stage {view.stage} ({escape(view.component)}) '
+                            f"&middot; {escape(current)}</th></tr>")
+            failed = r["status"] != "finished"
+            detail = (f"<pre>{escape(r.get('error') or 'no error message')}</pre>" if failed
+                      else f"<code>{escape(r['grouping'])} | {escape(r['allocation'])} | {escape(r['tunable_groups'])} | "
+                           f"{escape(r['strategies'])}</code>")
+            rows.append(
+                f'<tr class="{"failed" if failed else ""}" data-trial="{escape(r["trial_id"])}" data-status="{escape(r["status"])}">'
+                f"<td><code>{escape(r['trial_id'])}</code></td><td><code>{escape(r['design_id'])}</code></td>"
+                f"<td>{escape(r['task'])}</td>{_num(r['seed'])}<td>{escape(r['status'])}</td>"
+                + _num(r["score"], f"{r['score']:.4f}" if r["score"] is not None else None)
+                + _num(r.get("realised_params"), f"{r['realised_params']:,}" if r.get("realised_params") is not None else None)
+                + _num(r.get("wall_time_s"), f"{r['wall_time_s']:.1f}" if r.get("wall_time_s") is not None else None)
+                + f"<td>{detail}</td></tr>"
+            )
+    failed = sum(v.failed for v in run.stages)
+    return (f"<h2>Trials</h2>\n<p>{sum(len(v.records) for v in run.stages)} trials recorded, {failed} failed "
+            "(grouped by stage and choice; failures in red with their error).</p>\n" + _table(headers, rows, "trials"))

@@ -1,0 +1,214 @@
+"""What the report shows, as plain data: a run's stages with their decisions, the path S0 -> S_final,
+the trials grouped by stage and choice, compute per stage, and the final comparison.
+
+Read-only over a run directory (`peft_search.search.run_dir` documents the layout): the decisions are
+the ones the controller stored in `state.json`; the trials come from the per-trial records (the
+source of truth, so a running stage's finished trials show too); the final comparison from
+`final.parquet`. Imports pyarrow and read-only helpers of `peft_search.search`; never ray or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft_search.errors import InputError
+from peft_search.search.decide import Decision
+from peft_search.search.results import read_records
+from peft_search.search.run_dir import STATE_FILE, require_run
+from peft_search.search.spec import SearchSpec, load_spec
+from peft_search.space import DesignSpace
+
+FINAL_FILE = "final.parquet"
+
+
+@dataclass(frozen=True)
+class StageView:
+    stage: int
+    component: str
+    choices: tuple[str, ...]
+    status: str  # pending | running | decided | skipped
+    decision: Decision | None
+    space_before: dict | None  # DesignSpace.to_dict() the stage started from
+    records: tuple[dict, ...]  # its trial records, grouped by choice (candidate order), then sample
+    planned: int | None
+    wall_time_s: float | None
+    skipped: str | None
+    redraws: dict = field(default_factory=dict)
+    duplicates: dict = field(default_factory=dict)
+    infeasible: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for r in self.records if r["status"] == "finished")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.records if r["status"] != "finished")
+
+    @property
+    def trial_hours(self) -> float:
+        return sum(r.get("wall_time_s") or 0.0 for r in self.records) / 3600
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_dir: Path
+    spec: SearchSpec
+    state: dict
+    stages: tuple[StageView, ...]
+    final_rows: tuple[dict, ...]  # rows of final.parquet; empty when there is no final evaluation yet
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.run_dir.name
+
+
+def load_run(path: str | Path) -> RunView:
+    """Everything the report needs; InputError (exit status 2) for a directory that is not a run or a
+    run without any finished trial."""
+    run_dir = require_run(path)
+    spec = load_spec(run_dir / "spec.yaml")
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    records = read_records(run_dir)
+    if not any(r["status"] == "finished" for r in records):
+        raise InputError(
+            "RUN",
+            f"{run_dir} has no finished trial yet ({len(records)} trials recorded, all failed or none); "
+            "there is nothing to report (see peft-search status)",
+        )
+    stages = []
+    for stage in state["stages"]:
+        index = stage["stage"]
+        order = {c: i for i, c in enumerate(stage["choices"])}
+        mine = sorted(
+            (r for r in records if r["stage"] == index),
+            key=lambda r: (order.get(r["choice"], len(order)), r["sample"], r["task"], r["seed"]),
+        )
+        stages.append(
+            StageView(
+                stage=index,
+                component=stage["component"],
+                choices=tuple(stage["choices"]),
+                status=stage["status"],
+                decision=Decision.from_dict(stage["decision"]) if stage.get("decision") else None,
+                space_before=stage.get("space"),
+                records=tuple(mine),
+                planned=stage.get("trials"),
+                wall_time_s=stage.get("wall_time_s"),
+                skipped=stage.get("skipped"),
+                redraws=stage.get("redraws") or {},
+                duplicates=stage.get("duplicates") or {},
+                infeasible=stage.get("infeasible") or {},
+            )
+        )
+    return RunView(run_dir, spec, state, tuple(stages), tuple(read_final(run_dir)))
+
+
+def read_final(run_dir: Path) -> list[dict]:
+    path = run_dir / FINAL_FILE
+    if not path.is_file():
+        return []
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+# ---- the path S0 -> S_final -------------------------------------------------------------------------
+
+
+def space_path(run: RunView) -> list[dict]:
+    """One row per stage: the component, what it was fixed to, and the space after it (text form)."""
+    rows = []
+    space = run.spec.initial_space()
+    rows.append({"step": "S0", "component": "", "fixed": "", "space": space_summary(space)})
+    for view in run.stages:
+        if view.status == "skipped":
+            rows.append({"step": f"stage {view.stage}", "component": view.component, "fixed": f"skipped: {view.skipped}",
+                         "space": space_summary(space)})
+            continue
+        if view.decision is None or view.decision.winner is None:
+            rows.append({"step": f"stage {view.stage}", "component": view.component, "fixed": f"({view.status})", "space": ""})
+            continue
+        space = space.clamp(view.component, space.parse_choice(view.component, view.decision.winner))
+        rows.append({"step": f"S{view.stage + 1}", "component": view.component, "fixed": view.decision.winner,
+                     "space": space_summary(space)})
+    return rows
+
+
+def space_summary(space: DesignSpace) -> str:
+    """`grouping=spindle, strategy.G1=adapter+lora; free: allocation, ...`."""
+    fixed = [f"{c}={space.format_choice(c, space.choice(c))}" for c in space.fixed_components()]
+    free = space.free_components()
+    text = ", ".join(fixed) if fixed else "nothing fixed"
+    return text + (f"; free: {', '.join(free)}" if free else "") + f" ({space.size():,} designs)"
+
+
+# ---- compute ----------------------------------------------------------------------------------------
+
+
+def compute_rows(run: RunView) -> list[dict]:
+    rows = []
+    for view in run.stages:
+        rows.append({
+            "stage": str(view.stage),
+            "component": view.component,
+            "status": view.status,
+            "trials": f"{len(view.records)}/{view.planned if view.planned is not None else '-'}",
+            "failed": str(view.failed),
+            "trial_hours": f"{view.trial_hours:.3f}",
+            "wall_time": "-" if view.wall_time_s is None else f"{view.wall_time_s / 60:.1f} min",
+        })
+    if run.final_rows:
+        walls = [r["wall_time_s"] or 0.0 for r in run.final_rows]
+        rows.append({
+            "stage": "final",
+            "component": "evaluation",
+            "status": "done" if (run.run_dir / "final" / "done.json").is_file() else "partial",
+            "trials": str(len(run.final_rows)),
+            "failed": str(sum(1 for r in run.final_rows if r["status"] != "finished")),
+            "trial_hours": f"{sum(walls) / 3600:.3f}",
+            "wall_time": "-",
+        })
+    return rows
+
+
+# ---- the final comparison ---------------------------------------------------------------------------
+
+
+def comparison(final_rows: list[dict] | tuple[dict, ...], tasks: list[str]) -> list[dict]:
+    """Per contender: per task mean and std of the dev score over seeds, the tuned learning rate, the
+    realised parameters; and the average over tasks of the per-task means (None where a task has no
+    finished run). Only rows of phase `final` (dev scores) count; tuning rows are the evidence for the
+    learning rate."""
+    finals = [r for r in final_rows if r["phase"] == "final"]
+    contenders = list(dict.fromkeys(r["contender"] for r in finals))
+    table = []
+    for contender in contenders:
+        mine = [r for r in finals if r["contender"] == contender]
+        per_task = {}
+        for task in tasks:
+            runs = [r for r in mine if r["task"] == task]
+            scores = [r["score"] for r in runs if r["status"] == "finished" and r["score"] is not None and math.isfinite(r["score"])]
+            per_task[task] = {
+                "mean": statistics.fmean(scores) if scores else None,
+                "std": statistics.stdev(scores) if len(scores) > 1 else (0.0 if scores else None),
+                "seeds": len(scores),
+                "failed": len(runs) - len(scores),
+                "learning_rate": runs[0]["learning_rate"] if runs else None,
+                "realised_params": next((r["realised_params"] for r in runs if r["realised_params"] is not None), None),
+            }
+        means = [v["mean"] for v in per_task.values()]
+        average = statistics.fmean(means) if means and all(m is not None for m in means) else None
+        table.append({"contender": contender, "tasks": per_task, "average": average,
+                      "design_id": mine[0]["design_id"] if mine else None})
+    return table
+
+
+def format_mean_std(cell: dict) -> str:
+    if cell["mean"] is None:
+        return "failed" if cell["failed"] else "-"
+    return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
