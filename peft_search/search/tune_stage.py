@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import socket
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from peft_search.search.results import read_records, record_path, trial_record
 from peft_search.search.run_dir import stage_dir, write_json_atomic
 
 EXPERIMENT = "tune"
+DASHBOARD_PORT = 8265
 
 
 def _now() -> str:
@@ -144,6 +146,24 @@ def init_ray(address: str | None) -> str | None:
     if address:
         ray.init(address=address, log_to_driver=False)
         return None
-    context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=8265, log_to_driver=False)
+    port = DASHBOARD_PORT if _port_is_free(DASHBOARD_PORT) else _free_port()
+    if port != DASHBOARD_PORT:
+        print(f"port {DASHBOARD_PORT} is taken (another search or Ray?); the dashboard uses {port}", flush=True)
+    context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=False)
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -1,0 +1,252 @@
+"""The search service end to end, as a user runs it: `peft-search run / resume / status` on the
+real local Ray, training real MiniLM trials on the bundled tweets task (tiny fidelity)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import needs_minilm
+
+pytestmark = [needs_minilm, pytest.mark.timeout(900)]
+
+TINY_JOB = {
+    "name": "tiny",
+    "backbone": "minilm",
+    "tasks": ["tweets"],
+    "data": {"source": "bundled"},
+    "budget_fraction": 0.005,
+    "stages": [
+        {"component": "grouping", "candidates": ["uniform", "spindle"]},
+        {"component": "strategy.G1", "candidates": ["adapter", "lora"]},
+    ],
+    "designs_per_choice": 2,
+    "fidelity": {"max_steps": 3, "max_train_examples": 64, "max_eval_examples": 32},
+    "hyperparameters": {"batch_size": 8, "max_length": 32},
+    "resources": {"cpus": 1},
+    "max_concurrent_trials": 1,
+    "retries": 0,
+}
+
+
+def write_job(directory: Path, **changes) -> Path:
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY_JOB, **changes}, sort_keys=False))
+    return path
+
+
+def cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "peft_search.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def only_run(storage: Path) -> Path:
+    (run,) = [p for p in storage.iterdir() if p.is_dir()]
+    return run
+
+
+def planned_ids(run: Path) -> set[str]:
+    ids = set()
+    for plan in sorted(run.glob("stages/*/plan.parquet")):
+        ids |= set(pq.read_table(plan).column("trial_id").to_pylist())
+    return ids
+
+
+def dashboard_sockets(port: int) -> list[str]:
+    import psutil
+
+    return sorted({c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.laddr.port == port})
+
+
+def test_run_decides_every_stage_and_status_reports_it(tmp_path):
+    import re
+    import urllib.error
+    import urllib.request
+
+    job = write_job(tmp_path)
+    storage = tmp_path / "runs"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "peft_search.cli", "run", str(job), "--storage", str(storage)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines, listening, answer = [], None, None
+    for line in driver.stdout:
+        lines.append(line)
+        found = re.search(r"Ray dashboard: http://127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            listening = dashboard_sockets(port)
+            try:
+                answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status
+            except urllib.error.HTTPError as error:
+                answer = error.code  # 401 under Ray's token authentication: it answers, and guards
+    stdout = "".join(lines)
+    assert driver.wait(timeout=600) == 0, stdout[-3000:] + driver.stderr.read()[-3000:]
+    assert listening == ["127.0.0.1"], f"the dashboard listens on {listening}"
+    assert answer in (200, 401)
+    assert "stage 1/2 (grouping) decided:" in stdout
+    assert "stage 2/2 (strategy.G1) decided:" in stdout
+    assert "discovered design" in stdout
+    run = only_run(storage)
+
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "finished"
+    assert [s["status"] for s in state["stages"]] == ["decided", "decided"]
+    grouping = state["stages"][0]["winner"]
+    assert grouping in ("uniform", "spindle")
+    assert state["space"]["grouping"] == grouping
+    assert state["discovered"]["design"]["grouping"] == grouping  # later stages sample from the decided space
+    assert state["discovered"]["design"]["strategies"][0] == [state["stages"][1]["winner"]]
+
+    results = pq.read_table(run / "results.parquet").to_pylist()
+    assert {r["trial_id"] for r in results} == planned_ids(run)
+    assert len(results) == len(planned_ids(run)) == 8
+    assert all(r["status"] == "finished" and 0 <= r["score"] <= 1 for r in results)
+    assert all(abs(r["realised_params"] - r["target_params"]) <= 0.02 * r["target_params"] for r in results)
+    assert (run / "spec.yaml").is_file() and (run / "stages/0/tune").is_dir()
+
+    status = cli("status", str(run), "--json")
+    assert status.returncode == 0, status.stderr
+    summary = json.loads(status.stdout)
+    assert summary["trials_done"] == 8 and summary["trials_failed"] == 0
+    assert summary["stages"][0]["decision"]["winner"] == grouping
+    text = cli("status", str(run)).stdout
+    assert f"{grouping}: mean" in text and "P(beats" in text
+
+
+def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
+    job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle", "bottleneck"]}])
+    storage = tmp_path / "runs"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "peft_search.cli", "run", str(job), "--storage", str(storage)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        records = []
+        while time.monotonic() < deadline and len(records) < 2:
+            time.sleep(0.5)
+            records = list(storage.glob("*/stages/0/trials/*.json"))
+            assert driver.poll() is None, "the run ended before it could be killed"
+        assert len(records) >= 2, "no trial finished in time"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # Ray processes the driver started
+        except ProcessLookupError:
+            pass
+    time.sleep(2)
+    run = only_run(storage)
+    before = {p.name: p.read_text() for p in run.glob("stages/0/trials/*.json")}
+    planned = planned_ids(run)
+    assert 2 <= len(before) < len(planned) == 6
+
+    result = cli("resume", str(run))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = {p.name: p.read_text() for p in run.glob("stages/0/trials/*.json")}
+    for name, text in before.items():
+        assert after[name] == text, f"{name} was run again"
+    results = pq.read_table(run / "results.parquet").to_pylist()
+    assert sorted(r["trial_id"] for r in results) == sorted(planned)
+    assert all(r["status"] == "finished" for r in results)
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+
+
+def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp_path):
+    from peft_search.search.controller import Controller, prepare_spec
+    from peft_search.search.plan import PlanRow, plan_path, read_plan, write_plan, plan_stage
+    from peft_search.peft import load_backbone, profile_backbone
+
+    job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle"]}])
+    spec = prepare_spec(job, storage=str(tmp_path / "runs"))
+    controller = Controller.create(spec, tmp_path / "runs" / "faulty")
+    plan = plan_stage(spec, 0, spec.initial_space(), profile_backbone(load_backbone("minilm", meta=True)))
+    rows = list(plan.rows)
+    # Real faults, planted in the plan the controller will run: one trial raises (its model does not
+    # exist), one diverges (a learning rate no optimiser survives).
+    rows[0] = PlanRow(**{**rows[0].__dict__, "config": {**rows[0].config, "model": str(tmp_path / "no-such-model")}})
+    rows[1] = PlanRow(**{**rows[1].__dict__, "config": {**rows[1].config, "learning_rate": 1e12}})
+    write_plan(plan.__class__(**{**plan.__dict__, "rows": tuple(rows)}), plan_path(controller.run_dir, 0))
+
+    state = controller.run()
+    records = {r["trial_id"]: r for r in pq.read_table(controller.run_dir / "results.parquet").to_pylist()}
+    assert records[rows[0].trial_id]["status"] == "failed"
+    assert "no-such-model" in records[rows[0].trial_id]["error"]
+    assert records[rows[1].trial_id]["status"] == "diverged"
+    assert sum(r["status"] == "finished" for r in records.values()) == 2
+    stage = state["stages"][0]
+    assert stage["status"] == "decided" and stage["failed"] == 2
+    status = cli("status", str(controller.run_dir)).stdout
+    assert "2 failed" in status
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, "colour"),
+        ({"budget_fraction": 1.5}, "budget_fraction"),
+        ({"designs_per_choice": "ten"}, "designs_per_choice"),
+        ({"stages": [{"component": "grouping", "candidates": []}]}, "stages[0].candidates"),
+        ({"stages": [{"component": "grouping", "candidates": ["zigzag"]}]}, "stages[0].candidates"),
+        ({"tasks": ["no-such-task"]}, "tasks[0]"),
+        ({"backbone": "/no/such/model"}, "model"),
+    ],
+)
+def test_invalid_spec_exits_2_naming_the_field_and_creates_nothing(tmp_path, change, message):
+    job = write_job(tmp_path, **change)
+    storage = tmp_path / "runs"
+    result = cli("run", str(job), "--storage", str(storage), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not storage.exists()
+
+
+def test_unwritable_storage_exits_2(tmp_path):
+    job = write_job(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        result = cli("run", str(job), "--storage", str(locked / "runs"), timeout=120)
+    finally:
+        locked.chmod(0o700)
+    assert result.returncode == 2 and "storage" in result.stderr
+    assert not (locked / "runs").exists()
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
+    job = write_job(tmp_path)
+    storage = tmp_path / "runs"
+    result = cli("run", str(job), "--storage", str(storage), "--dry-run", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "grouping" in result.stdout and "strategy.G1" in result.stdout and "total" in result.stdout
+    assert not storage.exists()
+
+
+def test_resume_refuses_a_changed_spec_unless_forced(tmp_path):
+    from peft_search.search.controller import Controller, prepare_spec
+
+    job = write_job(tmp_path)
+    spec = prepare_spec(job, storage=str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "r"
+    Controller.create(spec, run)
+    changed = write_job(tmp_path, budget_fraction=0.01)
+    result = cli("resume", str(run), "--spec", str(changed), timeout=120)
+    assert result.returncode == 2
+    assert "budget_fraction: 0.005 -> 0.01" in result.stderr
+    not_a_run = cli("resume", str(tmp_path), timeout=120)
+    assert not_a_run.returncode == 2 and "not a peft-search run directory" in not_a_run.stderr
