@@ -440,8 +440,55 @@ def load_task_data(
     max_eval_examples: int | None,
     seed: int,
     cache_dir: str | None,
+    holdout_fraction: float | None = None,
 ) -> TaskData:
-    """Tokenised train and validation splits, from the cache when it has them."""
+    """Tokenised train and validation splits, from the cache when it has them.
+
+    With `holdout_fraction`, the validation split returned is a held-back slice of the (subsampled)
+    training examples and the training split is the rest (`hold_out`); the dev set is not used."""
+    data = _load_task_data(task, tokenizer, data_dir=data_dir, max_length=max_length, max_train_examples=max_train_examples,
+                           max_eval_examples=max_eval_examples, seed=seed, cache_dir=cache_dir)
+    return data if holdout_fraction is None else hold_out(data, holdout_fraction)
+
+
+def hold_out(data: TaskData, fraction: float) -> TaskData:
+    """Split the training examples into (train less a held-back slice, that slice): the slice has
+    round(fraction x n) examples (at least 1), stratified by class (regression: by decile) and drawn
+    with HOLDOUT_SEED, so every trial on the same training examples holds back the same ones."""
+    train = data.train
+    n_held = max(1, round(fraction * len(train)))
+    if n_held >= len(train):
+        raise InputError("holdout_fraction", f"{fraction:g} of {len(train)} training examples leaves none to train on")
+    held = stratified_indices(train.labels, n_held, HOLDOUT_SEED, data.task.regression)
+    kept = np.setdiff1d(np.arange(len(train)), held)
+    return TaskData(data.task, take_examples(train, kept), take_examples(train, held), data.cache_hits)
+
+
+def take_examples(split: TokenisedSplit, indices: np.ndarray) -> TokenisedSplit:
+    """The examples at `indices` (in that order) of a tokenised split."""
+    starts, ends = split.offsets[indices], split.offsets[indices + 1]
+    pieces = [np.arange(a, b) for a, b in zip(starts, ends)]
+    flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    return TokenisedSplit(
+        input_ids=split.input_ids[flat],
+        offsets=np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64),
+        token_type_ids=None if split.token_type_ids is None else split.token_type_ids[flat],
+        labels=split.labels[indices],
+        label_names=split.label_names,
+    )
+
+
+def _load_task_data(
+    task: Task,
+    tokenizer,
+    *,
+    data_dir: str | None,
+    max_length: int,
+    max_train_examples: int | None,
+    max_eval_examples: int | None,
+    seed: int,
+    cache_dir: str | None,
+) -> TaskData:
     source = locate(task, data_dir)
     cache_root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
     common = {

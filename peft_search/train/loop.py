@@ -64,6 +64,7 @@ def load_data(config, tokenizer) -> TaskData:
         max_eval_examples=config.max_eval_examples,
         seed=config.seed,
         cache_dir=config.cache_dir,
+        holdout_fraction=config.holdout_fraction,
     )
 
 

@@ -34,6 +34,9 @@ class TrialConfig:
     global batch: with `workers > 1` each worker takes batch_size / workers of it.
     `learning_rate=None` takes the preset's default (presets.py), or DESIGN_LEARNING_RATE for a design.
     `max_eval_examples` subsamples the validation split with a fixed seed, the same for every trial.
+    `holdout_fraction` (None = off): train on the training examples less a held-back slice of this
+    fraction (stratified, fixed seed) and evaluate on that slice instead of the validation split, so
+    that tuning (the final evaluation's learning rates) never sees the dev set it reports.
     """
 
     model: str
@@ -55,6 +58,7 @@ class TrialConfig:
     weight_decay: float = 0.0
     workers: int = 1
     cache_dir: str | None = None
+    holdout_fraction: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -80,6 +84,8 @@ class TrialConfig:
                 _integer(name, getattr(self, name), low=1)
         if self.learning_rate is not None:
             _number("learning_rate", self.learning_rate, low=0, open_low=True)
+        if self.holdout_fraction is not None:
+            _number("holdout_fraction", self.holdout_fraction, low=0, high=1, open_low=True, open_high=True)
         _integer("batch_size", self.batch_size, low=1)
         _number("warmup_ratio", self.warmup_ratio, low=0, high=1, open_high=True)
         _integer("max_length", self.max_length, low=8)
