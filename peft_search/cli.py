@@ -222,8 +222,14 @@ def cmd_run(args) -> int:
     from peft_search.search.controller import Controller, new_run_dir, prepare_spec
     from peft_search.search.plan import estimate_search
 
-    spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir)
+    from peft_search.peft.backbones import is_local_model
+
+    # A dry run checks a Hub model only when it is already at hand: it must work offline.
+    check_model = not args.dry_run or is_local_model(load_spec_backbone(args.job))
+    spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir, check_model=check_model)
     if args.dry_run:
+        if not check_model:
+            print(f"model {spec.backbone}: a Hub id, not checked by a dry run (the run loads its config first)\n")
         print(spec.initial_space().describe())
         print()
         print(estimate_search(spec).describe())
@@ -231,6 +237,12 @@ def cmd_run(args) -> int:
         return 0
     controller = Controller.create(spec, new_run_dir(spec, args.job))
     return _run_controller(controller, args.address)
+
+
+def load_spec_backbone(job_path) -> str:
+    from peft_search.search.spec import load_spec
+
+    return load_spec(job_path).backbone
 
 
 def cmd_resume(args) -> int:
@@ -255,6 +267,13 @@ def _run_controller(controller, address) -> int:
         print(f"discovered design {design.design_id} (score {discovered['score']:.4f}): {design.summary()}")
         print(f"design JSON: {design.to_json()}")
     print(f"results: {controller.run_dir / 'results.parquet'}")
+    if controller.spec.final is not None and state["status"] == "finished":
+        from peft_search.search.evaluate import evaluate_run
+
+        print(f"final:   {evaluate_run(controller.run_dir, address=address)}")
+    from peft_search.report import write_report
+
+    print(f"report:  {write_report(controller.run_dir)}")
     print(f"status:  peft-search status {controller.run_dir}")
     return 0
 
@@ -264,6 +283,36 @@ def cmd_status(args) -> int:
 
     status = run_status(args.run)
     print(json.dumps(status, indent=2) if args.json else status["text"])
+    return 0
+
+
+def cmd_report(args) -> int:
+    from peft_search.report import write_report
+
+    print(f"report: {write_report(args.run, args.out)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from peft_search.report import write_report
+    from peft_search.search.evaluate import evaluate_run, parse_final_file
+    from peft_search.search.run_dir import require_run
+    from peft_search.search.spec import load_spec
+
+    final = None
+    if args.final:
+        final = parse_final_file(args.final, load_spec(require_run(args.run) / "spec.yaml"))
+    path = evaluate_run(args.run, final=final, address=args.address)
+    print(f"final:  {path}")
+    print(f"report: {write_report(args.run)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from peft_search.search.export import export_run
+
+    out = export_run(args.run, args.out)
+    print(f"exported to {out} (model card: {out / 'README.md'})")
     return 0
 
 
@@ -304,6 +353,25 @@ def _add_search_commands(commands) -> None:
     status.add_argument("run", help="run directory")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
+
+    report = commands.add_parser("report", help="write the run's HTML report (EDF plots, decisions, trials, compute)")
+    report.add_argument("run", help="run directory (finished or still running)")
+    report.add_argument("--out", help="directory for index.html and its figures (default: RUN/report)")
+    report.set_defaults(handler=cmd_report)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="final evaluation: the discovered design against baseline presets, learning rates tuned alike"
+    )
+    evaluate.add_argument("run", help="run directory with a discovered design")
+    evaluate.add_argument("--final", help="YAML of the final section (contenders, seeds, fidelity, tuning) when the "
+                          "run's spec has none, or to replace it")
+    evaluate.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    export = commands.add_parser("export", help="export the discovered design, its trained weights per task and a model card")
+    export.add_argument("run", help="run directory with a discovered design")
+    export.add_argument("--out", required=True, help="output directory (outside the run)")
+    export.set_defaults(handler=cmd_export)
 
     schema = commands.add_parser("schema", help="print the job spec's schema (every key, its type and default)")
     schema.set_defaults(handler=cmd_schema)

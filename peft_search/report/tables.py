@@ -17,13 +17,11 @@ from pathlib import Path
 
 from peft_search.errors import InputError
 from peft_search.search.decide import Decision
+from peft_search.search.evaluate import FINAL_FILE
 from peft_search.search.results import read_records
 from peft_search.search.run_dir import STATE_FILE, require_run
 from peft_search.search.spec import SearchSpec, load_spec
 from peft_search.space import DesignSpace
-
-FINAL_FILE = "final.parquet"
-
 
 @dataclass(frozen=True)
 class StageView:

@@ -1,0 +1,200 @@
+"""`peft-search export RUN --out DIR`: the discovered design as a usable artefact.
+
+    <out>/design.json          the discovered design (Design JSON; `Design.from_json`)
+    <out>/<task>/peft.safetensors, <out>/<task>/design.json
+                               its trained PEFT state per task (`save_peft`; load with `load_peft`)
+    <out>/export.json          backbone, budget, per task: dev score and metrics, learning rate, seed,
+                               parameters, and the exact TrialConfig that trained it
+    <out>/README.md            a short model card: backbone, budget, scores, how to load
+
+The weights are those the final evaluation kept (the discovered design, seed `final.seeds[0]`, at
+its tuned learning rate); a run without them trains the design now, in this process, at the final
+fidelity when the spec has one (else the search's), with the tuned learning rate when there is one
+(else the spec's or the trial layer's default). `evaluate_export` reloads an export onto a fresh
+backbone and recomputes the dev metrics exactly as the trial did (same examples, same batches).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from peft_search.errors import InputError
+from peft_search.search.evaluate import DISCOVERED, Contender, final_records, run_config, slug
+from peft_search.search.plan import trial_config
+from peft_search.search.run_dir import STATE_FILE, require_run, write_json_atomic
+from peft_search.search.spec import load_spec
+from peft_search.space import Design
+
+EXPORT_FILE = "export.json"
+
+
+def _kept_run(run_dir: Path, task: str, seed: int) -> dict | None:
+    for record in final_records(run_dir):
+        if (record["phase"] == "final" and record["contender"] == DISCOVERED and record["task"] == task
+                and record["seed"] == seed and record["status"] == "finished" and record.get("weights")
+                and (run_dir / record["weights"] / "peft.safetensors").is_file()):
+            return record
+    return None
+
+
+def _tuned_rate(run_dir: Path, task: str) -> float | None:
+    path = run_dir / "final" / "tuning" / slug(task) / DISCOVERED / "best.json"
+    return json.loads(path.read_text()).get("learning_rate") if path.is_file() else None
+
+
+def export_run(path: str | Path, out: str | Path, say=print) -> Path:
+    """Export the discovered design of a run to `out`; returns `out`. InputError for a run without a
+    discovered design; RuntimeError when training it (weights not kept) fails."""
+    from peft_search.train.trial import TrialConfig, run_trial
+
+    run_dir = require_run(path)
+    spec = load_spec(run_dir / "spec.yaml")
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    found = state.get("discovered")
+    if not found:
+        raise InputError("RUN", f"{run_dir} has no decided stage yet, so no discovered design to export")
+    design = Design.from_dict(found["design"])
+    out_dir = Path(out).expanduser().resolve()
+    if out_dir == run_dir or run_dir in out_dir.parents:
+        raise InputError("--out", f"give a directory outside the run ({run_dir})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "design.json").write_text(design.to_json() + "\n")
+    tasks = {}
+    for task in spec.tasks:
+        target = out_dir / slug(task)
+        if target.exists():
+            shutil.rmtree(target)
+        seed = spec.final.seeds[0] if spec.final else spec.seeds[0]
+        kept = _kept_run(run_dir, task, seed)
+        if kept is not None:
+            shutil.copytree(run_dir / kept["weights"], target)
+            config = json.loads(kept["config_json"])
+            score, metrics = kept["score"], json.loads(kept["metrics_json"])
+            realised, head, source = kept["realised_params"], kept["head_params"], "the final evaluation"
+        else:
+            if spec.final is not None:
+                config = run_config(spec, spec.final, Contender(DISCOVERED, None, design), task, seed, _tuned_rate(run_dir, task))
+            else:
+                config = trial_config(spec, task, seed, design)
+            say(f"export: training the discovered design on {task} (the final evaluation kept no weights)")
+            result = run_trial(TrialConfig.from_dict(config), save_dir=str(target))
+            if result.status != "finished":
+                raise RuntimeError(f"training the discovered design on {task} {result.status}: {result.error}")
+            config = TrialConfig.from_dict(config).to_dict()
+            score, metrics = result.score, result.metrics
+            realised, head, source = result.realised_params, result.head_params, "trained by export"
+        tasks[task] = {
+            "directory": slug(task),
+            "score": score,
+            "metrics": metrics,
+            "learning_rate": TrialConfig.from_dict(config).lr,
+            "seed": seed,
+            "realised_params": realised,
+            "head_params": head,
+            "weights_from": source,
+            "config": config,
+        }
+        say(f"export: {task}: dev score {score:.4f} ({source}) -> {target}")
+    summary = {
+        "format": "peft-search-export/1",
+        "run": str(run_dir),
+        "backbone": spec.backbone,
+        "budget_fraction": spec.budget_fraction,
+        "design_id": design.design_id,
+        "design": design.to_dict(),
+        "search_score": found["score"],
+        "tasks": tasks,
+    }
+    write_json_atomic(out_dir / EXPORT_FILE, summary)
+    (out_dir / "README.md").write_text(model_card(summary, design))
+    return out_dir
+
+
+def model_card(summary: dict, design: Design) -> str:
+    first_task, first = next(iter(summary["tasks"].items()))
+    rows = "\n".join(
+        f"| {task} | {t['score']:.4f} | {', '.join(f'{k} {v:.4f}' for k, v in t['metrics'].items() if isinstance(v, float))} "
+        f"| {t['learning_rate']:.3g} | {t['seed']} | {t['realised_params']:,} + {t['head_params']:,} head |"
+        for task, t in summary["tasks"].items()
+    )
+    target = first["config"]
+    return f"""# PEFT design {summary['design_id']} (found by peft-search)
+
+Discovered by the search in `{summary['run']}` (search score {summary['search_score']:.4f}).
+
+- Backbone: `{summary['backbone']}` (frozen; only the PEFT modules and the task head are stored here)
+- Budget: {summary['budget_fraction']:g} of the backbone's parameters
+- Design: {design.summary()}
+
+```json
+{design.to_json()}
+```
+
+## Dev scores of the exported weights
+
+| task | score (main metric) | metrics | learning rate | seed | trainable parameters |
+|---|---|---|---|---|---|
+{rows}
+
+Trained for {target['max_steps'] or target['epochs']} {'steps' if target['max_steps'] else 'epochs'}, batch
+{target['batch_size']}, max length {target['max_length']}
+{f"on at most {target['max_train_examples']} training examples" if target['max_train_examples'] else ''};
+dev scores on {f"a fixed subsample of {target['max_eval_examples']}" if target['max_eval_examples'] else 'all'} dev examples.
+`export.json` holds every number above and the exact training configuration per task.
+
+## Load
+
+```python
+from peft_search.peft import load_backbone, load_peft
+
+model = load_backbone("{summary['backbone']}", num_labels=NUM_LABELS)  # the task's number of classes
+load_peft(model, "{first['directory']}")  # injects the saved plan and loads the trained tensors
+model.eval()
+```
+
+To recompute the dev score of `{first_task}` from these files:
+
+```python
+from peft_search.search.export import evaluate_export
+print(evaluate_export(".", "{first_task}"))
+```
+"""
+
+
+def evaluate_export(export_dir: str | Path, task: str) -> dict:
+    """Load an export's weights for `task` onto a fresh backbone and evaluate them on the dev examples
+    the trial was scored on, batched as the trial did; returns the metrics with `score` (main metric)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from peft_search.peft import load_backbone, load_peft
+    from peft_search.train.loop import DynamicPadding, LengthOrderedSampler, SplitDataset, evaluate, load_data, load_tokenizer, problem_type
+    from peft_search.train.trial import TrialConfig
+
+    export_dir = Path(export_dir)
+    summary = json.loads((export_dir / EXPORT_FILE).read_text())
+    if task not in summary["tasks"]:
+        raise InputError("task", f"{task!r} is not in this export; it has {', '.join(summary['tasks'])}")
+    entry = summary["tasks"][task]
+    config = TrialConfig.from_dict(entry["config"])
+    tokenizer = load_tokenizer(config.model)
+    data = load_data(config, tokenizer)
+    model = load_backbone(config.model, num_labels=data.task.num_labels, problem_type=problem_type(data.task))
+    load_peft(model, export_dir / entry["directory"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    loader = torch.utils.data.DataLoader(
+        SplitDataset(data.validation), batch_size=2 * config.batch_size, sampler=LengthOrderedSampler(data.validation),
+        collate_fn=DynamicPadding(pad_id, data.task.regression),
+    )
+    use_gpu = torch.cuda.is_available()  # as the trial: bf16 autocast on GPU, fp32 on CPU
+    accelerator = Accelerator(mixed_precision="bf16" if use_gpu else "no", cpu=not use_gpu,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    model, loader = accelerator.prepare(model, loader)
+    metrics = evaluate(model, loader, accelerator, data.task)
+    return {**metrics, "score": metrics[data.task.main_metric]}
+
+
+__all__ = ["EXPORT_FILE", "evaluate_export", "export_run", "model_card"]
