@@ -1,0 +1,123 @@
+"""The final evaluation: the trial layer's held-back training slice, and a real small run's fair
+comparison (same tuning for every contender, never on dev; tuned rate = best held-back score)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from peft_search.cli import main
+from peft_search.errors import InputError
+from peft_search.report.tables import comparison
+from peft_search.search.spec import load_spec
+from peft_search.train.data import hold_out
+from peft_search.train.loop import load_data, load_tokenizer
+from peft_search.train.trial import TrialConfig
+
+from tiny_search_run import needs_minilm_and_tweets, tiny_run
+
+pytestmark = needs_minilm_and_tweets
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    return tiny_run(tmp_path_factory.getbasetemp())
+
+
+def _rows(split) -> list[tuple]:
+    return [(tuple(split.example(i)["input_ids"].tolist()), int(split.labels[i])) for i in range(len(split))]
+
+
+def test_holdout_is_a_stratified_fixed_slice_of_train_and_never_dev(tmp_path):
+    config = TrialConfig(model="minilm", task="tweets", preset="lora", max_train_examples=200, max_eval_examples=50,
+                         max_length=32, cache_dir=str(tmp_path))
+    tokenizer = load_tokenizer("minilm")
+    plain = load_data(config, tokenizer)
+    held = load_data(TrialConfig.from_dict({**config.to_dict(), "holdout_fraction": 0.25}), tokenizer)
+    assert len(held.validation) == 50 and len(held.train) == 150
+    train, part, rest = _rows(plain.train), _rows(held.validation), _rows(held.train)
+    # The two parts are exactly the training examples, each once: the dev split plays no part.
+    assert sorted(part + rest) == sorted(train)
+    assert sorted(part) != sorted(_rows(plain.validation))
+    # Stratified: each class's share of the slice is its share of train, to rounding.
+    for label in np.unique(plain.train.labels):
+        share = float(np.mean(plain.train.labels == label))
+        assert abs(float(np.mean(held.validation.labels == label)) - share) <= 1 / 50 + 1e-9
+    # Fixed: the same slice whatever the training seed of the trial, given the same training examples.
+    again = hold_out(plain, 0.25)
+    assert _rows(again.validation) == part
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(InputError, match="holdout_fraction"):
+            TrialConfig.from_dict({**config.to_dict(), "holdout_fraction": bad})
+
+
+@pytest.mark.slow
+def test_final_comparison_is_fair_and_matches_final_parquet(run_dir):
+    spec = load_spec(run_dir / "spec.yaml")
+    rows = pq.read_table(run_dir / "final.parquet").to_pylist()
+    tune = [r for r in rows if r["phase"] == "tune"]
+    final = [r for r in rows if r["phase"] == "final"]
+    contenders = ["discovered", "bitfit"]
+    assert sorted({r["contender"] for r in rows}) == sorted(contenders)
+    # Same number of tuning trials per contender and task, over the same learning rates (one sampler
+    # seed per task), trained on the same seed, scored on the held-back slice (holdout_fraction set).
+    rates = {}
+    for contender in contenders:
+        mine = [r for r in tune if r["contender"] == contender]
+        assert len(mine) == spec.final.tuning.trials
+        assert all(json.loads(r["config_json"])["holdout_fraction"] == spec.final.tuning.holdout_fraction for r in mine)
+        assert all(r["seed"] == spec.final.seeds[0] for r in mine)
+        rates[contender] = sorted(r["learning_rate"] for r in mine)
+        assert all(spec.final.tuning.learning_rate_min <= lr <= spec.final.tuning.learning_rate_max for lr in rates[contender])
+        # The final runs use the rate with the best held-back score (ties: the lower rate), on dev.
+        best = max((r for r in mine if r["status"] == "finished"), key=lambda r: (r["score"], -r["learning_rate"]))
+        runs = [r for r in final if r["contender"] == contender]
+        assert [r["seed"] for r in runs] == spec.final.seeds
+        for r in runs:
+            assert r["learning_rate"] == best["learning_rate"]
+            assert "holdout_fraction" not in json.loads(r["config_json"]) or json.loads(r["config_json"])["holdout_fraction"] is None
+            assert r["status"] == "finished" and 0 <= r["score"] <= 1
+    assert rates["discovered"] == rates["bitfit"]
+    # Same budget: the discovered design within 2% of the target; BitFit is the fixed-size exception.
+    discovered = next(r for r in final if r["contender"] == "discovered")
+    assert abs(discovered["realised_params"] - discovered["target_params"]) <= 0.02 * discovered["target_params"]
+    # The comparison table (what the report shows) is the mean and std over seeds of the dev scores.
+    table = {row["contender"]: row for row in comparison(rows, spec.tasks)}
+    for contender in contenders:
+        scores = [r["score"] for r in final if r["contender"] == contender]
+        cell = table[contender]["tasks"]["tweets"]
+        assert cell["mean"] == statistics.fmean(scores) and table[contender]["average"] == cell["mean"]
+        assert cell["std"] == (statistics.stdev(scores) if len(scores) > 1 else 0.0)
+    # The discovered design's weights are kept for export.
+    assert (run_dir / discovered["weights"] / "peft.safetensors").is_file()
+    html = (run_dir / "report" / "index.html").read_text()
+    assert 'data-contender="discovered"' in html and 'data-contender="bitfit"' in html
+    assert (run_dir / "report" / "final-comparison.png").is_file()
+    assert json.loads((run_dir / "final" / "done.json").read_text())["runs"] == len(final)
+
+
+def test_evaluate_refuses_bad_input_with_exit_status_2(run_dir, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "is not a peft-search run directory" in capsys.readouterr().err
+    from peft_search.search.controller import Controller
+
+    spec = load_spec(run_dir / "spec.yaml")
+    undecided = tmp_path / "undecided"
+    Controller.create(spec, undecided)
+    assert main(["evaluate", str(undecided)]) == 2
+    assert "no discovered design" in capsys.readouterr().err
+    no_final = tmp_path / "no-final"
+    Controller.create(spec.__class__.from_dict({**spec.to_dict(), "final": None}), no_final)
+    assert main(["evaluate", str(no_final)]) == 2
+    assert "has no final section; give one with --final FILE" in capsys.readouterr().err
+    bad = tmp_path / "final.yaml"
+    bad.write_text("contenders: [discovered, magic]\n")
+    assert main(["evaluate", str(no_final), "--final", str(bad)]) == 2
+    assert "final.contenders[1]: unknown contender 'magic'" in capsys.readouterr().err
+    assert not (no_final / "final").exists() and not (no_final / "final.parquet").exists()

@@ -1,0 +1,222 @@
+"""The HTML report on a real small run: it renders (in headless Chromium when installed), shows one EDF
+plot per decided stage, its decisions table equals a recomputation from results.parquet, it shows
+failed trials, and bad input is refused with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from peft_search.cli import main
+from peft_search.report import write_report
+from peft_search.search.decide import decide_trials, derive_seed
+from peft_search.search.plan import plan_path, read_plan, write_plan
+from peft_search.search.results import trial_scores
+from peft_search.search.spec import load_spec
+from peft_search.search.status import choice_cells, run_status
+from tiny_search_run import needs_minilm_and_tweets, tiny_run
+
+pytestmark = [needs_minilm_and_tweets, pytest.mark.slow]
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    return tiny_run(tmp_path_factory.getbasetemp())
+
+
+class Page(HTMLParser):
+    """The parts of the report the tests read: images, decisions tables' cells, trial rows, text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.images: list[dict] = []
+        self.decisions: dict[int, dict[str, dict[str, str]]] = {}  # stage -> choice -> field -> data-value
+        self.decision_lines: dict[int, dict] = {}
+        self.trials: list[dict] = []
+        self.text: list[str] = []
+        self._stage = None
+        self._choice = None
+        self._section_stage = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section" and "data-stage" in a:
+            self._section_stage = int(a["data-stage"])
+        if tag == "img":
+            self.images.append({**a, "stage": self._section_stage})
+        if tag == "table" and "decisions" in (a.get("class") or ""):
+            self._stage = int(a["data-stage"])
+            self.decisions[self._stage] = {}
+        if tag == "tr" and "data-choice" in a and self._stage is not None:
+            self._choice = a["data-choice"]
+            self.decisions[self._stage][self._choice] = {}
+        if tag == "td" and "data-field" in a and self._choice is not None:
+            self.decisions[self._stage][self._choice][a["data-field"]] = a.get("data-value")
+        if tag == "tr" and "data-trial" in a:
+            self.trials.append(a)
+        if tag == "p" and "data-winner" in a:
+            self.decision_lines[self._section_stage] = a
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._stage, self._choice = None, None
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def read_page(index: Path) -> Page:
+    return Page(index.read_text(encoding="utf-8"))
+
+
+def test_run_ends_with_a_report_of_every_decided_stage(run_dir):
+    index = run_dir / "report" / "index.html"
+    assert index.is_file()  # written by `peft-search run` itself
+    state = json.loads((run_dir / "state.json").read_text())
+    decided = [s["stage"] for s in state["stages"] if s["status"] == "decided"]
+    assert decided == [0, 1]
+    page = read_page(index)
+    edf = [i for i in page.images if "edf" in i.get("class", "")]
+    assert [i["stage"] for i in edf] == decided
+    for image in page.images:
+        src = image["src"]
+        assert not src.startswith(("/", "http:", "https:", "file:")), src  # relative: the directory moves as a whole
+        data = (index.parent / src).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, src
+    text = " ".join(page.text)
+    assert "Path S0" in text and "Compute" in text and "Final evaluation" in text
+    # Self-contained: the page loads nothing from a network.
+    assert "http://" not in index.read_text() and "https://" not in index.read_text()
+
+
+def test_decisions_table_equals_a_recomputation_from_results_parquet(run_dir):
+    page = read_page(write_report(run_dir, run_dir / "report-again"))
+    spec = load_spec(run_dir / "spec.yaml")
+    records = pq.read_table(run_dir / "results.parquet").to_pylist()
+    state = json.loads((run_dir / "state.json").read_text())
+    for stage in state["stages"]:
+        index = stage["stage"]
+        mine = [r for r in records if r["stage"] == index]
+        again = decide_trials(stage["component"], stage["choices"], trial_scores(mine), spec.tasks,
+                              seed=derive_seed(spec.seed, index))
+        table = page.decisions[index]
+        assert list(table) == stage["choices"]
+        for stats in again.choices:
+            row = table[stats.choice]
+            for field in ("mean", "median", "ci_low", "ci_high", "n_finished", "n_failed", "n_failed_trials"):
+                shown = row[field]
+                value = getattr(stats, field)
+                assert (shown is None and value is None) or float(shown) == value, (index, stats.choice, field, shown, value)
+        line = page.decision_lines[index]
+        assert line["data-winner"] == again.winner and line["data-runner-up"] == again.runner_up
+        assert float(line["data-win-probability"]) == again.win_probability
+        assert 0.0 <= again.win_probability <= 1.0
+
+
+def test_status_text_shows_the_same_decision_cells(run_dir):
+    status = run_status(run_dir)
+    state = json.loads((run_dir / "state.json").read_text())
+    from peft_search.search.decide import Decision
+
+    for stage in state["stages"]:
+        for stats in Decision.from_dict(stage["decision"]).choices:
+            cells = choice_cells(stats)
+            line = next(l for l in status["text"].splitlines() if l.strip().startswith(stats.choice + " ") and cells["ci"] in l)
+            assert cells["mean"] in line and cells["median"] in line
+
+
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (apt-get install -y chromium)")
+    index = write_report(run_dir, tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = Page(dom.stdout)
+    assert sum("edf" in i.get("class", "") for i in rendered.images) == 2
+    assert set(rendered.decisions) == {0, 1}
+    subprocess.run([chromium, *flags, "--window-size=1200,3000", f"--screenshot={shot}", index.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_report_of_a_run_still_going_shows_what_is_decided(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "tune", "final*"))
+    state = json.loads((copy / "state.json").read_text())
+    state["status"] = "running"
+    stage = state["stages"][1]
+    for key in ("decision", "winner", "finished", "failed", "wall_time_s", "decided_at"):
+        stage.pop(key, None)
+    stage["status"] = "running"
+    (copy / "state.json").write_text(json.dumps(state))
+    trials = sorted((copy / "stages" / "1" / "trials").glob("*.json"))
+    for path in trials[2:]:
+        path.unlink()  # two of its four trials have finished so far
+    page = read_page(write_report(copy))
+    assert [i["stage"] for i in page.images if "edf" in i.get("class", "")] == [0]
+    assert set(page.decisions) == {0}
+    assert "Not decided yet: 2 of 4 trials recorded (0 failed)." in " ".join(page.text)
+    assert sum(1 for t in page.trials if t["data-trial"] in {p.stem for p in trials[:2]}) == 2
+
+
+def test_a_failed_trial_is_shown_and_the_report_still_renders(run_dir, tmp_path):
+    """Replan one trial of stage 1 with a model path that does not exist, resume: it fails for real."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "tune", "final*"))
+    plan = read_plan(plan_path(copy, 1))
+    victim = plan.rows[0]
+    broken = victim.__class__(**{**victim.__dict__, "config": {**victim.config, "model": str(tmp_path / "no-such-model")}})
+    write_plan(plan.__class__(**{**plan.__dict__, "rows": (broken, *plan.rows[1:])}), plan_path(copy, 1))
+    (copy / "stages" / "1" / "trials" / f"{victim.trial_id}.json").unlink()
+    state = json.loads((copy / "state.json").read_text())
+    state["status"] = "running"
+    state["stages"][1]["status"] = "running"
+    state["space"] = state["stages"][1]["space"]  # the space stage 1 started from
+    (copy / "state.json").write_text(json.dumps(state))
+    spec = load_spec(copy / "spec.yaml")  # no final evaluation in this copy: it is not what is tested here
+    (copy / "spec.yaml").write_text(spec.__class__.from_dict({**spec.to_dict(), "final": None}).to_yaml())
+
+    resumed = subprocess.run([sys.executable, "-m", "peft_search.cli", "resume", str(copy)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    record = json.loads((copy / "stages" / "1" / "trials" / f"{victim.trial_id}.json").read_text())
+    assert record["status"] == "failed" and "no-such-model" in record["error"]
+
+    page = read_page(copy / "report" / "index.html")  # written by resume
+    row = next(t for t in page.trials if t["data-trial"] == victim.trial_id)
+    assert row["data-status"] == "failed" and "failed" in row["class"]
+    assert "no-such-model" in " ".join(page.text)
+    assert float(page.decisions[1][victim.choice]["n_failed_trials"]) == 1
+    assert float(page.decisions[1][victim.choice]["n_failed"]) == 1
+    state = json.loads((copy / "state.json").read_text())
+    assert state["stages"][1]["failed"] == 1 and state["status"] == "finished"
+
+
+def test_bad_input_is_refused_with_exit_status_2(run_dir, tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a peft-search run directory" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+    from peft_search.search.controller import Controller
+
+    empty = tmp_path / "empty-run"
+    Controller.create(load_spec(run_dir / "spec.yaml"), empty)  # a run that has not trained anything
+    assert main(["report", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "has no finished trial yet" in err and "nothing to report" in err
+    assert not (empty / "report").exists()
