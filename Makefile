@@ -21,5 +21,4 @@ test: setup
 	$(BIN)/pytest -q
 
 quickstart: setup
-	$(BIN)/peft-search space show
-	$(BIN)/peft-search space sample --model minilm --samples 5 --seed 0
+	$(BIN)/peft-search run jobs/quickstart.yaml

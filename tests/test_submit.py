@@ -101,9 +101,11 @@ def token_cluster():
     gcs, dashboard, client, agent, agent_grpc, env_agent, metrics = _free_ports(7)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    # Jobs run `peft-search`, as on a cluster whose image installs it: put this environment's on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [
         RAY, "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--temp-dir={temp_dir}", "--num-cpus=1", "--num-gpus=0",
+        "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={env_agent}",
@@ -237,3 +239,42 @@ def test_spec_and_storage_are_checked_before_submission(tmp_path):
         "peft-search run jobs/glue-t5-base.yaml --address auto --storage 's3://bucket/peft search'"
     )
     assert default_entrypoint("jobs/quickstart.yaml") == "peft-search run jobs/quickstart.yaml --address auto"
+
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART_TIMEOUT_S = 900
+
+
+@pytest.mark.timeout(QUICKSTART_TIMEOUT_S + 120)
+def test_submit_runs_the_quickstart_as_a_ray_job_to_completion(token_cluster, tmp_path):
+    """`peft-search submit jobs/quickstart.yaml` against a local token-auth head: the real search runs
+    on the cluster (`peft-search run ... --address auto`) and finishes."""
+    import json
+
+    import pyarrow.parquet as pq
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, token_path = token_cluster
+    storage = tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "-m", "peft_search.cli", "submit", "jobs/quickstart.yaml", "--address", address,
+         "--storage", str(storage)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(token_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.split("submitted job ", 1)[1].split()[0]
+    assert f"{address}/#/jobs/{job_id}" in result.stdout and "ray job logs" in result.stdout
+
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token_path.read_text()}"})
+    deadline = time.monotonic() + QUICKSTART_TIMEOUT_S
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, f"job still {status} after {QUICKSTART_TIMEOUT_S} s"
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    assert "discovered design" in logs
+    (run,) = storage.iterdir()
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    results = pq.read_table(run / "results.parquet").to_pylist()
+    assert len(results) == 12 and all(r["status"] == "finished" for r in results)

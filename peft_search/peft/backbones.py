@@ -121,6 +121,11 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def is_local_model(name_or_path: str) -> bool:
+    """An alias or an existing directory: usable with no network."""
+    return name_or_path in MODEL_ALIASES or Path(name_or_path).expanduser().is_dir()
+
+
 def load_config(name_or_path: str, **config_overrides):
     """The model's config, with a clear error for a missing path or an unsupported model type."""
     from transformers import AutoConfig

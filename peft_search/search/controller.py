@@ -35,8 +35,11 @@ def _known_task(name: str):
     return get_task(name)
 
 
-def prepare_spec(job_path: str | Path, storage: str | None = None, data_dir: str | None = None) -> SearchSpec:
-    """Load and fully check a job spec (tasks, data directory, storage) before anything is created."""
+def prepare_spec(
+    job_path: str | Path, storage: str | None = None, data_dir: str | None = None, check_model: bool = True
+) -> SearchSpec:
+    """Load and fully check a job spec (tasks, data directory, storage, model) before anything is
+    created. `check_model=False` skips loading the model's config (a dry run of a Hub model offline)."""
     spec = load_spec(job_path, known_tasks=_known_task)
     if data_dir is not None:
         spec = spec.with_data_dir(Path(data_dir).expanduser().resolve())
@@ -47,9 +50,10 @@ def prepare_spec(job_path: str | Path, storage: str | None = None, data_dir: str
         spec = spec.with_storage(storage)
     spec.check_ready()
     check_writable(local_path(spec.storage))
-    from peft_search.peft.backbones import load_config
+    if check_model:
+        from peft_search.peft.backbones import load_config
 
-    load_config(spec.backbone)  # an unknown or unsupported model is bad input, before any run exists
+        load_config(spec.backbone)  # an unknown or unsupported model is bad input, before any run exists
     return spec
 
 

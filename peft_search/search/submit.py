@@ -125,12 +125,16 @@ def check_address(address: str, token: str | None) -> str:
 
 def _check_storage(storage: str) -> str:
     if "://" in storage:
-        return storage  # s3://, gs://, ... : shared by construction
+        # The controller keeps trial records and its state as files (atomic renames): object stores
+        # are not supported yet, and a job that would fail on the cluster is refused here instead.
+        raise InputError(
+            "--storage", f"{storage!r}: object-store URIs are not supported yet; give an absolute path on a shared volume"
+        )
     if not Path(storage).is_absolute():
         raise InputError(
             "--storage",
             f"on a cluster the storage must be shared by every node: an absolute path on a shared volume "
-            f"(NFS, EFS, a ReadWriteMany PVC) or a URI such as s3://bucket/prefix; got {storage!r}",
+            f"(NFS, EFS, a ReadWriteMany PVC); got {storage!r}",
         )
     return storage
 
