@@ -119,6 +119,8 @@ def run_stage(run_dir: Path, plan: StagePlan, num_stages: int, resources: dict, 
             param_space={"run_dir": str(run_dir), "row": tune.grid_search(rows)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=max_concurrent,
+                # One actor runs trial after trial: torch and transformers are imported once, not per trial.
+                reuse_actors=True,
                 trial_name_creator=lambda trial: trial.config["row"]["trial_id"],
                 trial_dirname_creator=lambda trial: trial.config["row"]["trial_id"],
             ),
