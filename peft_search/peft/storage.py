@@ -4,11 +4,11 @@ safetensors, plus the design, its budget plan and the backbone's model type as J
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from peft_search.atomic import write_atomic
 from peft_search.errors import InputError
 from peft_search.peft.budget import BudgetPlan
 from peft_search.peft.inject import InjectionReport, apply_plan
@@ -30,16 +30,9 @@ def save_peft(model, report: InjectionReport, directory: str | Path) -> Path:
         "head_params": report.head_params,
         "plan": report.plan.to_dict(),
     }
-    # Write both files under temporary names first, so a crash never leaves a half-written pair.
-    weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
-    design_tmp = directory / (DESIGN_FILE + ".tmp")
-    save_file(tensors, str(weights_tmp), metadata={"design_id": report.design.design_id})
-    with open(design_tmp, "w") as handle:
-        json.dump(metadata, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(weights_tmp, directory / WEIGHTS_FILE)
-    os.replace(design_tmp, directory / DESIGN_FILE)
+    # Weights first, design last: a design.json always has its complete weights beside it.
+    write_atomic(directory / WEIGHTS_FILE, save(tensors, metadata={"design_id": report.design.design_id}))
+    write_atomic(directory / DESIGN_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode())
     return directory
 
 

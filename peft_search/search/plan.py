@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from peft_search.atomic import atomic_output
 from peft_search.errors import InputError
 from peft_search.search.spec import Fidelity, SearchSpec
 from peft_search.space import Design, DesignSpace
@@ -267,23 +266,8 @@ def write_plan(plan: StagePlan, path: str | Path) -> None:
         filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
         pq.write_table(table, inner, filesystem=filesystem)
         return
-    target = Path(path.removeprefix("file://"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    with atomic_output(path.removeprefix("file://")) as handle:
+        pq.write_table(table, handle)
 
 
 def read_plan(path: str | Path) -> StagePlan:

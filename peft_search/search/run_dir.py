@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from peft_search.atomic import write_atomic
 from peft_search.errors import InputError
 
 SPEC_FILE = "spec.yaml"
@@ -31,21 +31,6 @@ def stage_dir(run_dir: Path, stage: int) -> Path:
 
 def trials_dir(run_dir: Path, stage: int) -> Path:
     return stage_dir(run_dir, stage) / "trials"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: a reader sees the old file or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, value) -> None:
