@@ -22,8 +22,8 @@ def test_two_cpu_workers_train_and_report_the_same_fields(tmp_path):
     import ray
 
     started_here = not ray.is_initialized()
-    common = dict(model="minilm", task="sst2", data_dir=str(GLUE), preset="lora", epochs=3, max_train_examples=256,
-                  max_eval_examples=128, cache_dir=str(tmp_path))
+    common = dict(model="minilm", task="sst2", data_dir=str(GLUE), preset="lora", epochs=3, max_train_examples=192,
+                  max_eval_examples=64, cache_dir=str(tmp_path))
     try:
         seen, lines = [], []
         result = run_trial(TrialConfig(**common, workers=2), on_epoch=seen.append, log=lines.append)
@@ -34,8 +34,8 @@ def test_two_cpu_workers_train_and_report_the_same_fields(tmp_path):
     # on_epoch was called once per epoch, in order, with what the result records
     assert [e["epoch"] for e in seen] == [1.0, 2.0, 3.0]
     assert [{k: v for k, v in e.items()} for e in seen] == result.epochs
-    # batches are split over the workers: 256 examples / global batch 32 = 8 steps per epoch
-    assert [e["step"] for e in seen] == [8, 16, 24]
+    # batches are split over the workers: 192 examples / global batch 32 = 6 steps per epoch
+    assert [e["step"] for e in seen] == [6, 12, 18]
     assert any("2 worker(s)" in line for line in lines)
     losses = [e["train_loss"] for e in result.epochs]
     assert losses[2] < losses[0], losses

@@ -70,7 +70,8 @@ class TrialConfig:
             preset_design(self.preset)
         else:
             # Canonical form, so that equal designs make equal rows and equal trial ids.
-            object.__setattr__(self, "design", Design.from_dict(self.design).to_dict())
+            design = self.design if isinstance(self.design, Design) else Design.from_dict(self.design)
+            object.__setattr__(self, "design", design.to_dict())
         _number("budget_fraction", self.budget_fraction, low=0, high=1, open_low=True, open_high=True)
         _integer("seed", self.seed, low=0)
         if self.epochs is None and self.max_steps is None:
@@ -155,8 +156,8 @@ class TrialResult:
     metrics, eval_loss, train_loss). epochs: one flat dict per evaluation, as given to `on_epoch`.
     realised_params: trainable backbone parameters (all of them for `full`); head_params: the task
     head's. train_samples_per_s: training examples per second of training (evaluation excluded).
-    peak_memory_mb: peak GPU memory allocated, or on CPU the process's peak resident set size (over
-    the process's life; with several workers the largest)."""
+    peak_memory_mb: peak GPU memory allocated during the trial, or on CPU the process's peak resident
+    set size (over the process's life); with several workers, rank 0's."""
 
     status: str
     score: float | None
