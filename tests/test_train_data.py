@@ -174,3 +174,22 @@ def test_cache_second_load_does_no_tokenisation(tmp_path, tokenizer):
     # a different subsample is a different entry
     third = load_task_data(TASKS["mrpc"], tokenizer, **{**kwargs, "seed": 2})
     assert third.cache_hits["train"] is False and third.cache_hits["validation"] is True
+
+
+@needs_minilm
+@needs_glue
+def test_holdout_fraction_scores_on_a_slice_of_train_never_dev(tmp_path, tokenizer):
+    kwargs = dict(data_dir=str(GLUE), max_length=64, max_train_examples=None, max_eval_examples=None, seed=0,
+                  cache_dir=str(tmp_path))
+    plain = load_task_data(TASKS["mrpc"], tokenizer, **kwargs)
+    held = load_task_data(TASKS["mrpc"], tokenizer, **kwargs, holdout_fraction=0.1)
+    assert (len(plain.train), len(plain.validation)) == (3668, 408)
+    assert (len(held.train), len(held.validation)) == (3301, 367)
+
+    def rows(split):
+        return collections.Counter(tuple(split.example(i)["input_ids"].tolist()) for i in range(len(split)))
+
+    # the slice and the rest partition the training examples; nothing comes from dev
+    assert rows(held.train) + rows(held.validation) == rows(plain.train)
+    # stratified: the slice keeps the training set's share of paraphrases
+    assert abs(held.validation.labels.mean() - plain.train.labels.mean()) < 0.01
