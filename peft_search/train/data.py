@@ -18,12 +18,12 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from peft_search.atomic import atomic_output
 from peft_search.errors import InputError
 from peft_search.train.tasks import HUB_FIELD_NAMES, Task
 
@@ -391,22 +391,13 @@ def tokenise(tokenizer, split: RawSplit, max_length: int, regression: bool, labe
 
 
 def _save(path: Path, split: TokenisedSplit, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"input_ids": split.input_ids, "offsets": split.offsets, "labels": split.labels}
     if split.token_type_ids is not None:
         arrays["token_type_ids"] = split.token_type_ids
     meta = {**meta, "label_names": None if split.label_names is None else list(split.label_names)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as out:
+        np.savez(out, **arrays)
 
 
 def _load(path: Path) -> TokenisedSplit | None:
