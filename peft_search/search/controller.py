@@ -64,7 +64,7 @@ def new_run_dir(spec: SearchSpec, job_path: str | Path) -> Path:
 
 
 class Controller:
-    def __init__(self, run_dir: Path, spec: SearchSpec, state: dict, out=sys.stdout):
+    def __init__(self, run_dir: Path, spec: SearchSpec, state: dict, out=None):
         self.run_dir = run_dir
         self.spec = spec
         self.state = state
@@ -73,7 +73,7 @@ class Controller:
     # ---- creating and opening runs ----------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: SearchSpec, run_dir: Path, out=sys.stdout) -> "Controller":
+    def create(cls, spec: SearchSpec, run_dir: Path, out=None) -> "Controller":
         run_dir.mkdir(parents=True, exist_ok=False)
         write_atomic(run_dir / SPEC_FILE, spec.to_yaml().encode())
         state = {
@@ -93,7 +93,7 @@ class Controller:
         return controller
 
     @classmethod
-    def open(cls, path: str | Path, new_spec: SearchSpec | None = None, force: bool = False, out=sys.stdout) -> "Controller":
+    def open(cls, path: str | Path, new_spec: SearchSpec | None = None, force: bool = False, out=None) -> "Controller":
         """An existing run; `new_spec` (if given) must equal the run's spec unless `force`."""
         import json
 
@@ -118,7 +118,8 @@ class Controller:
         write_json_atomic(self.run_dir / STATE_FILE, self.state)
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        # None: whatever sys.stdout is at the time (not at import time).
+        print(text, file=self.out or sys.stdout, flush=True)
 
     # ---- running ------------------------------------------------------------------------------------
 

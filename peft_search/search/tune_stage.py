@@ -63,7 +63,7 @@ class StageProgress(threading.Thread):
     """Terminal progress from the trial records (the source of truth, so it is right after a
     restore too): trials done of total, failures, best score so far."""
 
-    def __init__(self, run_dir: Path, plan: StagePlan, num_stages: int, interval_s: float = 2.0, out=sys.stdout):
+    def __init__(self, run_dir: Path, plan: StagePlan, num_stages: int, interval_s: float = 2.0, out=None):
         super().__init__(daemon=True)
         self.prefix = f"stage {plan.stage + 1}/{num_stages} ({plan.component})"
         self.run_dir, self.plan, self.interval_s, self.out = run_dir, plan, interval_s, out
@@ -83,7 +83,7 @@ class StageProgress(threading.Thread):
     def report(self) -> None:
         line = self.line()
         if line != self.last_line:
-            print(line, file=self.out, flush=True)
+            print(line, file=self.out or sys.stdout, flush=True)
             self.last_line = line
 
     def run(self) -> None:
