@@ -162,7 +162,7 @@ class Controller:
             redraws = sum(plan.redraws.values())
             self.say(
                 f"stage {index + 1}/{num_stages} ({component}): {len(plan.choices)} choices, {plan.num_trials} trials"
-                + (f", {redraws} infeasible designs redrawn" if redraws else "")
+                + (f", {redraws} infeasible draw{'s' if redraws != 1 else ''} redrawn" if redraws else "")
             )
             started = time.monotonic()
             run_stage(self.run_dir, plan, num_stages, self._trial_resources(), self.spec.max_concurrent_trials, self.spec.retries)

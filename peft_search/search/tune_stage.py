@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
+import os
 import platform
 import socket
 import sys
@@ -106,6 +108,9 @@ def run_stage(run_dir: Path, plan: StagePlan, num_stages: int, resources: dict, 
     pending = [row for row in plan.rows if not record_path(run_dir, plan.stage, row.trial_id).is_file()]
     if not pending:
         return
+    # Our progress line (from the records) replaces Tune's tables and info logs on the terminal.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     trainable = tune.with_resources(stage_trainable, resources)
     experiment = directory / EXPERIMENT
     if experiment.exists() and tune.Tuner.can_restore(str(experiment)):
