@@ -192,6 +192,25 @@ def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp
     ray.shutdown()
 
 
+def test_trials_with_two_workers_run_a_torch_trainer_inside_their_tune_trials(tmp_path):
+    job = write_job(
+        tmp_path,
+        stages=[{"component": "grouping", "candidates": ["uniform", "spindle"]}],
+        designs_per_choice=1,
+        resources={"cpus": 0.5, "workers": 2},
+    )
+    storage = tmp_path / "runs"
+    result = cli("run", str(job), "--storage", str(storage))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = only_run(storage)
+    results = pq.read_table(run / "results.parquet").to_pylist()
+    assert len(results) == 2 and all(r["status"] == "finished" for r in results)
+    for record in results:
+        metrics = json.loads(record["metrics_json"])
+        assert {"train_loss", "eval_loss", "accuracy"} <= set(metrics)
+    assert json.loads((run / "state.json").read_text())["stages"][0]["status"] == "decided"
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -202,7 +202,7 @@ class SearchSpec(_Strict):
         None, ge=1, description="trials running at once; null = as many as the cluster's resources allow"
     )
     retries: int = Field(1, ge=0, description="times a failed trial is retried before it counts as failed")
-    storage: str = Field("runs", min_length=1, description="where runs are kept: a directory or a URI (s3://, gs://)")
+    storage: str = Field("runs", min_length=1, description="where runs are kept: a local directory, or on a cluster a shared (NFS/EFS/PVC) one")
     cache_dir: str | None = Field(None, description="tokenisation cache directory; null = the trial layer's default")
     final: FinalSpec | None = Field(None, description="optional final evaluation; null = none")
 
@@ -336,6 +336,29 @@ def spec_schema() -> dict:
 
 def schema_text() -> str:
     return json.dumps(spec_schema(), indent=2)
+
+
+def spec_reference() -> str:
+    """The job spec's keys as Markdown tables (docs/job-spec.md is this text; a test keeps them equal)."""
+    sections = [("SearchSpec", SearchSpec, "")]
+    lines = ["# Job spec reference", "", "Generated from `peft_search/search/spec.py` (`peft-search schema` prints the JSON schema).", ""]
+    seen = set()
+    while sections:
+        title, model, prefix = sections.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        lines += [f"## `{prefix or 'top level'}` ({title})", "", (model.__doc__ or "").strip().splitlines()[0], ""]
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            nested = _model_of(info.annotation)
+            if nested is not None:
+                sections.append((nested.__name__, nested, f"{prefix}{name}."))
+            kind = str(info.annotation).replace("typing.", "").replace("peft_search.search.spec.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
+            default = "required" if info.is_required() else json.dumps(info.get_default(call_default_factory=True), default=lambda v: v.model_dump(mode="json"))
+            lines.append(f"| `{prefix}{name}` | `{kind}` | `{default}` | {(info.description or '').replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def spec_diff(old: SearchSpec, new: SearchSpec, ignore: Collection[str] = ()) -> list[str]:
