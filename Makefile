@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 quickstart: setup
 	$(BIN)/peft-search run jobs/quickstart.yaml
