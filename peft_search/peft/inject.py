@@ -104,3 +104,30 @@ def apply_plan(model, plan: BudgetPlan) -> InjectionReport:
             "the budget's cost model and the PEFT modules disagree"
         )
     return InjectionReport(plan=plan, backbone_params=backbone_params, realised_params=realised, head_params=head)
+
+
+def trainable_parameters_by_strategy(model) -> dict[str, list]:
+    """The trainable parameters of an injected model, by what they belong to: `adapter`, `prefix`,
+    `lora` (found by module type), `bitfit` (the other trainable backbone tensors: biases) and
+    `head` (everything outside the backbone). The trainer uses it to give each its learning rate."""
+    groups: dict[str, list] = {"adapter": [], "prefix": [], "lora": [], "bitfit": [], "head": []}
+    claimed: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, AdaptedLinear):
+            strategy, parameters = "adapter", module.adapter.parameters()
+        elif isinstance(module, LoraLinear):
+            strategy, parameters = "lora", [module.lora_A.weight, module.lora_B.weight]
+        elif isinstance(module, Prefix):
+            strategy, parameters = "prefix", module.parameters()
+        else:
+            continue
+        for parameter in parameters:
+            if parameter.requires_grad and id(parameter) not in claimed:
+                groups[strategy].append(parameter)
+                claimed.add(id(parameter))
+    backbone = {id(p) for p in model.base_model.parameters()}
+    for parameter in model.parameters():
+        if parameter.requires_grad and id(parameter) not in claimed:
+            groups["bitfit" if id(parameter) in backbone else "head"].append(parameter)
+            claimed.add(id(parameter))
+    return groups

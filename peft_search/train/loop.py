@@ -26,8 +26,10 @@ import torch
 from peft_search.errors import InputError
 from peft_search.peft import apply_plan, load_backbone, plan_budget, profile_backbone, resolve_model, save_peft
 from peft_search.peft.budget import FEASIBLE_RELATIVE_ERROR
+from peft_search.peft.inject import trainable_parameters_by_strategy
 from peft_search.train.data import TaskData, TokenisedSplit, load_task_data
 from peft_search.train.metrics import compute_metrics
+from peft_search.train.presets import STRATEGY_LEARNING_RATE_SCALE
 from peft_search.train.tasks import get_task
 
 MAX_GRAD_NORM = 1.0
@@ -216,14 +218,26 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def parameter_groups(model, weight_decay: float):
-    """AdamW groups: no decay on biases and normalisation weights (the usual BERT recipe)."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def parameter_groups(model, weight_decay: float, base_lr: float, injected: bool):
+    """AdamW groups: no decay on biases and normalisation weights (the usual BERT recipe); on an
+    injected model each strategy's parameters at base_lr x its STRATEGY_LEARNING_RATE_SCALE."""
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def split(parameters, lr):
+        decay = [p for p in parameters if not (p.ndim < 2 or "norm" in names[id(p)].lower())]
+        no_decay = [p for p in parameters if p.ndim < 2 or "norm" in names[id(p)].lower()]
+        return [
+            {"params": group, "weight_decay": wd, "lr": lr}
+            for group, wd in ((decay, weight_decay), (no_decay, 0.0))
+            if group
+        ]
+
+    if not injected:  # full fine-tuning: one rate for everything
+        return split([p for p in model.parameters() if p.requires_grad], base_lr)
+    groups = []
+    for strategy, parameters in trainable_parameters_by_strategy(model).items():
+        groups += split(parameters, base_lr * STRATEGY_LEARNING_RATE_SCALE[strategy])
+    return groups
 
 
 def peak_memory_mb() -> float:
@@ -293,7 +307,9 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
         SplitDataset(prepared.data.validation), batch_size=2 * config.batch_size,
         sampler=LengthOrderedSampler(prepared.data.validation), collate_fn=collate,
     )
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay, config.lr, injected=prepared.report is not None), lr=config.lr
+    )
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
 

@@ -1,0 +1,48 @@
+"""Per-strategy learning-rate scales on a mixed design: the s4-t5 preset on MiniLM + SST-2 (2,000
+training examples, 1 epoch, base rate 5e-3) with the prefix and BitFit parts at 1x, 2x or the
+default scales (STRATEGY_LEARNING_RATE_SCALE), for several seeds, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_strategy_lr.py --data-dir ../shared/data/glue [--seeds 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import peft_search.train.presets as presets
+from peft_search.train import TrialConfig, run_trial
+
+VARIANTS = {
+    "prefix x1, bitfit x1 (one rate)": {"prefix": 1.0, "bitfit": 1.0},
+    "prefix x2, bitfit x2": {"prefix": 2.0, "bitfit": 2.0},
+    "default scales": dict(presets.STRATEGY_LEARNING_RATE_SCALE),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--preset", default="s4-t5")
+    args = parser.parse_args()
+    scores: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for name, scales in VARIANTS.items():
+            # The trainer reads the scales when it builds its optimizer: set them for this trial.
+            presets.STRATEGY_LEARNING_RATE_SCALE.update(scales)
+            config = TrialConfig(model="minilm", task="sst2", data_dir=args.data_dir, preset=args.preset,
+                                 max_train_examples=2000, epochs=1, seed=seed)  # fmt: skip
+            result = run_trial(config)
+            scores.setdefault(name, []).append(result.score)
+            print(f"seed {seed}  {name:<32} {result.status} {result.score:.4f}", flush=True)
+    print(f"\n| scales | {' | '.join(f'seed {s}' for s in args.seeds)} | mean |")
+    print(f"|---|{'---:|' * (len(args.seeds) + 1)}")
+    for name, values in scores.items():
+        print(f"| {name} | {' | '.join(f'{v:.4f}' for v in values)} | {statistics.mean(values):.4f} |")
+    print(json.dumps(scores))
+
+
+if __name__ == "__main__":
+    main()

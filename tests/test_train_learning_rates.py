@@ -1,0 +1,51 @@
+"""One base learning rate per trial; each strategy's parameters train at their own multiple of it."""
+
+import pytest
+
+from conftest import build
+from peft_search.peft import inject
+from peft_search.space import Design
+from peft_search.train.loop import parameter_groups
+from peft_search.train.presets import STRATEGY_LEARNING_RATE_SCALE, default_learning_rate
+
+MIXED = Design(
+    "spindle", "uniform", (1, 2, 3, 4),
+    (("adapter", "lora"), ("adapter", "prefix"), ("adapter", "prefix", "bitfit"), ("prefix", "bitfit", "lora")),
+)  # fmt: skip
+
+
+def rates_by_parameter(groups):
+    return {id(p): group["lr"] for group in groups for p in group["params"]}
+
+
+def test_each_strategy_trains_at_its_scaled_rate_and_nothing_is_left_out():
+    model = build("bert")
+    inject(model, MIXED, 0.05)
+    groups = parameter_groups(model, weight_decay=0.01, base_lr=5e-3, injected=True)
+    rates = rates_by_parameter(groups)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(rates) == {id(p) for p in trainable.values()}  # every trainable tensor, exactly once
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    for name, parameter in trainable.items():
+        if "peft_prefix" in name:
+            expected = STRATEGY_LEARNING_RATE_SCALE["prefix"]
+        elif "lora_" in name:
+            expected = STRATEGY_LEARNING_RATE_SCALE["lora"]
+        elif ".adapter." in name:
+            expected = STRATEGY_LEARNING_RATE_SCALE["adapter"]
+        elif name.startswith("bert."):
+            expected = STRATEGY_LEARNING_RATE_SCALE["bitfit"]
+        else:
+            expected = STRATEGY_LEARNING_RATE_SCALE["head"]
+        assert rates[id(parameter)] == pytest.approx(5e-3 * expected), name
+    # The prefix part of a mixed design is not starved: it trains 6x faster than its LoRA part.
+    assert STRATEGY_LEARNING_RATE_SCALE["prefix"] > STRATEGY_LEARNING_RATE_SCALE["lora"]
+
+
+def test_full_fine_tuning_uses_one_rate():
+    model = build("bert")
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    groups = parameter_groups(model, weight_decay=0.0, base_lr=default_learning_rate("full"), injected=False)
+    assert {g["lr"] for g in groups} == {5e-5}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
