@@ -146,6 +146,9 @@ def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
             pass
     time.sleep(2)
     run = only_run(storage)
+    interrupted = cli("status", str(run), "--json")
+    assert interrupted.returncode == 0, interrupted.stderr
+    assert json.loads(interrupted.stdout)["trials_running"] <= 1  # one at a time: at most one was cut off
     before = {p.name: p.read_text() for p in run.glob("stages/0/trials/*.json")}
     planned = planned_ids(run)
     assert 2 <= len(before) < len(planned) == 6
@@ -159,6 +162,7 @@ def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
     assert sorted(r["trial_id"] for r in results) == sorted(planned)
     assert all(r["status"] == "finished" for r in results)
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    assert json.loads(cli("status", str(run), "--json").stdout)["trials_running"] == 0
 
 
 def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp_path):

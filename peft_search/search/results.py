@@ -86,6 +86,17 @@ def record_path(run_dir: Path, stage: int, trial_id: str) -> Path:
     return trials_dir(run_dir, stage) / f"{trial_id}.json"
 
 
+def started_path(run_dir: Path, stage: int, trial_id: str) -> Path:
+    """A trial's marker while it runs: written when it starts, removed once its record exists."""
+    return trials_dir(run_dir, stage) / f"{trial_id}.started"
+
+
+def started_trials(run_dir: Path, stage: int | None = None) -> list[str]:
+    """Trials that started and have no record yet: running now, or interrupted with their driver."""
+    pattern = f"stages/{stage}/trials/*.started" if stage is not None else "stages/*/trials/*.started"
+    return sorted(p.stem for p in run_dir.glob(pattern) if not p.with_suffix(".json").is_file())
+
+
 def read_records(run_dir: Path, stage: int | None = None) -> list[dict]:
     """Every trial record of one stage (or of all stages), in a stable order."""
     pattern = f"stages/{stage}/trials/*.json" if stage is not None else "stages/*/trials/*.json"

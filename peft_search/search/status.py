@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from peft_search.search.decide import ChoiceStats, Decision
-from peft_search.search.results import read_records
+from peft_search.search.results import read_records, started_trials
 from peft_search.search.run_dir import STATE_FILE, require_run
 
 
@@ -19,6 +19,7 @@ def run_status(path: str | Path) -> dict:
         mine = [r for r in records if r["stage"] == stage["stage"]]
         done = len(mine)
         failed = sum(1 for r in mine if r["status"] != "finished")
+        running = len(started_trials(run_dir, stage["stage"]))
         planned = stage.get("trials")
         stages.append(
             {
@@ -28,6 +29,7 @@ def run_status(path: str | Path) -> dict:
                 "planned": planned,
                 "done": done,
                 "failed": failed,
+                "running": running,
                 "remaining": (planned - done) if planned is not None else None,
                 "winner": stage.get("winner"),
                 "decision": stage.get("decision"),
@@ -43,6 +45,8 @@ def run_status(path: str | Path) -> dict:
         "stages": stages,
         "trials_done": len(records),
         "trials_failed": sum(1 for r in records if r["status"] != "finished"),
+        # Started without a record: running now, or interrupted with their driver (resume reruns them).
+        "trials_running": sum(s["running"] for s in stages),
         "mean_trial_s": mean_trial_s,
         # Planned stages only: later stages are planned once their predecessors decide.
         "remaining_trials_planned": remaining,
@@ -87,6 +91,8 @@ def format_status(status: dict) -> str:
     lines = [f"run {status['run_dir']}: {status['status']}"]
     lines.append(
         f"trials: {status['trials_done']} done, {status['trials_failed']} failed"
+        + (f", {status['trials_running']} running (or interrupted, if the driver is gone: resume reruns them)"
+           if status["trials_running"] else "")
         + (f", {status['remaining_trials_planned']} planned and not done" if status["remaining_trials_planned"] else "")
         + (f"; about {status['estimated_remaining_s'] / 60:.1f} min left in planned stages" if status["estimated_remaining_s"] else "")
     )

@@ -22,7 +22,7 @@ import ray
 from ray import tune
 
 from peft_search.search.plan import PlanRow, StagePlan
-from peft_search.search.results import read_records, record_path, trial_record
+from peft_search.search.results import read_records, record_path, started_path, trial_record
 from peft_search.search.run_dir import stage_dir, write_json_atomic
 
 EXPERIMENT = "tune"
@@ -44,6 +44,8 @@ def stage_trainable(config: dict) -> None:
         tune.report({"score": record["score"], "status": record["status"], "trial_id": row.trial_id, "replayed": True})
         return
     started_at = _now()
+    marker = started_path(Path(config["run_dir"]), row.stage, row.trial_id)
+    write_json_atomic(marker, {"trial_id": row.trial_id, "node": platform.node(), "started_at": started_at})
     epochs_reported = []
 
     def on_epoch(metrics: dict) -> None:
@@ -56,6 +58,7 @@ def stage_trainable(config: dict) -> None:
         result = {"status": "failed", "score": None, "error": f"{type(error).__name__}: {error}"}
     record = trial_record(row, result, node=platform.node(), started_at=started_at, finished_at=_now())
     write_json_atomic(path, record)
+    marker.unlink(missing_ok=True)
     final = {"score": record["score"], "status": record["status"], "trial_id": row.trial_id, "replayed": False}
     if not epochs_reported or record["status"] != "finished":
         tune.report(final)
