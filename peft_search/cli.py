@@ -257,7 +257,13 @@ def cmd_resume(args) -> int:
 
 
 def _run_controller(controller, address) -> int:
-    state = controller.run(address=address)
+    from peft_search.search.controller import SearchFailed
+
+    try:
+        state = controller.run(address=address)
+    except SearchFailed as error:
+        print(f"peft-search: search failed: {error}", file=sys.stderr)
+        return 1
     discovered = state["discovered"]
     print(f"\nsearch finished: {controller.run_dir}")
     if discovered:

@@ -25,6 +25,10 @@ from peft_search.space import Design, DesignSpace
 STATE_FORMAT = 1
 
 
+class SearchFailed(RuntimeError):
+    """The search cannot go on (a stage with no finished design); the state says so."""
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -209,8 +213,9 @@ class Controller:
             self.state["status"] = "failed"
             self.save_state()
             errors = sorted({r["error"] for r in records if r.get("error")})[:3]
-            raise RuntimeError(
-                f"stage {index}: no design finished, so nothing can be decided; first errors: {errors}"
+            raise SearchFailed(
+                f"stage {index} ({decision.component}): no design finished, so nothing can be decided; "
+                f"first errors: {errors}; every trial is recorded (peft-search status {self.run_dir})"
             )
         return decision
 
