@@ -215,6 +215,29 @@ def test_trials_with_two_workers_run_a_torch_trainer_inside_their_tune_trials(tm
     assert json.loads((run / "state.json").read_text())["stages"][0]["status"] == "decided"
 
 
+def test_a_stage_where_every_trial_fails_ends_the_run_clearly(tmp_path):
+    import ray
+
+    from peft_search.peft import load_backbone, profile_backbone
+    from peft_search.search.controller import Controller, SearchFailed, prepare_spec
+    from peft_search.search.plan import PlanRow, plan_path, plan_stage, write_plan
+
+    job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle"]}], designs_per_choice=1)
+    spec = prepare_spec(job, storage=str(tmp_path / "runs"))
+    controller = Controller.create(spec, tmp_path / "runs" / "doomed")
+    plan = plan_stage(spec, 0, spec.initial_space(), profile_backbone(load_backbone("minilm", meta=True)))
+    missing = str(tmp_path / "no-such-model")
+    rows = tuple(PlanRow(**{**row.__dict__, "config": {**row.config, "model": missing}}) for row in plan.rows)
+    write_plan(plan.__class__(**{**plan.__dict__, "rows": rows}), plan_path(controller.run_dir, 0))
+    try:
+        with pytest.raises(SearchFailed, match="no design finished.*no-such-model"):
+            controller.run()
+    finally:
+        ray.shutdown()
+    assert json.loads((controller.run_dir / "state.json").read_text())["status"] == "failed"
+    assert len(pq.read_table(plan_path(controller.run_dir, 0)).to_pylist()) == len(list(controller.run_dir.glob("stages/0/trials/*.json")))
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
