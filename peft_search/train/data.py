@@ -437,9 +437,45 @@ def load_task_data(
 
     With `holdout_fraction`, the validation split returned is a held-back slice of the (subsampled)
     training examples and the training split is the rest (`hold_out`); the dev set is not used."""
-    data = _load_task_data(task, tokenizer, data_dir=data_dir, max_length=max_length, max_train_examples=max_train_examples,
-                           max_eval_examples=max_eval_examples, seed=seed, cache_dir=cache_dir)
-    return data if holdout_fraction is None else hold_out(data, holdout_fraction)
+    source = locate(task, data_dir)
+    cache_root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
+    common = {
+        "format": CACHE_FORMAT,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "task": task.name,
+        "source": source.fingerprint(),
+        "max_length": max_length,
+    }
+    subsample = {
+        "train": None if max_train_examples is None else [max_train_examples, seed],
+        "validation": None if max_eval_examples is None else [max_eval_examples, EVAL_SUBSAMPLE_SEED],
+    }
+    keys = {split: cache_key({**common, "split": split, "subsample": subsample[split]}) for split in subsample}
+    paths = {split: cache_root / f"{task.kind}-{keys[split]}.npz" for split in keys}
+    splits = {split: _load(paths[split]) for split in paths}
+    hits = {split: splits[split] is not None for split in splits}
+
+    def result(data: TaskData) -> TaskData:
+        return data if holdout_fraction is None else hold_out(data, holdout_fraction)
+
+    if all(hits.values()):
+        STATS["cache_hits"] += 2
+        names = splits["train"].label_names
+        return result(TaskData(task if task.regression else task.with_labels(names), splits["train"], splits["validation"], hits))
+
+    task, raw_train, raw_validation = read_examples(task, source)
+    raw = {"train": raw_train, "validation": raw_validation}
+    for split, seed_for_split in (("train", seed), ("validation", EVAL_SUBSAMPLE_SEED)):
+        if splits[split] is not None:
+            STATS["cache_hits"] += 1
+            continue
+        limit = max_train_examples if split == "train" else max_eval_examples
+        examples = raw[split]
+        if limit is not None:
+            examples = _subset(examples, stratified_indices(examples.labels, limit, seed_for_split, task.regression))
+        splits[split] = tokenise(tokenizer, examples, max_length, task.regression, task.labels)
+        _save(paths[split], splits[split], {**common, "split": split, "subsample": subsample[split], "count": len(examples.labels)})
+    return result(TaskData(task, splits["train"], splits["validation"], hits))
 
 
 def hold_out(data: TaskData, fraction: float) -> TaskData:
@@ -467,51 +503,3 @@ def take_examples(split: TokenisedSplit, indices: np.ndarray) -> TokenisedSplit:
         labels=split.labels[indices],
         label_names=split.label_names,
     )
-
-
-def _load_task_data(
-    task: Task,
-    tokenizer,
-    *,
-    data_dir: str | None,
-    max_length: int,
-    max_train_examples: int | None,
-    max_eval_examples: int | None,
-    seed: int,
-    cache_dir: str | None,
-) -> TaskData:
-    source = locate(task, data_dir)
-    cache_root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
-    common = {
-        "format": CACHE_FORMAT,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "task": task.name,
-        "source": source.fingerprint(),
-        "max_length": max_length,
-    }
-    subsample = {
-        "train": None if max_train_examples is None else [max_train_examples, seed],
-        "validation": None if max_eval_examples is None else [max_eval_examples, EVAL_SUBSAMPLE_SEED],
-    }
-    keys = {split: cache_key({**common, "split": split, "subsample": subsample[split]}) for split in subsample}
-    paths = {split: cache_root / f"{task.kind}-{keys[split]}.npz" for split in keys}
-    splits = {split: _load(paths[split]) for split in paths}
-    hits = {split: splits[split] is not None for split in splits}
-    if all(hits.values()):
-        STATS["cache_hits"] += 2
-        names = splits["train"].label_names
-        return TaskData(task if task.regression else task.with_labels(names), splits["train"], splits["validation"], hits)
-
-    task, raw_train, raw_validation = read_examples(task, source)
-    raw = {"train": raw_train, "validation": raw_validation}
-    for split, seed_for_split in (("train", seed), ("validation", EVAL_SUBSAMPLE_SEED)):
-        if splits[split] is not None:
-            STATS["cache_hits"] += 1
-            continue
-        limit = max_train_examples if split == "train" else max_eval_examples
-        examples = raw[split]
-        if limit is not None:
-            examples = _subset(examples, stratified_indices(examples.labels, limit, seed_for_split, task.regression))
-        splits[split] = tokenise(tokenizer, examples, max_length, task.regression, task.labels)
-        _save(paths[split], splits[split], {**common, "split": split, "subsample": subsample[split], "count": len(examples.labels)})
-    return TaskData(task, splits["train"], splits["validation"], hits)
