@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from peft_search.train import PRESETS, TrialConfig, run_trial  # noqa: E402
 from peft_search.train import data as data_module  # noqa: E402
-from peft_search.train.loop import load_tokenizer, prepare  # noqa: E402
+from peft_search.train.prepare import load_tokenizer, prepare  # noqa: E402
 
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 MODEL = "minilm"

@@ -220,9 +220,8 @@ def _add_train_parser(commands) -> None:
 
 def cmd_run(args) -> int:
     from peft_search.search.controller import Controller, new_run_dir, prepare_spec
-    from peft_search.search.plan import estimate_search
-
     from peft_search.peft.backbones import is_local_model
+    from peft_search.search.stage.estimate import estimate_search
 
     # A dry run checks a Hub model only when it is already at hand: it must work offline.
     check_model = not args.dry_run or is_local_model(load_spec_backbone(args.job))
@@ -273,10 +272,8 @@ def _run_controller(controller, address) -> int:
         print(f"discovered design {design.design_id} (score {discovered['score']:.4f}): {design.summary()}")
         print(f"design JSON: {design.to_json()}")
     print(f"results: {controller.run_dir / 'results.parquet'}")
-    if controller.spec.final is not None and state["status"] == "finished":
-        from peft_search.search.evaluate import evaluate_run
-
-        print(f"final:   {evaluate_run(controller.run_dir, address=address)}")
+    if controller.final_path is not None:
+        print(f"final:   {controller.final_path}")
     from peft_search.report import write_report
 
     print(f"report:  {write_report(controller.run_dir)}")
@@ -301,13 +298,13 @@ def cmd_report(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from peft_search.report import write_report
-    from peft_search.search.evaluate import evaluate_run, parse_final_file
-    from peft_search.search.run_dir import require_run
-    from peft_search.search.spec import load_spec
+    from peft_search.search.final.evaluate import evaluate_run
+    from peft_search.search.storage.run_dir import require_run
+    from peft_search.search.spec import load_final_file, load_run_spec
 
     final = None
     if args.final:
-        final = parse_final_file(args.final, load_spec(require_run(args.run) / "spec.yaml"))
+        final = load_final_file(args.final, load_run_spec(require_run(args.run) / "spec.yaml"))
     path = evaluate_run(args.run, final=final, address=args.address)
     print(f"final:  {path}")
     print(f"report: {write_report(args.run)}")
@@ -315,10 +312,25 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from peft_search.search.export import export_run
+    from peft_search.search.final.export import export_run
 
     out = export_run(args.run, args.out)
     print(f"exported to {out} (model card: {out / 'README.md'})")
+    return 0
+
+
+def cmd_fidelity(args) -> int:
+    from peft_search.search.controller import prepare_spec
+    from peft_search.search.fidelity import run_fidelity
+
+    lengths = None
+    if args.steps:
+        try:
+            lengths = [int(x) for x in args.steps.split(",") if x.strip()]
+        except ValueError:
+            raise InputError("--steps", f"comma-separated whole numbers of steps, e.g. 25,50,100; got {args.steps!r}") from None
+    spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir)
+    run_fidelity(spec, args.job, lengths=lengths, designs=args.designs, resume=args.resume, address=args.address)
     return 0
 
 
@@ -330,7 +342,7 @@ def cmd_schema(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from peft_search.search.submit import submit_job
+    from peft_search.search.cluster.submit import submit_job
 
     job = submit_job(args.job, args.address, working_dir=args.working_dir, storage=args.storage)
     print(f"submitted job {job.job_id}")
@@ -378,6 +390,22 @@ def _add_search_commands(commands) -> None:
     export.add_argument("run", help="run directory with a discovered design")
     export.add_argument("--out", required=True, help="output directory (outside the run)")
     export.set_defaults(handler=cmd_export)
+
+    fidelity = commands.add_parser(
+        "fidelity", help="is the training length long enough? a pilot of designs at 2-3 lengths, rank correlation",
+        description="Train the same pilot designs at two or three training lengths; print each length's collapse rate "
+        "and the Spearman rank correlation of its design scores with the longest length's, and recommend the cheapest "
+        "length with correlation >= 0.8.",
+    )
+    fidelity.add_argument("job", help="job spec (its backbone, tasks, data, budget and hyperparameters are used)")
+    fidelity.add_argument("--steps", help="training lengths in optimiser steps, e.g. 25,50,100 (default: half, once and "
+                          "twice the spec's fidelity.max_steps)")
+    fidelity.add_argument("--designs", type=int, default=8, help="pilot designs drawn from S0 (default 8)")
+    fidelity.add_argument("--storage", help="directory for the pilot (default: the spec's storage)")
+    fidelity.add_argument("--data-dir", help="local data directory for the spec's tasks")
+    fidelity.add_argument("--resume", help="a pilot directory to finish (trains only what has no record)")
+    fidelity.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
+    fidelity.set_defaults(handler=cmd_fidelity)
 
     schema = commands.add_parser("schema", help="print the job spec's schema (every key, its type and default)")
     schema.set_defaults(handler=cmd_schema)

@@ -4,7 +4,6 @@ comparison (same tuning for every contender, never on dev; tuned rate = best hel
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from peft_search.errors import InputError
 from peft_search.report.tables import comparison
 from peft_search.search.spec import load_spec
 from peft_search.train.data import hold_out
-from peft_search.train.loop import load_data, load_tokenizer
+from peft_search.train.prepare import load_data, load_tokenizer
 from peft_search.train.trial import TrialConfig
 
 from tiny_search_run import needs_minilm_and_tweets, tiny_run

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from peft_search.cli import main
-from peft_search.search.export import evaluate_export, export_run
+from peft_search.search.final.export import evaluate_export, export_run
 from peft_search.space import Design
 
 from tiny_search_run import needs_minilm_and_tweets, tiny_run

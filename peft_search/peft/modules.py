@@ -34,17 +34,14 @@ class Adapter(nn.Module):
         return bottleneck * (2 * hidden_size + 1) + hidden_size
 
 
-class AdaptedLinear(nn.Module):
-    """A block's feed-forward output projection followed by its adapter."""
+class WrappedLinear(nn.Module):
+    """A backbone linear layer with a PEFT module around it, kept as `base_layer` (HF peft's
+    BaseTunerLayer does the same): its parameters keep their place in the state dict, under
+    `base_layer.`, and the backbone still sees the layer's weight and bias."""
 
-    def __init__(self, base_layer: nn.Linear, bottleneck: int):
+    def __init__(self, base_layer: nn.Linear):
         super().__init__()
         self.base_layer = base_layer
-        weight = base_layer.weight
-        self.adapter = Adapter(base_layer.out_features, bottleneck, device=weight.device, dtype=weight.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.base_layer(x))
 
     # Backbones read their projections' weights directly (T5 checks `wo.weight.dtype`).
     @property
@@ -56,12 +53,23 @@ class AdaptedLinear(nn.Module):
         return self.base_layer.bias
 
 
-class LoraLinear(nn.Module):
+class AdaptedLinear(WrappedLinear):
+    """A block's feed-forward output projection followed by its adapter."""
+
+    def __init__(self, base_layer: nn.Linear, bottleneck: int):
+        super().__init__(base_layer)
+        weight = base_layer.weight
+        self.adapter = Adapter(base_layer.out_features, bottleneck, device=weight.device, dtype=weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base_layer(x))
+
+
+class LoraLinear(WrappedLinear):
     """W x + scaling * B A x, with A Kaiming-uniform and B zero (starts as identity), as in HF peft."""
 
     def __init__(self, base_layer: nn.Linear, rank: int):
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         weight = base_layer.weight
         factory = {"device": weight.device, "dtype": weight.dtype}
         self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False, **factory)
@@ -70,15 +78,6 @@ class LoraLinear(nn.Module):
         if weight.device.type != "meta":
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B.weight)
-
-    # Backbones read their projections' weights directly (T5 checks `wo.weight.dtype`).
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     @property
     def rank(self) -> int:

@@ -27,7 +27,7 @@ from peft_search.report.tables import (
     load_run,
     space_path,
 )
-from peft_search.search.status import choice_cells, decision_summary
+from peft_search.search.status import choice_cells, collapse_warning, decision_summary
 from peft_search.space import Design
 
 REPORT_DIR = "report"
@@ -45,6 +45,7 @@ tr.failed td { background: #fbeaea; }
 tr.group th { background: #f2f2f2; }
 code, pre { font-size: 0.85em; } pre { white-space: pre-wrap; margin: 0; max-width: 50em; }
 .note { color: #555; font-size: 0.9em; }
+.warning { color: #a40; font-weight: bold; }
 img { max-width: 100%; border: 1px solid #ddd; }
 """
 
@@ -103,8 +104,10 @@ def _header(run: RunView) -> str:
         f"fidelity {escape(_fidelity_text(spec.fidelity))}.</p>",
         f'<p class="note">Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}. '
         "A design's score is the mean over tasks of each task's main metric; a stage keeps the choice with the "
-        "best mean design score. The interval is a percentile bootstrap 95% interval of the mean; P(beats runner-up) "
-        "is the fraction of bootstrap resamples in which the winner's mean exceeds the runner-up's.</p>",
+        "best mean design score. The interval is a Student-t 95% interval of the mean. P(best) is each choice's "
+        "posterior probability of being the best: for paired designs (blocks) from the randomized complete block "
+        "model, for independent designs from each choice's own t posterior (docs/design.md, Decisions); "
+        "'-' where too few blocks or designs leave the noise unknown.</p>",
     ]
     found = run.state.get("discovered")
     if found:
@@ -172,20 +175,32 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
             + _num(stats.n_finished).replace("<td", '<td data-field="n_finished"', 1)
             + _num(stats.n_failed).replace("<td", '<td data-field="n_failed"', 1)
             + _num(stats.n_failed_trials).replace("<td", '<td data-field="n_failed_trials"', 1)
+            + _num(stats.n_collapsed_trials).replace("<td", '<td data-field="n_collapsed_trials"', 1)
+            + _num(stats.p_best, cells["p_best"]).replace("<td", '<td data-field="p_best"', 1)
+            + f'<td data-field="diff">{escape(cells["diff"])}</td><td data-field="dropped">{escape(cells["dropped"])}</td>'
             + "</tr>"
         )
     parts.append(_table(
-        ["choice", "mean", "median", "95% CI low", "95% CI high", "designs scored", "designs failed", "trials failed"],
+        ["choice", "mean", "median", "95% CI low", "95% CI high", "designs scored", "designs failed", "trials failed",
+         "trials collapsed", "P(best)", "difference to the best [95% CI]", "dropped by the race"],
         rows, "decisions", f' data-stage="{view.stage}"',
     ))
+    warning = collapse_warning(sum(1 for r in view.records if r.get("collapsed")), len(view.records))
+    if warning:
+        parts.append(f'<p class="warning">Warning: {escape(warning)}</p>')
     probability = decision.win_probability
+    evidence = (f"{decision.method} comparison over {decision.blocks} complete blocks" if decision.method == "blocked"
+                else f"{decision.method} comparison")
+    race = (f" Race: {decision.rounds} rounds, {escape(decision.race_reason or '')}; {decision.trials_run} of "
+            f"{decision.trials_planned} planned trials trained." if decision.rounds is not None else "")
     parts.append(
         f'<p class="decision" data-winner="{escape(decision.winner or "")}" data-runner-up="{escape(decision.runner_up or "")}"'
         + (f' data-win-probability="{probability!r}"' if probability is not None else "")
         + ">"
-        + (f"{escape(decision.winner)} beats {escape(decision.runner_up)} with probability {probability:.2f} "
-           f"({decision.resamples} paired bootstrap resamples, seed {decision.seed})."
-           if probability is not None else "Only one choice has scored designs: no runner-up to compare with.")
+        + (f"{escape(decision.winner)} is the best with probability {probability:.2f} ({evidence}, "
+           f"{decision.resamples} Monte Carlo draws, seed {decision.seed})."
+           if probability is not None else f"P(best) unknown: {evidence} with too few blocks or designs to estimate the noise.")
+        + race
         + "</p></section>"
     )
     return "\n".join(parts)

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-from peft_search.search.decide import Decision  # noqa: E402
+from peft_search.search.stage.decide import Decision  # noqa: E402
 
 
 def edf_plot(decision: Decision, title: str, path: Path) -> Path:

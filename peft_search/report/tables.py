@@ -1,7 +1,7 @@
 """What the report shows, as plain data: a run's stages with their decisions, the path S0 -> S_final,
 the trials grouped by stage and choice, compute per stage, and the final comparison.
 
-Read-only over a run directory (`peft_search.search.run_dir` documents the layout): the decisions are
+Read-only over a run directory (`peft_search.search.storage.run_dir` documents the layout): the decisions are
 the ones the controller stored in `state.json`; the trials come from the per-trial records (the
 source of truth, so a running stage's finished trials show too); the final comparison from
 `final.parquet`. Imports pyarrow and read-only helpers of `peft_search.search`; never ray or torch.
@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft_search.errors import InputError
-from peft_search.search.decide import Decision
-from peft_search.search.evaluate import FINAL_FILE
-from peft_search.search.results import read_records
-from peft_search.search.run_dir import STATE_FILE, require_run
-from peft_search.search.spec import SearchSpec, load_spec
+from peft_search.search.stage.decide import Decision
+from peft_search.search.storage.records import read_final, read_records
+from peft_search.search.storage.run_dir import STATE_FILE, require_run
+from peft_search.search.spec import SearchSpec, load_run_spec
 from peft_search.space import DesignSpace
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ def load_run(path: str | Path) -> RunView:
     """Everything the report needs; InputError (exit status 2) for a directory that is not a run or a
     run without any finished trial."""
     run_dir = require_run(path)
-    spec = load_spec(run_dir / "spec.yaml")
+    spec = load_run_spec(run_dir / "spec.yaml")
     state = json.loads((run_dir / STATE_FILE).read_text())
     records = read_records(run_dir)
     if not any(r["status"] == "finished" for r in records):
@@ -104,15 +103,6 @@ def load_run(path: str | Path) -> RunView:
             )
         )
     return RunView(run_dir, spec, state, tuple(stages), tuple(read_final(run_dir)))
-
-
-def read_final(run_dir: Path) -> list[dict]:
-    path = run_dir / FINAL_FILE
-    if not path.is_file():
-        return []
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
 
 
 # ---- the path S0 -> S_final -------------------------------------------------------------------------

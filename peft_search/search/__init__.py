@@ -1,29 +1,14 @@
-"""Staged search: job spec, trial planning, decision statistics (and, on top, the controller).
+"""The staged search, by concern (DESIGN.md section 3):
 
-`spec`, `plan` and `decide` are pure and fast: they import space, pydantic, pyarrow and numpy, never
-ray (the budget planner, and so torch, only when a stage is actually planned).
+- `spec/`      the job spec: models, YAML loading, error formatting (pure: space, pydantic, yaml)
+- `storage/`   run storage: the run directory's layout, atomic writes, trial records, results and
+               final.parquet; every file of a run goes through it (pyarrow)
+- `trials.py`  the one path by which a trial runs: a `TrialRow`, its Tune trainable, its record
+- `stage/`     one refinement stage: plan (pure), Tune experiment, decision statistics (pure)
+- `final/`     after the search: the final evaluation against the presets, and the export
+- `cluster/`   connecting to Ray or starting it locally, and submitting a search as a Ray Job
+- `controller.py`  runs a search: stage after stage, then the final evaluation
+- `status.py`  where a run stands, from its files (no Ray)
+
+Imports space, train and ray (ray only where trials run); never report or cli.
 """
-
-from peft_search.search.decide import ChoiceStats, Decision, TrialScore, decide, decide_trials
-from peft_search.search.plan import PlanRow, StagePlan, estimate_search, plan_path, plan_stage, read_plan, write_plan
-from peft_search.search.spec import SearchSpec, SpecError, load_spec, spec_diff, spec_schema
-
-__all__ = [
-    "ChoiceStats",
-    "Decision",
-    "PlanRow",
-    "SearchSpec",
-    "SpecError",
-    "StagePlan",
-    "TrialScore",
-    "decide",
-    "decide_trials",
-    "estimate_search",
-    "load_spec",
-    "plan_path",
-    "plan_stage",
-    "read_plan",
-    "spec_diff",
-    "spec_schema",
-    "write_plan",
-]

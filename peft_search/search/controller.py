@@ -1,25 +1,38 @@
-"""The stage controller: refine the design space greedily, one component per stage.
+"""The stage controller: refine the design space greedily, one component per stage, then run the
+final evaluation when the spec asks for one.
 
 For each stage: plan the trials (deterministic from the search seed and the stage) and write the
-plan; run them as one Ray Tune experiment; read the trial records; decide by mean design score;
-clamp the space to the winner; write the state atomically; go on. The state lives outside Tune
-(`state.json`), so `resume` can pick up any interrupted run: decided stages are not touched, a
-finished trial is never run again (its record exists) and never lost.
+plan; run them as one Ray Tune experiment; read the trial records (once); decide by mean design
+score; clamp the space to the winner; write the state atomically; go on. The state lives outside
+Tune (`state.json`), so `resume` can pick up any interrupted run: decided stages are not touched, a
+finished trial is never run again (its record exists) and never lost. The report is written by the
+caller (`peft_search.report` sits above search and reads what this leaves).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
 
 from peft_search.errors import InputError
-from peft_search.search.decide import Decision, decide_trials, derive_seed, design_scores
-from peft_search.search.plan import plan_path, plan_stage, read_plan, write_plan
-from peft_search.search.results import read_records, trial_scores, write_results
-from peft_search.search.run_dir import SPEC_FILE, STATE_FILE, check_writable, local_path, require_run, write_atomic, write_json_atomic
-from peft_search.search.spec import SearchSpec, load_spec, spec_diff
+from peft_search.search.spec import SearchSpec, load_run_spec, load_spec, spec_diff
+from peft_search.search.stage.decide import Decision, decide_stage, derive_seed, trial_scores
+from peft_search.search.stage.plan import plan_path, plan_stage, read_plan, write_plan
+from peft_search.search.storage.records import read_records, write_results
+from peft_search.search.storage.run_dir import (
+    SPEC_FILE,
+    STATE_FILE,
+    check_writable,
+    local_path,
+    require_run,
+    utc_now,
+    write_atomic,
+    write_json_atomic,
+)
+from peft_search.search.trials import trial_resources
 from peft_search.space import Design, DesignSpace
 
 STATE_FORMAT = 1
@@ -27,10 +40,6 @@ STATE_FORMAT = 1
 
 class SearchFailed(RuntimeError):
     """The search cannot go on (a stage with no finished design); the state says so."""
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _known_task(name: str):
@@ -73,6 +82,7 @@ class Controller:
         self.spec = spec
         self.state = state
         self.out = out
+        self.final_path: Path | None = None  # final.parquet, once the final evaluation ran
 
     # ---- creating and opening runs ----------------------------------------------------------------
 
@@ -83,8 +93,8 @@ class Controller:
         state = {
             "format": STATE_FORMAT,
             "status": "running",
-            "created_at": _now(),
-            "updated_at": _now(),
+            "created_at": utc_now(),
+            "updated_at": utc_now(),
             "space": spec.initial_space().to_dict(),
             "stages": [
                 {"stage": i, "component": stage.component, "choices": list(stage.candidates), "status": "pending"}
@@ -99,10 +109,8 @@ class Controller:
     @classmethod
     def open(cls, path: str | Path, new_spec: SearchSpec | None = None, force: bool = False, out=None) -> "Controller":
         """An existing run; `new_spec` (if given) must equal the run's spec unless `force`."""
-        import json
-
         run_dir = require_run(path)
-        spec = load_spec(run_dir / SPEC_FILE)
+        spec = load_run_spec(run_dir / SPEC_FILE)
         state = json.loads((run_dir / STATE_FILE).read_text())
         if new_spec is not None:
             differences = spec_diff(spec, new_spec, ignore=("storage",))
@@ -118,7 +126,7 @@ class Controller:
         return cls(run_dir, spec, state, out)
 
     def save_state(self) -> None:
-        self.state["updated_at"] = _now()
+        self.state["updated_at"] = utc_now()
         write_json_atomic(self.run_dir / STATE_FILE, self.state)
 
     def say(self, text: str) -> None:
@@ -128,12 +136,24 @@ class Controller:
     # ---- running ------------------------------------------------------------------------------------
 
     def run(self, address: str | None = None) -> dict:
-        from peft_search.peft import load_backbone, profile_backbone
-        from peft_search.search.tune_stage import init_ray, run_stage
+        """Run every stage not yet decided, then (when the spec has a `final:` section) the final
+        evaluation; returns the state. SearchFailed when a stage cannot decide."""
+        from peft_search.search.cluster.connect import init_ray
 
         dashboard = init_ray(address)
         if dashboard:
             self.say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
+        self.run_stages()
+        if self.spec.final is not None:
+            from peft_search.search.final.evaluate import evaluate_run
+
+            self.final_path = evaluate_run(self.run_dir, address=address, say=self.say)
+        return self.state
+
+    def run_stages(self) -> dict:
+        from peft_search.peft import load_backbone, profile_backbone
+        from peft_search.search.stage.experiment import run_stage
+
         self.say(f"run directory: {self.run_dir}")
         profile = profile_backbone(load_backbone(self.spec.backbone, meta=True))
         space = DesignSpace.from_dict(self.state["space"])
@@ -161,7 +181,7 @@ class Controller:
                 self.say(f"stage {index + 1}/{num_stages} ({component}): skipped, {plan.skipped}")
                 continue
             stage_state["status"] = "running"
-            stage_state.setdefault("started_at", _now())
+            stage_state.setdefault("started_at", utc_now())
             self.save_state()
             redraws = sum(plan.redraws.values())
             self.say(
@@ -169,9 +189,10 @@ class Controller:
                 + (f", {redraws} infeasible draw{'s' if redraws != 1 else ''} redrawn" if redraws else "")
             )
             started = time.monotonic()
-            run_stage(self.run_dir, plan, num_stages, self._trial_resources(), self.spec.max_concurrent_trials, self.spec.retries)
-            decision = self._decide(index, plan.choices)
+            run_stage(self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
+                      self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index))
             records = read_records(self.run_dir, index)
+            decision = self._decide(index, plan, records)
             stage_state.update(
                 status="decided",
                 decision=decision.to_dict(),
@@ -179,35 +200,28 @@ class Controller:
                 finished=sum(1 for r in records if r["status"] == "finished"),
                 failed=sum(1 for r in records if r["status"] != "finished"),
                 wall_time_s=round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1),
-                decided_at=_now(),
+                decided_at=utc_now(),
             )
             space = space.clamp(component, space.parse_choice(component, decision.winner))
             self.state["space"] = space.to_dict()
-            self.state["discovered"] = self._best_design(index, decision.winner)
+            self.state["discovered"] = self._best_design(index, decision, records)
             write_results(self.run_dir)
             self.save_state()
             self.say(describe_decision(index, num_stages, decision))
         self.state["status"] = "finished"
-        self.state["finished_at"] = _now()
+        self.state["finished_at"] = utc_now()
         write_results(self.run_dir)
         self.save_state()
         return self.state
 
-    def _trial_resources(self) -> dict:
-        resources = self.spec.resources
-        if resources.workers > 1:
-            # The Tune trial only drives its TorchTrainer, whose workers reserve their own resources.
-            return {"cpu": 0.1}
-        return {"cpu": resources.cpus, "gpu": resources.gpus}
+    def _decide(self, index: int, plan, records: list[dict]) -> Decision:
+        from peft_search.search.stage.racing import race_state
 
-    def _decide(self, index: int, choices) -> Decision:
-        records = read_records(self.run_dir, index)
-        decision = decide_trials(
-            self.state["stages"][index]["component"],
-            list(choices),
-            trial_scores(records),
-            self.spec.tasks,
-            seed=derive_seed(self.spec.seed, index),
+        seed = derive_seed(self.spec.seed, index)
+        race = race_state(plan, records, self.spec.racing, self.spec.tasks, seed)
+        decision = decide_stage(
+            plan.component, list(plan.choices), trial_scores(records), self.spec.tasks, seed=seed, race=race,
+            trials_planned=plan.num_trials,
         )
         if decision.winner is None:
             self.state["status"] = "failed"
@@ -219,22 +233,17 @@ class Controller:
             )
         return decision
 
-    def _best_design(self, index: int, choice: str) -> dict:
+    def _best_design(self, index: int, decision: Decision, records: list[dict]) -> dict:
         """The best-scoring design of the winning choice: the concrete design the search hands back."""
-        records = [r for r in read_records(self.run_dir, index) if r["choice"] == choice]
-        scored = [d for d in design_scores(trial_scores(records), self.spec.tasks) if d.score is not None]
-        best = max(scored, key=lambda d: (d.score, d.design_id))
+        best = decision.best_design(decision.winner)
         design_json = next(r["design_json"] for r in records if r["design_id"] == best.design_id)
         design = Design.from_json(design_json)
-        return {"stage": index, "choice": choice, "design_id": best.design_id, "score": best.score, "design": design.to_dict()}
+        return {"stage": index, "choice": decision.winner, "design_id": best.design_id, "score": best.score,
+                "design": design.to_dict()}
 
 
 def describe_decision(index: int, num_stages: int, decision: Decision) -> str:
-    winner = decision.stats(decision.winner)
-    text = (
-        f"stage {index + 1}/{num_stages} ({decision.component}) decided: {decision.winner} "
-        f"(mean {winner.mean:.4f}, 95% CI [{winner.ci_low:.4f}, {winner.ci_high:.4f}], {winner.n_finished} designs)"
-    )
-    if decision.runner_up is not None:
-        text += f"; beats {decision.runner_up} with probability {decision.win_probability:.2f}"
-    return text
+    """The decision as one line: winner, its P(best) and what stands behind it."""
+    from peft_search.search.status import decision_summary
+
+    return f"stage {index + 1}/{num_stages} ({decision.component}) decided: {decision_summary(decision)}"

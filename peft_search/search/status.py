@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peft_search.search.decide import ChoiceStats, Decision
-from peft_search.search.results import read_records, started_trials
-from peft_search.search.run_dir import STATE_FILE, require_run
+from peft_search.search.stage.decide import ChoiceStats, Decision
+from peft_search.search.storage.records import read_records, started_trials
+from peft_search.search.storage.run_dir import STATE_FILE, require_run
 
 
 def run_status(path: str | Path) -> dict:
@@ -19,6 +19,7 @@ def run_status(path: str | Path) -> dict:
         mine = [r for r in records if r["stage"] == stage["stage"]]
         done = len(mine)
         failed = sum(1 for r in mine if r["status"] != "finished")
+        collapsed = sum(1 for r in mine if r.get("collapsed"))
         running = len(started_trials(run_dir, stage["stage"]))
         planned = stage.get("trials")
         stages.append(
@@ -29,8 +30,11 @@ def run_status(path: str | Path) -> dict:
                 "planned": planned,
                 "done": done,
                 "failed": failed,
+                "collapsed": collapsed,
+                "collapse_warning": collapse_warning(collapsed, done),
                 "running": running,
-                "remaining": (planned - done) if planned is not None else None,
+                # A decided stage needs nothing more (a race stops before its planned maximum).
+                "remaining": 0 if stage["status"] in ("decided", "skipped") else (planned - done) if planned is not None else None,
                 "winner": stage.get("winner"),
                 "decision": stage.get("decision"),
                 "skipped": stage.get("skipped"),
@@ -73,17 +77,48 @@ def choice_cells(stats: ChoiceStats) -> dict[str, str]:
         "mean": fmt_score(stats.mean),
         "median": fmt_score(stats.median),
         "ci": f"[{fmt_score(stats.ci_low)}, {fmt_score(stats.ci_high)}]" if stats.scored else "no finished design",
+        "collapsed": str(stats.n_collapsed_trials),
+        "blocks": str(stats.blocks),
+        "p_best": "-" if stats.p_best is None else f"{stats.p_best:.3f}",
+        "diff": "-" if stats.diff_mean is None else (
+            f"{stats.diff_mean:+.4f}" + (f" [{stats.diff_low:+.4f}, {stats.diff_high:+.4f}]" if stats.diff_low is not None else "")
+        ),
+        "dropped": "-" if stats.eliminated_round is None else f"round {stats.eliminated_round + 1}",
     }
 
 
+COLLAPSE_WARNING = 0.2  # share of a stage's trials that collapsed above which status and report warn
+
+
+def collapse_warning(collapsed: int, trials: int) -> str | None:
+    """A warning when more than COLLAPSE_WARNING of a stage's trials learned nothing."""
+    if not trials or collapsed / trials <= COLLAPSE_WARNING:
+        return None
+    return (f"{collapsed} of {trials} trials ({collapsed / trials:.0%}) collapsed to the constant prediction (majority "
+            "class, Matthews 0): the fidelity is too low to tell designs apart; train longer (fidelity.max_steps or "
+            "epochs) or raise the learning rate (peft-search fidelity SPEC checks the length)")
+
+
 def decision_summary(decision: Decision) -> str:
-    """`winner: mean m [lo, hi], P(beats runner-up) = p`, the one-line form of a decision."""
+    """`winner: mean m [lo, hi], P(best) p over K blocks, ...`, the one-line form of a decision."""
     if decision.winner is None:
         return "no choice has a finished design"
     w = decision.stats(decision.winner)
     text = f"{decision.winner}: mean {fmt_score(w.mean)} [{fmt_score(w.ci_low)}, {fmt_score(w.ci_high)}]"
-    if decision.runner_up:
-        text += f", P(beats {decision.runner_up}) = {decision.win_probability:.2f}"
+    if decision.method == "bootstrap":  # decided before 0.2
+        if decision.runner_up:
+            text += f", P(beats {decision.runner_up}) = {decision.win_probability:.2f} (bootstrap)"
+        return text
+    evidence = f"{decision.blocks} blocks" if decision.method == "blocked" else f"{w.n_finished} designs each"
+    if decision.win_probability is None:
+        text += f", P(best) unknown ({evidence}: too few to estimate the noise)"
+    else:
+        text += f", P(best) {decision.win_probability:.2f} over {evidence}"
+    if decision.rounds is not None:
+        dropped = [c.choice for c in decision.choices if c.eliminated_round is not None]
+        text += f"; race: {decision.rounds} round{'s' if decision.rounds != 1 else ''}"
+        text += f", dropped {', '.join(dropped)}" if dropped else ""
+        text += f", {decision.trials_run}/{decision.trials_planned} trials of fixed N"
     return text
 
 
@@ -97,7 +132,7 @@ def format_status(status: dict) -> str:
         + (f"; about {status['estimated_remaining_s'] / 60:.1f} min left in planned stages" if status["estimated_remaining_s"] else "")
     )
     lines.append("")
-    lines.append(f"{'stage':<6} {'component':<15} {'status':<9} {'trials':>9} {'failed':>6}  decision")
+    lines.append(f"{'stage':<6} {'component':<15} {'status':<9} {'trials':>9} {'failed':>6} {'collapsed':>9}  decision")
     for stage in status["stages"]:
         planned = stage["planned"] if stage["planned"] is not None else "-"
         decision = ""
@@ -107,7 +142,7 @@ def format_status(status: dict) -> str:
             decision = f"skipped: {stage['skipped']}"
         lines.append(
             f"{stage['stage']:<6} {stage['component']:<15} {stage['status']:<9} {str(stage['done']) + '/' + str(planned):>9} "
-            f"{stage['failed']:>6}  {decision}"
+            f"{stage['failed']:>6} {stage['collapsed']:>9}  {decision}"
         )
     for stage in status["stages"]:
         if not stage["decision"]:
@@ -115,14 +150,21 @@ def format_status(status: dict) -> str:
         d = Decision.from_dict(stage["decision"])
         lines.append(f"\nstage {stage['stage']} ({stage['component']}): per choice")
         lines.append(
-            f"  {'choice':<22} {'designs':>7} {'failed':>6} {'trials failed':>13} {'mean':>7} {'median':>7}  95% CI"
+            f"  {'choice':<22} {'designs':>7} {'failed':>6} {'collapsed':>9} {'mean':>7} {'P(best)':>7} {'dropped':>8}"
+            f"  {'95% CI of the mean':<20}  difference to the best [95% CI]"
         )
         for c in d.choices:
             cells = choice_cells(c)
             lines.append(
-                f"  {c.choice:<22} {cells['designs']:>7} {cells['failed']:>6} {cells['failed_trials']:>13} "
-                f"{cells['mean']:>7} {cells['median']:>7}  {cells['ci']}"
+                f"  {c.choice:<22} {cells['designs']:>7} {cells['failed']:>6} {cells['collapsed']:>9} {cells['mean']:>7} "
+                f"{cells['p_best']:>7} {cells['dropped']:>8}  {cells['ci']:<20}  {cells['diff']}"
             )
+        if d.race_reason:
+            lines.append(f"  race: {d.race_reason}; {d.trials_run} of {d.trials_planned} planned trials trained "
+                         f"({1 - d.trials_run / d.trials_planned:.0%} saved)" if d.trials_planned else "")
+    for stage in status["stages"]:
+        if stage["collapse_warning"]:
+            lines.append(f"\nwarning: stage {stage['stage']} ({stage['component']}): {stage['collapse_warning']}")
     if status["discovered"]:
         found = status["discovered"]
         lines.append(f"\nbest design so far: {found['design_id']} (score {found['score']:.4f}, stage {found['stage']})")

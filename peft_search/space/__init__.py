@@ -11,7 +11,7 @@ from peft_search.space.components import (
     strategy_component,
 )
 from peft_search.space.design import Design
-from peft_search.space.design_space import DesignSpace, SampleResult
+from peft_search.space.design_space import BlockSampleResult, DesignSpace, SampleResult
 
 __all__ = [
     "ALLOCATION",
@@ -20,6 +20,7 @@ __all__ = [
     "GROUPING_PATTERNS",
     "STRATEGIES",
     "TUNABLE_GROUPS",
+    "BlockSampleResult",
     "Design",
     "DesignSpace",
     "SampleResult",

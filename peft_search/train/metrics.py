@@ -75,3 +75,35 @@ def compute_metrics(names, predictions: np.ndarray, labels: np.ndarray, num_clas
         "spearman": lambda: spearman(predictions, labels),
     }
     return {name: table[name]() for name in names}
+
+
+# ---- the constant-prediction baseline and collapsed trials -------------------------------------------
+
+COLLAPSE_TOLERANCE = 1e-9
+
+
+def constant_prediction(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """What a model that learned nothing predicts for every example: the majority class of `labels`
+    (ties: the smallest class id), or for a regression (num_classes == 1) their mean."""
+    labels = np.asarray(labels)
+    if num_classes == 1:
+        return np.full(len(labels), float(np.mean(labels)) if len(labels) else 0.0)
+    return np.full(len(labels), np.bincount(labels.astype(np.int64), minlength=num_classes).argmax())
+
+
+def constant_prediction_metrics(names, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """The named metrics of `constant_prediction` on `labels`: for classification accuracy is the
+    majority's share, Matthews 0, F1 of the positive class 2p/(1+p) if it is the majority (else 0);
+    for a regression Pearson and Spearman of a constant are undefined and, as everywhere here, 0.0."""
+    labels = np.asarray(labels)
+    return compute_metrics(names, constant_prediction(labels, num_classes), labels, num_classes)
+
+
+def is_collapsed(score: float, baseline_score: float, predictions: np.ndarray) -> bool:
+    """Whether an evaluation learned nothing: it predicts one value for every example (one class,
+    whichever: a model stuck on a minority class scores below the baseline but is as collapsed), or
+    its main metric equals the constant prediction's within COLLAPSE_TOLERANCE (DESIGN.md's rule,
+    which also catches e.g. Matthews 0 from predictions unrelated to the labels)."""
+    predictions = np.asarray(predictions)
+    one_value = len(predictions) == 0 or bool(np.all(predictions == predictions.flat[0]))
+    return one_value or abs(score - baseline_score) <= COLLAPSE_TOLERANCE

@@ -10,11 +10,9 @@ This is the interface the search controller calls; keep its shape.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Callable
 
 from peft_search.errors import InputError
@@ -111,11 +109,6 @@ class TrialConfig:
         design = self.design_obj
         return design.design_id if design is not None else self.preset
 
-    @property
-    def trial_id(self) -> str:
-        """A hash of the row: the same row, the same id."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -157,7 +150,12 @@ class TrialResult:
     realised_params: trainable backbone parameters (all of them for `full`); head_params: the task
     head's. train_samples_per_s: training examples per second of training (evaluation excluded).
     peak_memory_mb: peak GPU memory allocated during the trial, or on CPU the process's peak resident
-    set size (over the process's life); with several workers, rank 0's."""
+    set size (over the process's life); with several workers, rank 0's.
+    baseline_score: the main metric of a constant prediction (majority class; a regression's mean) on
+    the same validation examples (None when nothing was evaluated). collapsed: the finished trial
+    learned nothing: it predicts one class (one value) for every example, or scores the baseline
+    within 1e-9 (`metrics.is_collapsed`). A real outcome, counted like any other. Records written
+    before these two existed read as None / False."""
 
     status: str
     score: float | None
@@ -172,13 +170,15 @@ class TrialResult:
     error: str | None
     task: str
     design_id: str
+    baseline_score: float | None = None
+    collapsed: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrialResult":
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
 
 
 def run_trial(
@@ -226,4 +226,6 @@ def run_trial(
         error=outcome.get("error"),
         task=config.task,
         design_id=config.design_id,
+        baseline_score=outcome.get("baseline_score"),
+        collapsed=status == "finished" and bool(outcome.get("collapsed")),
     )

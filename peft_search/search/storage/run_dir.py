@@ -1,10 +1,11 @@
-"""The run directory: its layout (DESIGN.md section 3) and atomic file writes.
+"""The run directory: its layout (DESIGN.md section 3), atomic file writes and the run's clock.
 
     <run>/spec.yaml                 the canonical spec that ran
     <run>/state.json                the controller's state (stages, decisions, current space)
     <run>/stages/<i>/plan.parquet   the stage's plan, written before any trial starts
     <run>/stages/<i>/tune/          the stage's Ray Tune experiment
     <run>/stages/<i>/trials/<trial_id>.json   one file per finished trial, written by the trial
+    <run>/final/, final.parquet      the final evaluation (search/final/evaluate.py)
     <run>/results.parquet           every trial of every stage
     <run>/report/                   the HTML report
 
@@ -13,8 +14,11 @@ Runs live on a local or shared (NFS) file system; object-store URIs are not supp
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from peft_search.atomic import write_atomic
@@ -23,6 +27,18 @@ from peft_search.errors import InputError
 SPEC_FILE = "spec.yaml"
 STATE_FILE = "state.json"
 RESULTS_FILE = "results.parquet"
+
+
+def utc_now() -> str:
+    """The timestamp every file of a run uses (UTC, ISO 8601, seconds)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def task_slug(task: str) -> str:
+    """A directory name for a task (file tasks are spelled `file:text=a,label=b`)."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", task):
+        return task
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task)[:40] + "-" + hashlib.sha256(task.encode()).hexdigest()[:8]
 
 
 def stage_dir(run_dir: Path, stage: int) -> Path:

@@ -1,16 +1,18 @@
-"""Deterministic planning of one refinement stage, the plan's Parquet file, and compute estimates.
+"""Deterministic planning of one refinement stage, and the plan's Parquet file.
 
 A stage's plan is a pure function of (spec, stage index, the space the stage starts from, the
-backbone's profile): for each candidate choice of the stage's component, `designs_per_choice`
-designs are sampled from the space with that component clamped, each feasible under the budget
-(infeasible draws are redrawn and counted), and every design is planned once per task and training
-seed. The sampling seed of a choice is derived with SHA-256 from (search seed, stage index,
-component, choice text), so it is the same on every run, machine and Python version, and a choice
-gets the same designs whatever other candidates the stage lists.
+backbone's profile). With `sampling: paired` (the default) it holds `designs_per_choice` blocks:
+block k draws every free component but the one under study once and gives every candidate choice
+that same draw with the choice applied (common random numbers; `DesignSpace.sample_blocks`), so the
+designs of a block differ only in the component the stage studies. With `sampling: independent`
+each choice's designs are drawn on their own (the paper's protocol). Either way every design is
+feasible under the budget (infeasible draws are redrawn and counted) and is planned once per task
+and training seed (the same seeds for every choice, so a block also shares data order). Seeds are
+derived with SHA-256 from (search seed, stage index, component, choice text or "blocks"), the same
+on every run, machine and Python version.
 
-Identical designs drawn twice for one choice (a space with few designs left, e.g. the last strategy
-stage once everything else is fixed) are planned once and counted as duplicates: a trial is a pure
-function of its row, so a repeat would cost compute and add no information.
+Designs (independent) or whole blocks (paired) drawn twice are planned once and counted as
+duplicates: a trial is a pure function of its row, so a repeat would cost compute and add nothing.
 
 Stages are numbered from 0, as in the spec (`stages[0]`), and the plan of stage i lives at
 `stages/<i>/plan.parquet` in the run directory. Imports space and pyarrow; the budget planner
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +32,13 @@ import pyarrow.parquet as pq
 from peft_search.atomic import atomic_output
 from peft_search.errors import InputError
 from peft_search.search.spec import Fidelity, SearchSpec
+from peft_search.search.trials import TrialRow, canonical_json, row_id
 from peft_search.space import Design, DesignSpace
 from peft_search.space.components import TUNABLE_GROUPS, strategy_group
+from peft_search.train.trial import TrialConfig
 
 PLAN_FORMAT = 1
 PLAN_METADATA_KEY = b"peft_search.plan"
-TRIAL_ID_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -48,17 +50,38 @@ class PlanRow:
     component: str
     choice: str  # text form: spindle, G1+G2, adapter+lora
     choice_index: int  # position of the choice in the stage's candidate list
-    sample: int  # index of the design among the choice's distinct designs
+    sample: int  # index of the design among the choice's distinct designs (paired: its block)
     design_id: str
     design_json: str  # Design.to_json()
     task: str
     seed: int
     planned_params: int  # trainable parameters the budget planner assigns (the trial counts the real ones)
-    config: dict  # the trial layer's TrialConfig fields (TrialConfig.from_dict(row.config))
+    config: TrialConfig  # what the trial trains, validated when planned
+    block: int | None = None  # paired sampling: the block (designs of one block share every other draw)
 
     @property
     def design(self) -> Design:
         return Design.from_json(self.design_json)
+
+    def trial_row(self) -> TrialRow:
+        """The row as a trial runs it; its record carries the plan's fields and the design's components."""
+        design = self.design
+        fields = {
+            "stage": self.stage,
+            "component": self.component,
+            "choice": self.choice,
+            "sample": self.sample,
+            "block": self.block,
+            "design_id": self.design_id,
+            "design_json": self.design_json,
+            "grouping": design.grouping if isinstance(design.grouping, str) else json.dumps(list(design.grouping)),
+            "allocation": design.allocation if isinstance(design.allocation, str) else "free",
+            "tunable_groups": "+".join(f"G{g}" for g in design.tunable_groups),
+            "strategies": " ".join(f"G{g}:{'+'.join(s) or '-'}" for g, s in enumerate(design.strategies, start=1)),
+            "task": self.task,
+            "seed": self.seed,
+        }
+        return TrialRow(self.trial_id, self.config, f"stages/{self.stage}/trials", fields)
 
 
 @dataclass(frozen=True)
@@ -98,8 +121,10 @@ def trial_config(
     preset: str | None = None,
     fidelity: Fidelity | None = None,
     learning_rate: float | None = None,
-) -> dict:
-    """The trial layer's `TrialConfig` fields for one trial of `spec` (one place maps spec to trial).
+    holdout_fraction: float | None = None,
+) -> TrialConfig:
+    """The `TrialConfig` of one trial of `spec` (the one place that maps spec to trial); InputError
+    when the trial layer refuses a value, so a bad spec fails while planning, before any trial runs.
 
     `fidelity` defaults to the search's; `learning_rate` to the spec's (null = the trial layer's
     default per design). The final evaluation passes a preset or the discovered design, its own
@@ -107,7 +132,7 @@ def trial_config(
     """
     fidelity = fidelity or spec.fidelity
     hyper = spec.hyperparameters
-    return {
+    return TrialConfig.from_dict({
         "model": spec.backbone,
         "task": task,
         "data_dir": spec.data.dir,
@@ -127,16 +152,8 @@ def trial_config(
         "weight_decay": hyper.weight_decay,
         "workers": spec.resources.workers,
         "cache_dir": spec.cache_dir,
-    }
-
-
-def canonical_json(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def trial_id(row_fields: dict) -> str:
-    """Short hash of a row's canonical JSON (everything in the row except the id itself)."""
-    return hashlib.sha256(canonical_json(row_fields).encode()).hexdigest()[:TRIAL_ID_LENGTH]
+        "holdout_fraction": holdout_fraction,
+    })
 
 
 def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> StagePlan:
@@ -163,15 +180,50 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
     def is_feasible(design: Design) -> bool:
         return plan_budget(profile, design, spec.budget_fraction).feasible
 
+    if spec.sampling == "paired":
+        drawn, redraws, duplicates, infeasible = _paired_designs(spec, stage, space, profile.num_blocks, is_feasible)
+    else:
+        drawn, redraws, duplicates, infeasible = _independent_designs(spec, stage, space, profile.num_blocks, is_feasible)
     rows: list[PlanRow] = []
-    redraws: dict[str, int] = {}
-    duplicates: dict[str, int] = {}
-    infeasible: dict[str, str] = {}
     for choice_index, choice in enumerate(choices):
+        for sample, block, design in drawn.get(choice, ()):
+            planned = plan_budget(profile, design, spec.budget_fraction).planned_params
+            for task in spec.tasks:
+                for train_seed in spec.seeds:
+                    fields = {
+                        "stage": stage,
+                        "component": component,
+                        "choice": choice,
+                        "choice_index": choice_index,
+                        "sample": sample,
+                        "block": block,
+                        "design_id": design.design_id,
+                        "design_json": design.to_json(),
+                        "task": task,
+                        "seed": train_seed,
+                        "planned_params": planned,
+                        "config": trial_config(spec, task, train_seed, design),
+                    }
+                    rows.append(PlanRow(trial_id=row_id({**fields, "config": fields["config"].to_dict()}), **fields))
+    if len(infeasible) == len(choices):
+        raise InputError(
+            f"stages[{stage}]",
+            f"no candidate of {component} has a design within 2% of the budget {spec.budget_fraction:g} on this "
+            f"backbone; try another budget_fraction ({next(iter(infeasible.values()))})",
+        )
+    return StagePlan(**base, rows=tuple(rows), redraws=redraws, duplicates=duplicates, infeasible=infeasible)
+
+
+def _independent_designs(spec: SearchSpec, stage: int, space: DesignSpace, num_blocks: int, is_feasible):
+    """Each choice's designs drawn on their own (the paper's protocol): choice -> [(sample, None, design)].
+
+    Identical designs drawn twice for one choice are planned once (counted as duplicates)."""
+    component = spec.stages[stage].component
+    drawn, redraws, duplicates, infeasible = {}, {}, {}, {}
+    for choice in spec.stages[stage].candidates:
         clamped = space.clamp(component, space.parse_choice(component, choice))
-        seed = choice_seed(spec.seed, stage, component, choice)
         try:
-            result = clamped.sample(spec.designs_per_choice, seed, profile.num_blocks, is_feasible)
+            result = clamped.sample(spec.designs_per_choice, choice_seed(spec.seed, stage, component, choice), num_blocks, is_feasible)
         except InputError as error:
             if error.field != "space":
                 raise
@@ -182,31 +234,39 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
         designs = list(dict.fromkeys(result.designs))
         redraws[choice] = result.redraws
         duplicates[choice] = len(result.designs) - len(designs)
-        for sample, design in enumerate(designs):
-            planned = plan_budget(profile, design, spec.budget_fraction).planned_params
-            for task in spec.tasks:
-                for train_seed in spec.seeds:
-                    fields = {
-                        "stage": stage,
-                        "component": component,
-                        "choice": choice,
-                        "choice_index": choice_index,
-                        "sample": sample,
-                        "design_id": design.design_id,
-                        "design_json": design.to_json(),
-                        "task": task,
-                        "seed": train_seed,
-                        "planned_params": planned,
-                        "config": trial_config(spec, task, train_seed, design),
-                    }
-                    rows.append(PlanRow(trial_id=trial_id(fields), **fields))
-    if len(infeasible) == len(choices):
-        raise InputError(
-            f"stages[{stage}]",
-            f"no candidate of {component} has a design within 2% of the budget {spec.budget_fraction:g} on this "
-            f"backbone; try another budget_fraction ({next(iter(infeasible.values()))})",
-        )
-    return StagePlan(**base, rows=tuple(rows), redraws=redraws, duplicates=duplicates, infeasible=infeasible)
+        drawn[choice] = [(sample, None, design) for sample, design in enumerate(designs)]
+    return drawn, redraws, duplicates, infeasible
+
+
+def _paired_designs(spec: SearchSpec, stage: int, space: DesignSpace, num_blocks: int, is_feasible):
+    """Blocks of designs sharing every draw but the component under study (common random numbers):
+    choice -> [(block, block, design)]; block k's seed follows from (search seed, stage, component).
+
+    A choice with no feasible design at all is found first, on its own, and planned empty (otherwise
+    every block would be redrawn for it); a block in which any other choice's design is infeasible is
+    redrawn whole, and counted under `blocks`. A block identical to an earlier one for every choice
+    (a space with nothing free but the component under study) is planned once, counted as duplicates
+    under `blocks`: it would repeat the same trials."""
+    component = spec.stages[stage].component
+    infeasible = {}
+    for choice in spec.stages[stage].candidates:
+        clamped = space.clamp(component, space.parse_choice(component, choice))
+        try:
+            clamped.sample(1, choice_seed(spec.seed, stage, component, choice), num_blocks, is_feasible)
+        except InputError as error:
+            if error.field != "space":
+                raise
+            infeasible[choice] = error.message
+    feasible = [c for c in spec.stages[stage].candidates if c not in infeasible]
+    if not feasible:
+        return {}, {}, {}, infeasible
+    result = space.sample_blocks(
+        component, [space.parse_choice(component, c) for c in feasible], spec.designs_per_choice,
+        choice_seed(spec.seed, stage, component, "blocks"), num_blocks, is_feasible,
+    )
+    blocks = list(dict.fromkeys(result.blocks))
+    drawn = {choice: [(k, k, block[j]) for k, block in enumerate(blocks)] for j, choice in enumerate(feasible)}
+    return drawn, {"blocks": result.redraws}, {"blocks": len(result.blocks) - len(blocks)}, infeasible
 
 
 # ---- the plan file ----------------------------------------------------------------------------------
@@ -219,6 +279,7 @@ PLAN_SCHEMA = pa.schema(
         ("choice", pa.string()),
         ("choice_index", pa.int32()),
         ("sample", pa.int32()),
+        ("block", pa.int32()),  # null with independent sampling (and in plans written before 0.2)
         ("design_id", pa.string()),
         ("design_json", pa.string()),
         ("task", pa.string()),
@@ -238,7 +299,7 @@ def plan_table(plan: StagePlan) -> pa.Table:
     columns = {name: [] for name in PLAN_SCHEMA.names}
     for row in plan.rows:
         for name in PLAN_SCHEMA.names:
-            columns[name].append(canonical_json(row.config) if name == "config_json" else getattr(row, name))
+            columns[name].append(canonical_json(row.config.to_dict()) if name == "config_json" else getattr(row, name))
     metadata = {
         "format": PLAN_FORMAT,
         "stage": plan.stage,
@@ -287,8 +348,8 @@ def read_plan(path: str | Path) -> StagePlan:
         raise InputError("plan", f"{path} has plan format {meta.get('format')}, this version reads {PLAN_FORMAT}")
     rows = []
     for record in table.to_pylist():
-        config = json.loads(record.pop("config_json"))
-        rows.append(PlanRow(**record, config=config))
+        config = TrialConfig.from_dict(json.loads(record.pop("config_json")))
+        rows.append(PlanRow(**{"block": None, **record}, config=config))
     return StagePlan(
         stage=meta["stage"],
         component=meta["component"],
@@ -302,120 +363,15 @@ def read_plan(path: str | Path) -> StagePlan:
     )
 
 
-# ---- compute estimates ------------------------------------------------------------------------------
-
-
-def trial_steps(fidelity: Fidelity, spec: SearchSpec, train_size: int | None = None) -> int | None:
-    """Optimiser steps of one trial; None when it depends on a dataset size nobody gave.
-
-    As the trial layer trains: exactly `max_steps` when given, else `epochs` passes; batch_size is the
-    global batch (split over workers), times gradient_accumulation_steps per optimiser step.
-    """
-    if fidelity.max_steps is not None:
-        return fidelity.max_steps
-    sizes = [n for n in (fidelity.max_train_examples, train_size) if n is not None]
-    if not sizes:
-        return None
-    hyper = spec.hyperparameters
-    steps_per_epoch = math.ceil(min(sizes) / (hyper.batch_size * hyper.gradient_accumulation_steps))
-    return math.ceil(fidelity.epochs * steps_per_epoch)
-
-
-@dataclass(frozen=True)
-class StageEstimate:
-    stage: int
-    component: str
-    choices: int
-    trials: int  # an upper bound: duplicate designs and skipped stages plan fewer
-    steps: int | None  # optimiser steps over all trials; None when a task's size is unknown
-
-
-@dataclass(frozen=True)
-class SearchEstimate:
-    stages: tuple[StageEstimate, ...]
-    final_trials: int  # tuning plus training runs of the final evaluation
-    final_steps: int | None
-
-    @property
-    def trials(self) -> int:
-        return sum(s.trials for s in self.stages) + self.final_trials
-
-    @property
-    def steps(self) -> int | None:
-        parts = [s.steps for s in self.stages] + ([self.final_steps] if self.final_trials else [])
-        return None if any(p is None for p in parts) else sum(parts)
-
-    def describe(self, seconds_per_step: float | None = None) -> str:
-        """The dry run's table: stages, trials, steps (and hours, given a measured seconds per step)."""
-
-        def steps_text(steps: int | None) -> str:
-            if steps is None:
-                return "unknown"
-            text = f"{steps:,}"
-            if seconds_per_step:
-                seconds = steps * seconds_per_step
-                text += f" (~{seconds / 3600:,.1f} h)" if seconds >= 3600 else f" (~{seconds / 60:.0f} min)"
-            return text
-
-        lines = [f"{'stage':<6} {'component':<16} {'choices':>7} {'trials':>8}  steps"]
-        for s in self.stages:
-            lines.append(f"{s.stage:<6} {s.component:<16} {s.choices:>7} {s.trials:>8,}  {steps_text(s.steps)}")
-        if self.final_trials:
-            lines.append(f"{'final':<6} {'evaluation':<16} {'':>7} {self.final_trials:>8,}  {steps_text(self.final_steps)}")
-        lines.append(f"{'total':<6} {'':<16} {'':>7} {self.trials:>8,}  {steps_text(self.steps)}")
-        lines.append("trials are upper bounds: duplicate designs and stages of untuned groups plan fewer")
-        return "\n".join(lines)
-
-
-def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None) -> SearchEstimate:
-    """Trials and optimiser steps of the whole search, without sampling anything.
-
-    `train_sizes` (task -> training examples) makes epoch-based fidelities countable.
-    """
-    train_sizes = train_sizes or {}
-
-    def steps_per_design(fidelity: Fidelity) -> int | None:
-        per_task = [trial_steps(fidelity, spec, train_sizes.get(task)) for task in spec.tasks]
-        return None if any(s is None for s in per_task) else sum(per_task) * len(spec.seeds)
-
-    stages = []
-    per_design = steps_per_design(spec.fidelity)
-    for i, stage in enumerate(spec.stages):
-        designs = len(stage.candidates) * spec.designs_per_choice
-        stages.append(
-            StageEstimate(
-                stage=i,
-                component=stage.component,
-                choices=len(stage.candidates),
-                trials=designs * len(spec.tasks) * len(spec.seeds),
-                steps=None if per_design is None else designs * per_design,
-            )
-        )
-    final_trials, final_steps = 0, 0
-    if spec.final is not None:
-        final = spec.final
-        runs_per_task = len(final.contenders) * (final.tuning.trials + len(final.seeds))
-        final_trials = runs_per_task * len(spec.tasks)
-        # Tuning trials train on the training data less the held-back part; close enough to count alike.
-        per_task = [trial_steps(final.fidelity, spec, train_sizes.get(task)) for task in spec.tasks]
-        final_steps = None if any(s is None for s in per_task) else sum(per_task) * runs_per_task
-    return SearchEstimate(stages=tuple(stages), final_trials=final_trials, final_steps=final_steps)
-
-
 __all__ = [
     "PLAN_SCHEMA",
     "PlanRow",
-    "SearchEstimate",
-    "StageEstimate",
     "StagePlan",
     "choice_seed",
-    "estimate_search",
     "plan_path",
     "plan_stage",
     "plan_table",
     "read_plan",
     "trial_config",
-    "trial_id",
-    "trial_steps",
     "write_plan",
 ]

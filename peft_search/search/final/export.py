@@ -21,17 +21,18 @@ import shutil
 from pathlib import Path
 
 from peft_search.errors import InputError
-from peft_search.search.evaluate import DISCOVERED, Contender, final_records, run_config, slug
-from peft_search.search.plan import trial_config
-from peft_search.search.run_dir import STATE_FILE, require_run, write_json_atomic
-from peft_search.search.spec import load_spec
+from peft_search.search.final.evaluate import DISCOVERED, Contender, final_row
+from peft_search.search.spec import load_run_spec
+from peft_search.search.stage.plan import trial_config
+from peft_search.search.storage.records import read_final_records
+from peft_search.search.storage.run_dir import STATE_FILE, require_run, task_slug, write_json_atomic
 from peft_search.space import Design
 
 EXPORT_FILE = "export.json"
 
 
 def _kept_run(run_dir: Path, task: str, seed: int) -> dict | None:
-    for record in final_records(run_dir):
+    for record in read_final_records(run_dir):
         if (record["phase"] == "final" and record["contender"] == DISCOVERED and record["task"] == task
                 and record["seed"] == seed and record["status"] == "finished" and record.get("weights")
                 and (run_dir / record["weights"] / "peft.safetensors").is_file()):
@@ -40,7 +41,7 @@ def _kept_run(run_dir: Path, task: str, seed: int) -> dict | None:
 
 
 def _tuned_rate(run_dir: Path, task: str) -> float | None:
-    path = run_dir / "final" / "tuning" / slug(task) / DISCOVERED / "best.json"
+    path = run_dir / "final" / "tuning" / task_slug(task) / DISCOVERED / "best.json"
     return json.loads(path.read_text()).get("learning_rate") if path.is_file() else None
 
 
@@ -50,7 +51,7 @@ def export_run(path: str | Path, out: str | Path, say=print) -> Path:
     from peft_search.train.trial import TrialConfig, run_trial
 
     run_dir = require_run(path)
-    spec = load_spec(run_dir / "spec.yaml")
+    spec = load_run_spec(run_dir / "spec.yaml")
     state = json.loads((run_dir / STATE_FILE).read_text())
     found = state.get("discovered")
     if not found:
@@ -63,7 +64,7 @@ def export_run(path: str | Path, out: str | Path, say=print) -> Path:
     (out_dir / "design.json").write_text(design.to_json() + "\n")
     tasks = {}
     for task in spec.tasks:
-        target = out_dir / slug(task)
+        target = out_dir / task_slug(task)
         if target.exists():
             shutil.rmtree(target)
         seed = spec.final.seeds[0] if spec.final else spec.seeds[0]
@@ -75,18 +76,19 @@ def export_run(path: str | Path, out: str | Path, say=print) -> Path:
             realised, head, source = kept["realised_params"], kept["head_params"], "the final evaluation"
         else:
             if spec.final is not None:
-                config = run_config(spec, spec.final, Contender(DISCOVERED, None, design), task, seed, _tuned_rate(run_dir, task))
+                trial = final_row(spec, spec.final, Contender(DISCOVERED, None, design), task, seed,
+                                  _tuned_rate(run_dir, task), phase="final").config
             else:
-                config = trial_config(spec, task, seed, design)
+                trial = trial_config(spec, task, seed, design)
             say(f"export: training the discovered design on {task} (the final evaluation kept no weights)")
-            result = run_trial(TrialConfig.from_dict(config), save_dir=str(target))
+            result = run_trial(trial, save_dir=str(target))
             if result.status != "finished":
                 raise RuntimeError(f"training the discovered design on {task} {result.status}: {result.error}")
-            config = TrialConfig.from_dict(config).to_dict()
+            config = trial.to_dict()
             score, metrics = result.score, result.metrics
             realised, head, source = result.realised_params, result.head_params, "trained by export"
         tasks[task] = {
-            "directory": slug(task),
+            "directory": task_slug(task),
             "score": score,
             "metrics": metrics,
             "learning_rate": TrialConfig.from_dict(config).lr,
@@ -157,7 +159,7 @@ model.eval()
 To recompute the dev score of `{first_task}` from these files:
 
 ```python
-from peft_search.search.export import evaluate_export
+from peft_search.search.final.export import evaluate_export
 print(evaluate_export(".", "{first_task}"))
 ```
 """
@@ -166,35 +168,14 @@ print(evaluate_export(".", "{first_task}"))
 def evaluate_export(export_dir: str | Path, task: str) -> dict:
     """Load an export's weights for `task` onto a fresh backbone and evaluate them on the dev examples
     the trial was scored on, batched as the trial did; returns the metrics with `score` (main metric)."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    from peft_search.peft import load_backbone, load_peft
-    from peft_search.train.loop import DynamicPadding, LengthOrderedSampler, SplitDataset, evaluate, load_data, load_tokenizer, problem_type
-    from peft_search.train.trial import TrialConfig
+    from peft_search.train import TrialConfig, evaluate_saved
 
     export_dir = Path(export_dir)
     summary = json.loads((export_dir / EXPORT_FILE).read_text())
     if task not in summary["tasks"]:
         raise InputError("task", f"{task!r} is not in this export; it has {', '.join(summary['tasks'])}")
     entry = summary["tasks"][task]
-    config = TrialConfig.from_dict(entry["config"])
-    tokenizer = load_tokenizer(config.model)
-    data = load_data(config, tokenizer)
-    model = load_backbone(config.model, num_labels=data.task.num_labels, problem_type=problem_type(data.task))
-    load_peft(model, export_dir / entry["directory"])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    loader = torch.utils.data.DataLoader(
-        SplitDataset(data.validation), batch_size=2 * config.batch_size, sampler=LengthOrderedSampler(data.validation),
-        collate_fn=DynamicPadding(pad_id, data.task.regression),
-    )
-    use_gpu = torch.cuda.is_available()  # as the trial: bf16 autocast on GPU, fp32 on CPU
-    accelerator = Accelerator(mixed_precision="bf16" if use_gpu else "no", cpu=not use_gpu,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
-    model, loader = accelerator.prepare(model, loader)
-    metrics = evaluate(model, loader, accelerator, data.task)
-    return {**metrics, "score": metrics[data.task.main_metric]}
+    return evaluate_saved(TrialConfig.from_dict(entry["config"]), export_dir / entry["directory"])
 
 
 __all__ = ["EXPORT_FILE", "evaluate_export", "export_run", "model_card"]

@@ -1,9 +1,9 @@
-"""`SearchSpec`: the job spec of one search, strictly validated, loaded from YAML.
+"""The job spec's models: `SearchSpec` and its sections, strictly validated data.
 
 A spec is data: frozen pydantic models with unknown keys forbidden and no type coercion
 (`batch_size: "32"` is an error, not 32). Every bad input becomes a `SpecError` (an `InputError`)
-whose field is the offending path (`stages[2].candidates`), prefixed with the file it came from, and
-whose message says what is allowed. The canonical form (`to_dict`, `to_yaml`) has every default filled
+whose field is the offending path (`stages[2].candidates`); `errors.py` formats it, `loader.py`
+reads YAML into these models. The canonical form (`to_dict`, `to_yaml`) has every default filled
 in and the stages expanded (the paper's order when `stages` is left out, every candidate when a
 stage's `candidates` is left out, choices in their canonical text form), so that a run directory's
 `spec.yaml` says exactly what ran and `spec_diff` can compare two of them.
@@ -14,16 +14,15 @@ the caller passes, see `SearchSpec.check_tasks`).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Collection, Literal, get_args
+from typing import Any, Callable, Collection, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 
 from peft_search.errors import InputError
+from peft_search.search.spec.errors import SpecError, spec_error
 from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
 from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
 
@@ -31,20 +30,6 @@ from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, s
 CONTENDERS: tuple[str, ...] = ("discovered", "full", "adapter", "prefix", "bitfit", "lora", "s4-t5")
 # Registry names (sst2) and the trial layer's generic file tasks (file:text=review,label=stars).
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=,+\-]*$")
-
-
-class SpecError(InputError):
-    """An invalid spec: `path` is the field inside the spec (`stages[2].candidates`), `source` the file.
-
-    The CLI prints `peft-search: error: jobs/x.yaml: stages[2].candidates: empty list; ...`.
-    """
-
-    def __init__(self, path: str, message: str, source: str | None = None):
-        self.path = path
-        self.source = source
-        field = f"{source}: {path}" if source and path else (source or path or "spec")
-        super().__init__(field, message)
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -133,6 +118,22 @@ class Resources(_Strict):
     workers: int = Field(1, ge=1, description="training workers per trial; more than 1 runs a Ray Train TorchTrainer")
 
 
+class Racing(_Strict):
+    """Racing: a stage runs its blocks in rounds and drops choices that are confidently not the best."""
+
+    min_blocks: int = Field(
+        3, ge=2,
+        description="blocks every choice runs before anything is dropped (at least 2: one block says nothing about "
+        "the noise); a stage with fewer planned blocks runs them all"
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1,
+        description="stop once one choice is the best with at least this posterior probability; drop a choice whose "
+        "probability of being the best falls below 1 - confidence; in (0.5, 1)",
+    )
+    blocks_per_round: int = Field(1, ge=1, description="blocks added to every remaining choice per round after the first")
+
+
 class Tuning(_Strict):
     """Learning-rate tuning of each final contender: Optuna TPE through Ray Tune, on held-back training data."""
 
@@ -192,7 +193,21 @@ class SearchSpec(_Strict):
         description="refinement stages in order; null or left out = the paper's order (grouping, allocation, "
         "tunable_groups, strategy.G1..G<num_groups>) with every candidate",
     )
-    designs_per_choice: int = Field(100, ge=1, description="designs sampled for each candidate choice (paper: 100)")
+    designs_per_choice: int = Field(
+        100, ge=1,
+        description="designs sampled for each candidate choice (paper: 100); with paired sampling, the number of blocks "
+        "(the most a race runs)",
+    )
+    sampling: Literal["paired", "independent"] = Field(
+        "paired",
+        description="paired: designs come in blocks, block k drawing every other free component once for all choices "
+        "(common random numbers); independent: each choice's designs drawn on their own (the paper's protocol)",
+    )
+    racing: Racing | None = Field(
+        Racing(),
+        description="run each stage's blocks in rounds and stop early (needs sampling: paired); null = train every "
+        "planned design (fixed N)",
+    )
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of every search trial (paper: 3 epochs)")
     hyperparameters: Hyperparameters = Field(Hyperparameters(), description="optimisation settings of every trial")
     seed: int = Field(0, ge=0, description="search seed: with the stage and choice it fixes which designs are sampled")
@@ -216,6 +231,9 @@ class SearchSpec(_Strict):
                 "hyperparameters.batch_size",
                 f"{self.hyperparameters.batch_size} does not split over {workers} workers; give a multiple of {workers}",
             )
+        if self.racing is not None and self.sampling != "paired":
+            raise InputError("racing", "racing compares choices block by block and needs sampling: paired; set racing: null "
+                             "for independent sampling")
         # Canonicalise in place: the model is frozen to callers, but its own validator may still finish
         # building it (returning a copy from an after-validator is unsupported in pydantic).
         object.__setattr__(self, "stages", _expand_stages(self.stages, self.num_groups))
@@ -231,7 +249,7 @@ class SearchSpec(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise _spec_error(error, source) from None
+            raise spec_error(error, source, cls) from None
 
     def with_data_dir(self, path: str | Path) -> "SearchSpec":
         """This spec reading its tasks from local files under `path` (the `--data-dir` override)."""
@@ -281,117 +299,6 @@ class SearchSpec(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
-
-
-# ---- loading, schema, diff -------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; users write `1e-3`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_spec_text(text: str, source: str | None = None) -> SearchSpec:
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as error:
-        raise SpecError("", f"not valid YAML: {error}", source) from None
-    return SearchSpec.from_dict(data, source)
-
-
-def load_spec(path: str | Path, known_tasks: Collection[str] | Callable[[str], object] | None = None) -> SearchSpec:
-    """Read and validate a job file; with `known_tasks` (names or a lookup, see `check_tasks`), unknown
-    task names are refused too."""
-    source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise InputError(source, f"cannot read the job file: {error.strerror or error}") from None
-    spec = parse_spec_text(text, source)
-    if known_tasks is not None:
-        try:
-            spec.check_tasks(known_tasks)
-        except SpecError as error:
-            raise SpecError(error.path, error.message, source) from None
-    return spec
-
-
-def spec_schema() -> dict:
-    """The job spec's JSON schema (for `peft-search schema`)."""
-    return SearchSpec.model_json_schema()
-
-
-def schema_text() -> str:
-    return json.dumps(spec_schema(), indent=2)
-
-
-def spec_reference() -> str:
-    """The job spec's keys as Markdown tables (docs/job-spec.md is this text; a test keeps them equal)."""
-    sections = [("SearchSpec", SearchSpec, "")]
-    lines = ["# Job spec reference", "", "Generated from `peft_search/search/spec.py` (`peft-search schema` prints the JSON schema).", ""]
-    seen = set()
-    while sections:
-        title, model, prefix = sections.pop(0)
-        if model in seen:
-            continue
-        seen.add(model)
-        lines += [f"## `{prefix or 'top level'}` ({title})", "", (model.__doc__ or "").strip().splitlines()[0], ""]
-        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-        for name, info in model.model_fields.items():
-            nested = _model_of(info.annotation)
-            if nested is not None:
-                sections.append((nested.__name__, nested, f"{prefix}{name}."))
-            kind = str(info.annotation).replace("typing.", "").replace("peft_search.search.spec.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
-            default = "required" if info.is_required() else json.dumps(info.get_default(call_default_factory=True), default=lambda v: v.model_dump(mode="json"))
-            lines.append(f"| `{prefix}{name}` | `{kind}` | `{default}` | {(info.description or '').replace('|', '/')} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def spec_diff(old: SearchSpec, new: SearchSpec, ignore: Collection[str] = ()) -> list[str]:
-    """Human-readable differences, one line each (`budget_fraction: 0.005 -> 0.01`); top-level keys in
-    `ignore` are skipped. Empty when the specs are the same."""
-    lines: list[str] = []
-    old_dict, new_dict = old.to_dict(), new.to_dict()
-    for key in old_dict:
-        if key not in ignore:
-            _diff(old_dict[key], new_dict[key], key, lines)
-    return lines
-
-
-def _diff(old, new, path: str, lines: list[str]) -> None:
-    if old == new:
-        return
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in dict.fromkeys([*old, *new]):
-            _diff(old.get(key), new.get(key), f"{path}.{key}", lines)
-        return
-    if old is None or new is None:
-        lines.append(f"{path}: {'added' if old is None else 'removed'} ({_show(new if old is None else old)})")
-        return
-    if isinstance(old, list) and isinstance(new, list) and any(isinstance(x, dict) for x in old + new):
-        for i in range(max(len(old), len(new))):
-            _diff(old[i] if i < len(old) else None, new[i] if i < len(new) else None, f"{path}[{i}]", lines)
-        return
-    lines.append(f"{path}: {_show(old)} -> {_show(new)}")
-
-
-def _show(value) -> str:
-    text = json.dumps(value, separators=(", ", ": "))
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 # ---- validation helpers ----------------------------------------------------------------------------
@@ -494,86 +401,6 @@ def _expand_stages(stages: list[StageSpec] | None, num_groups: int) -> list[Stag
     return expanded
 
 
-def _format_loc(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
-def _model_of(annotation) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as `list[StageSpec] | None`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        model = _model_of(arg)
-        if model is not None:
-            return model
-    return None
-
-
-def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
-    """The model that holds the last named key of `loc`, and that key's field."""
-    model: type[BaseModel] | None = SearchSpec
-    holder, info = None, None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if model is None or part not in model.model_fields:
-            return model, None
-        holder, info = model, model.model_fields[part]
-        model = _model_of(info.annotation)
-    return holder, info
-
-
-def _spec_error(error: ValidationError, source: str | None) -> SpecError:
-    """The first problem as a SpecError; further ones are listed below it."""
-    problems = []
-    for item in error.errors():
-        loc = tuple(p for p in item["loc"] if p not in ("function-before",))
-        cause = (item.get("ctx") or {}).get("error")
-        if isinstance(cause, InputError):
-            # Raised by a model validator: its field is relative to the model at `loc`.
-            path = _format_loc(loc + tuple(_split_path(cause.field)))
-            message = cause.message
-        elif item["type"] == "extra_forbidden":
-            holder, _ = _field_at(loc[:-1] + ("_",)) if len(loc) > 1 else (SearchSpec, None)
-            path = _format_loc(loc)
-            allowed = ", ".join(holder.model_fields) if holder is not None else ""
-            message = f"unknown key {loc[-1]!r}; allowed here: {allowed}"
-        else:
-            path = _format_loc(loc)
-            if item["type"] == "missing":
-                message = "required"
-            else:
-                message = item["msg"].removeprefix("Value error, ") + f", got {_show_input(item.get('input'))}"
-            _, info = _field_at(loc)
-            if info is not None and info.description:
-                message += f" ({info.description})"
-        problems.append((path, message))
-    path, message = problems[0]
-    if len(problems) > 1:
-        message += "".join(f"\n  also {p}: {m}" for p, m in problems[1:])
-    return SpecError(path, message, source)
-
-
-def _split_path(field: str) -> list:
-    """`stages[2].candidates` -> ["stages", 2, "candidates"]."""
-    parts: list = []
-    for name in field.split("."):
-        head, *indices = name.split("[")
-        if head:
-            parts.append(head)
-        parts.extend(int(index.rstrip("]")) for index in indices)
-    return parts
-
-
-def _show_input(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 __all__ = [
@@ -582,14 +409,10 @@ __all__ = [
     "FinalSpec",
     "Fidelity",
     "Hyperparameters",
+    "Racing",
     "Resources",
     "SearchSpec",
     "SpecError",
     "StageSpec",
     "Tuning",
-    "load_spec",
-    "parse_spec_text",
-    "schema_text",
-    "spec_diff",
-    "spec_schema",
 ]

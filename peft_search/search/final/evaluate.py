@@ -1,0 +1,246 @@
+"""The final evaluation: the discovered design against baseline presets at the same budget (the spec's
+`final:` section; `peft-search evaluate RUN`, and at the end of `peft-search run`).
+
+Fair by construction, per task:
+- every contender's learning rate is tuned the same way: Optuna's TPE sampler through Ray Tune's
+  `OptunaSearch`, `final.tuning.trials` trials over the same log-uniform range, with the same sampler
+  seed (so every contender starts from the same random learning rates) and the same training seed
+  (`final.seeds[0]`, so the same training examples);
+- tuning trials train on the training data less a held-back slice (`final.tuning.holdout_fraction`,
+  the trial layer's `holdout_fraction`) and are scored on that slice, never on the dev set;
+- the tuned rate is the one with the best held-back score (ties: the lower rate); a tuning trial that
+  fails or diverges counts as failed for Optuna (reported as NaN);
+- then each contender trains once per seed of `final.seeds` at its tuned rate on the whole training
+  data and is scored on the dev set, at the final fidelity and the spec's budget (full fine-tuning
+  trains every parameter; BitFit's size is fixed).
+A preset that cannot realise the budget on this backbone (the paper's `s4-t5` on a backbone with too
+few blocks, say) is left out, and why is written to `final/skipped.json`.
+
+Layout under the run directory:
+
+    final/tuning/<task>/<contender>/<trial_id>.json one record per tuning trial
+    final/tuning/<task>/<contender>/best.json       the tuned rate, once the contender's tuning ended
+    final/runs/<trial_id>.json                      one record per seeded final run
+    final/weights/<task>/                           the discovered design's trained PEFT state (seed final.seeds[0])
+    final/skipped.json                              contenders (or contender x task) not compared, and why
+    final/done.json                                 written when everything finished
+    final/tune/                                     the Ray Tune experiments
+    final.parquet                                   every tuning trial and final run (column `phase`)
+
+Resumable like the stages: a run with a record is never trained again; a contender's tuning that was
+interrupted before its `best.json` restarts from scratch (its partial records are removed), so that
+every contender gets exactly the same number of tuning trials. Every run is a `TrialRow` trained by
+the one trainable of `search.trials`, as stage trials are. Ray is imported only to run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft_search.errors import InputError
+from peft_search.search.progress import quiet_tune_output
+from peft_search.search.spec import FinalSpec, SearchSpec, load_run_spec
+from peft_search.search.stage.decide import derive_seed
+from peft_search.search.stage.plan import trial_config
+from peft_search.search.storage.records import FINAL_DIR, read_final_records, write_final
+from peft_search.search.storage.run_dir import STATE_FILE, require_run, task_slug, utc_now, write_json_atomic
+from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
+from peft_search.space import Design
+
+DISCOVERED = "discovered"
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str  # "discovered" or a preset name
+    preset: str | None
+    design: Design | None  # the discovered design; None for presets
+
+
+def final_dir(run_dir: Path) -> Path:
+    return run_dir / FINAL_DIR
+
+
+def weights_subdir(task: str) -> str:
+    """Where the discovered design's trained state for `task` is kept, relative to the run directory."""
+    return f"{FINAL_DIR}/weights/{task_slug(task)}"
+
+
+# ---- what is compared -------------------------------------------------------------------------------
+
+
+def open_final(path: str | Path, final: FinalSpec | None = None) -> tuple[Path, SearchSpec, FinalSpec, dict]:
+    """The run, its spec, the final section to evaluate (the spec's, unless `final` is given) and the
+    discovered design; InputError when there is no final section or nothing discovered yet."""
+    run_dir = require_run(path)
+    spec = load_run_spec(run_dir / "spec.yaml")
+    final = final or spec.final
+    if final is None:
+        raise InputError(
+            "final",
+            f"{run_dir / 'spec.yaml'} has no final section; give one with --final FILE (a YAML mapping of the "
+            "spec's final keys: contenders, seeds, fidelity, tuning; see peft-search schema)",
+        )
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    if not state.get("discovered"):
+        raise InputError("RUN", f"{run_dir} has no decided stage yet, so no discovered design to evaluate")
+    return run_dir, spec, final, state["discovered"]
+
+
+def contenders(spec: SearchSpec, final: FinalSpec, discovered: dict) -> tuple[list[Contender], dict[str, str]]:
+    """The contenders that fit the budget on this backbone, and why the others are left out."""
+    from peft_search.peft import load_backbone, profile_backbone
+    from peft_search.train import plan_fit
+
+    profile = profile_backbone(load_backbone(spec.backbone, meta=True))
+    chosen, skipped = [], {}
+    for name in final.contenders:
+        contender = Contender(name, None, Design.from_dict(discovered["design"])) if name == DISCOVERED else Contender(name, name, None)
+        try:
+            plan_fit(profile, contender.design if contender.design is not None else name, spec.budget_fraction,
+                     backbone=spec.backbone)
+        except InputError as error:
+            skipped[name] = f"does not fit {spec.backbone}: {error.message}"
+            continue
+        chosen.append(contender)
+    return chosen, skipped
+
+
+def final_row(spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, seed: int,
+              learning_rate: float | None, phase: str, keep_weights: bool = False) -> TrialRow:
+    """One run of the final evaluation as a trial row: a tuning trial (phase `tune`: trains on the
+    training data less the held-back slice and is scored on it; its learning rate is set per sample)
+    or a seeded final run (phase `final`, scored on dev)."""
+    holdout = final.tuning.holdout_fraction if phase == "tune" else None
+    config = trial_config(spec, task, seed, design=contender.design, preset=contender.preset,
+                          fidelity=final.fidelity, learning_rate=learning_rate, holdout_fraction=holdout)
+    design = config.design_obj
+    fields = {"phase": phase, "contender": contender.name, "task": task, "seed": seed, "learning_rate": config.lr,
+              "design_id": design.design_id if design is not None else contender.name,
+              "design_json": design.to_json() if design is not None else None}
+    if phase == "tune":
+        record_dir = f"{FINAL_DIR}/tuning/{task_slug(task)}/{contender.name}"
+    else:
+        record_dir = f"{FINAL_DIR}/runs"
+    save_dir = weights_subdir(task) if keep_weights else None
+    return TrialRow.create(config, record_dir, fields, save_dir)
+
+
+# ---- the evaluation ---------------------------------------------------------------------------------
+
+
+def tune_learning_rate(run_dir: Path, spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, say) -> dict:
+    """Tune one contender's learning rate on one task; returns best.json's content."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    directory = final_dir(run_dir) / "tuning" / task_slug(task) / contender.name
+    best_path = directory / "best.json"
+    if best_path.is_file():
+        return json.loads(best_path.read_text())
+    if directory.exists():
+        shutil.rmtree(directory)  # an interrupted tuning restarts: every contender gets the same trials
+    directory.mkdir(parents=True)
+    tuning = final.tuning
+    # A template: each tuning trial is this row at the learning rate Optuna samples (its own id).
+    template = final_row(spec, final, contender, task, final.seeds[0], None, phase="tune")
+    # One sampler seed per task, the same for every contender: they start from the same random rates.
+    sampler = optuna.samplers.TPESampler(
+        seed=derive_seed(spec.seed, "final-tuning", task), n_startup_trials=min(10, max(2, tuning.trials // 2))
+    )
+    say(f"final: tuning {contender.name} on {task} ({tuning.trials} TPE trials, lr in "
+        f"[{tuning.learning_rate_min:g}, {tuning.learning_rate_max:g}], {tuning.holdout_fraction:g} of train held back)")
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_trainable, run_dir=str(run_dir), row=template.to_dict()), trial_resources(spec.resources)
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"learning_rate": tune.loguniform(tuning.learning_rate_min, tuning.learning_rate_max)},
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(sampler=sampler, metric="score", mode="max"),
+            num_samples=tuning.trials,
+            max_concurrent_trials=spec.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{task_slug(task)}-{contender.name}-{int(time.time())}",
+            storage_path=str(final_dir(run_dir) / "tune"),
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+    records = [r for r in read_final_records(run_dir) if r["phase"] == "tune" and r["task"] == task and r["contender"] == contender.name]
+    scored = [r for r in records if r["status"] == "finished" and r["score"] is not None and math.isfinite(r["score"])]
+    if scored:
+        top = max(scored, key=lambda r: (r["score"], -r["learning_rate"]))
+        best = {"learning_rate": top["learning_rate"], "holdout_score": top["score"], "trials": len(records),
+                "finished": len(scored)}
+        say(f"final: {contender.name} on {task}: lr {top['learning_rate']:.3g} (held-back score {top['score']:.4f}, "
+            f"{len(scored)}/{len(records)} trials finished)")
+    else:
+        errors = sorted({(r.get("error") or r["status"]).splitlines()[0] for r in records})[:2]
+        best = {"learning_rate": None, "holdout_score": None, "trials": len(records), "finished": 0,
+                "error": f"no tuning trial finished ({'; '.join(errors)})"}
+        say(f"final: {contender.name} on {task}: {best['error']}")
+    write_json_atomic(best_path, best)
+    return best
+
+
+def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str | None = None, say=print) -> Path:
+    """Run (or finish) the final evaluation of a run; returns the path of final.parquet."""
+    from ray import tune
+
+    from peft_search.search.cluster.connect import init_ray
+
+    run_dir, spec, final, discovered = open_final(path, final)
+    chosen, skipped = contenders(spec, final, discovered)
+    directory = final_dir(run_dir)
+    directory.mkdir(exist_ok=True)
+    (directory / "done.json").unlink(missing_ok=True)
+    dashboard = init_ray(address)
+    if dashboard:
+        say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
+    quiet_tune_output()
+    say(f"final evaluation of {run_dir}: {', '.join(c.name for c in chosen)} on {', '.join(spec.tasks)}, "
+        f"seeds {final.seeds}" + (f" (left out: {', '.join(skipped)})" if skipped else ""))
+    rows = []
+    for task in spec.tasks:
+        for contender in chosen:
+            best = tune_learning_rate(run_dir, spec, final, contender, task, say)
+            if best["learning_rate"] is None:
+                skipped[f"{contender.name} on {task}"] = best["error"]
+                continue
+            for seed in final.seeds:
+                keep = contender.name == DISCOVERED and seed == final.seeds[0]
+                rows.append(final_row(spec, final, contender, task, seed, best["learning_rate"], phase="final", keep_weights=keep))
+    write_json_atomic(directory / "skipped.json", skipped)
+    pending = [row for row in rows if not row.record_path(run_dir).is_file()]
+    if pending:
+        say(f"final: {len(pending)} seeded runs at the tuned learning rates ({len(rows) - len(pending)} already done)")
+        tuner = tune.Tuner(
+            tune.with_resources(trial_trainable, trial_resources(spec.resources)),
+            param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
+            run_config=tune.RunConfig(name=f"runs-{int(time.time())}", storage_path=str(directory / "tune"), verbose=0),
+        )
+        tuner.fit()
+    path = write_final(run_dir)
+    write_json_atomic(directory / "done.json", {"finished_at": utc_now(), "runs": len(rows), "skipped": skipped})
+    say(f"final evaluation: {path}")
+    return path
+
+
+__all__ = [
+    "DISCOVERED",
+    "Contender",
+    "contenders",
+    "evaluate_run",
+    "final_row",
+    "open_final",
+    "weights_subdir",
+]

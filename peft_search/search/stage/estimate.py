@@ -1,0 +1,109 @@
+"""Compute estimates of a search without sampling anything: trials and optimiser steps per stage and
+for the final evaluation (the dry run's table). Pure: imports the spec only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from peft_search.search.spec import Fidelity, SearchSpec
+
+
+def trial_steps(fidelity: Fidelity, spec: SearchSpec, train_size: int | None = None) -> int | None:
+    """Optimiser steps of one trial; None when it depends on a dataset size nobody gave.
+
+    As the trial layer trains: exactly `max_steps` when given, else `epochs` passes; batch_size is the
+    global batch (split over workers), times gradient_accumulation_steps per optimiser step.
+    """
+    if fidelity.max_steps is not None:
+        return fidelity.max_steps
+    sizes = [n for n in (fidelity.max_train_examples, train_size) if n is not None]
+    if not sizes:
+        return None
+    hyper = spec.hyperparameters
+    steps_per_epoch = math.ceil(min(sizes) / (hyper.batch_size * hyper.gradient_accumulation_steps))
+    return math.ceil(fidelity.epochs * steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    stage: int
+    component: str
+    choices: int
+    trials: int  # an upper bound: duplicate designs and skipped stages plan fewer
+    steps: int | None  # optimiser steps over all trials; None when a task's size is unknown
+
+
+@dataclass(frozen=True)
+class SearchEstimate:
+    stages: tuple[StageEstimate, ...]
+    final_trials: int  # tuning plus training runs of the final evaluation
+    final_steps: int | None
+
+    @property
+    def trials(self) -> int:
+        return sum(s.trials for s in self.stages) + self.final_trials
+
+    @property
+    def steps(self) -> int | None:
+        parts = [s.steps for s in self.stages] + ([self.final_steps] if self.final_trials else [])
+        return None if any(p is None for p in parts) else sum(parts)
+
+    def describe(self, seconds_per_step: float | None = None) -> str:
+        """The dry run's table: stages, trials, steps (and hours, given a measured seconds per step)."""
+
+        def steps_text(steps: int | None) -> str:
+            if steps is None:
+                return "unknown"
+            text = f"{steps:,}"
+            if seconds_per_step:
+                seconds = steps * seconds_per_step
+                text += f" (~{seconds / 3600:,.1f} h)" if seconds >= 3600 else f" (~{seconds / 60:.0f} min)"
+            return text
+
+        lines = [f"{'stage':<6} {'component':<16} {'choices':>7} {'trials':>8}  steps"]
+        for s in self.stages:
+            lines.append(f"{s.stage:<6} {s.component:<16} {s.choices:>7} {s.trials:>8,}  {steps_text(s.steps)}")
+        if self.final_trials:
+            lines.append(f"{'final':<6} {'evaluation':<16} {'':>7} {self.final_trials:>8,}  {steps_text(self.final_steps)}")
+        lines.append(f"{'total':<6} {'':<16} {'':>7} {self.trials:>8,}  {steps_text(self.steps)}")
+        lines.append("trials are upper bounds: duplicate designs and stages of untuned groups plan fewer")
+        return "\n".join(lines)
+
+
+def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None) -> SearchEstimate:
+    """Trials and optimiser steps of the whole search, without sampling anything.
+
+    `train_sizes` (task -> training examples) makes epoch-based fidelities countable.
+    """
+    train_sizes = train_sizes or {}
+
+    def steps_per_design(fidelity: Fidelity) -> int | None:
+        per_task = [trial_steps(fidelity, spec, train_sizes.get(task)) for task in spec.tasks]
+        return None if any(s is None for s in per_task) else sum(per_task) * len(spec.seeds)
+
+    stages = []
+    per_design = steps_per_design(spec.fidelity)
+    for i, stage in enumerate(spec.stages):
+        designs = len(stage.candidates) * spec.designs_per_choice
+        stages.append(
+            StageEstimate(
+                stage=i,
+                component=stage.component,
+                choices=len(stage.candidates),
+                trials=designs * len(spec.tasks) * len(spec.seeds),
+                steps=None if per_design is None else designs * per_design,
+            )
+        )
+    final_trials, final_steps = 0, 0
+    if spec.final is not None:
+        final = spec.final
+        runs_per_task = len(final.contenders) * (final.tuning.trials + len(final.seeds))
+        final_trials = runs_per_task * len(spec.tasks)
+        # Tuning trials train on the training data less the held-back part; close enough to count alike.
+        per_task = [trial_steps(final.fidelity, spec, train_sizes.get(task)) for task in spec.tasks]
+        final_steps = None if any(s is None for s in per_task) else sum(per_task) * runs_per_task
+    return SearchEstimate(stages=tuple(stages), final_trials=final_trials, final_steps=final_steps)
+
+
+__all__ = ["SearchEstimate", "StageEstimate", "estimate_search", "trial_steps"]

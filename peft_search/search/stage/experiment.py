@@ -1,0 +1,117 @@
+"""One refinement stage as one Ray Tune experiment: `StageSearcher` (a Tune `Searcher`) hands out
+the plan rows the race needs, round by round, and the one trainable of `search.trials` trains each
+(a pure function of its row, which records the trial the moment it ends). The searcher's state is
+replayed from the trial records, so a resumed stage (a fresh experiment) continues the race and
+never repeats a finished trial. Our progress line replaces Tune's tables on the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from peft_search.search.progress import RecordProgress, quiet_tune_output
+from peft_search.search.stage.plan import StagePlan
+from peft_search.search.stage.racing import RaceState, race_state
+from peft_search.search.storage.records import read_records
+from peft_search.search.storage.run_dir import stage_dir
+from peft_search.search.trials import record_failure, trial_trainable
+
+EXPERIMENT = "tune"
+
+
+class StageSearcher(Searcher):
+    """A Ray Tune `Searcher` that hands out the plan rows the stage's race needs next.
+
+    It keeps no state of its own beyond the trials in flight: after every completed trial it replays
+    the race from the trial records (`racing.race_state`), so a stage resumed in a fresh experiment
+    continues the race where it stopped. Without racing it hands out every row without a record.
+    A trial that Tune gives up on (it raised past `retries`) is recorded as failed here, so that
+    every planned row that ran ends with exactly one record.
+    """
+
+    def __init__(self, run_dir: Path, plan: StagePlan, racing, tasks, seed: int, say=None):
+        super().__init__(metric="score", mode="max")
+        self.run_dir, self.plan, self.racing, self.tasks, self.seed = run_dir, plan, racing, tuple(tasks), seed
+        self.say = say or (lambda line: None)
+        self.rows = {row.trial_id: row for row in plan.rows}
+        self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
+        self.state = self.replay()
+
+    def replay(self) -> RaceState:
+        return race_state(self.plan, read_records(self.run_dir, self.plan.stage), self.racing, self.tasks, self.seed)
+
+    def suggest(self, trial_id: str):
+        running = set(self.in_flight.values())
+        for row in self.state.pending:
+            if row.trial_id not in running:
+                self.in_flight[trial_id] = row.trial_id
+                return {"run_dir": str(self.run_dir), "row": row.trial_row().to_dict()}
+        return Searcher.FINISHED if self.state.done else None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        row_id = self.in_flight.pop(trial_id, None)
+        if error and row_id is not None:
+            record_failure(self.run_dir, self.rows[row_id].trial_row(), "the trial raised past its retries (see the Tune logs)")
+        before, self.state = self.state, self.replay()
+        for choice, out in self.state.eliminated.items():
+            if choice not in before.eliminated:
+                p = "n/a" if out.p_best is None else f"{out.p_best:.3f}"
+                self.say(f"stage {self.plan.stage + 1}: round {out.round + 1} ({out.blocks} blocks): dropped {choice} "
+                         f"(P(best) {p})")
+        if self.state.round != before.round and not self.state.done:
+            self.say(f"stage {self.plan.stage + 1}: round {self.state.round + 1}: {len(self.state.survivors)} choices "
+                     f"left, {self.state.blocks} blocks each")
+        if self.state.done and not before.done:
+            self.say(f"stage {self.plan.stage + 1}: race over after round {self.state.round + 1}: {self.state.reason}")
+
+    def save(self, checkpoint_path: str) -> None:
+        # Nothing to keep: the race is replayed from the trial records.
+        Path(checkpoint_path).write_text(json.dumps({"state": "replayed from the trial records"}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.state = self.replay()
+
+
+def run_stage(run_dir: Path, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
+              racing=None, tasks=(), seed: int = 0) -> None:
+    """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
+    experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
+    the records, so the rows that already have one are never trained again)."""
+    searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True))
+    if searcher.state.done:
+        return
+    directory = stage_dir(run_dir, plan.stage)
+    quiet_tune_output()
+    name = EXPERIMENT if not (directory / EXPERIMENT).exists() else f"{EXPERIMENT}-{int(time.time())}"
+    unrecorded = len({row.trial_id for row in plan.rows} - {r["trial_id"] for r in read_records(run_dir, plan.stage)})
+    tuner = tune.Tuner(
+        tune.with_resources(trial_trainable, resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=unrecorded,  # an upper bound: a race usually needs fewer
+            max_concurrent_trials=max_concurrent,
+            # One actor runs trial after trial: torch and transformers are imported once, not per trial.
+            reuse_actors=True,
+            trial_name_creator=lambda trial: trial.config["row"]["trial_id"],
+            trial_dirname_creator=lambda trial: trial.config["row"]["trial_id"],
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(directory),
+            failure_config=tune.FailureConfig(max_failures=retries),
+            verbose=0,
+        ),
+    )
+    limit = "at most " if racing is not None else ""
+    progress = RecordProgress(f"stage {plan.stage + 1}/{num_stages} ({plan.component})",
+                              lambda: read_records(run_dir, plan.stage), f"{limit}{plan.num_trials}")
+    progress.start()
+    try:
+        tuner.fit()
+    finally:
+        progress.stop()

@@ -1,0 +1,139 @@
+"""Trial records, `results.parquet` (one row per finished trial of every stage) and the final
+evaluation's records with `final.parquet`.
+
+Each trial writes its own record (`stages/<i>/trials/<trial_id>.json`, by `search.trials.run_row`)
+the moment it finishes; the records are the source of truth, so a killed driver loses nothing and a
+resumed stage skips every trial that has one. `results.parquet` is rebuilt from them (atomically) after each stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from peft_search.search.storage.run_dir import RESULTS_FILE, write_atomic
+
+RESULT_COLUMNS = [
+    ("trial_id", pa.string()),
+    ("stage", pa.int32()),
+    ("component", pa.string()),
+    ("choice", pa.string()),
+    ("sample", pa.int32()),
+    ("block", pa.int32()),  # paired sampling; null for independent designs (and runs before 0.2)
+    ("design_id", pa.string()),
+    ("design_json", pa.string()),
+    ("grouping", pa.string()),
+    ("allocation", pa.string()),
+    ("tunable_groups", pa.string()),
+    ("strategies", pa.string()),
+    ("task", pa.string()),
+    ("seed", pa.int64()),
+    ("status", pa.string()),
+    ("score", pa.float64()),
+    ("baseline_score", pa.float64()),  # the constant prediction's score on the same examples
+    ("collapsed", pa.bool_()),  # the trial ended at that baseline (learned nothing)
+    ("metrics_json", pa.string()),
+    ("realised_params", pa.int64()),
+    ("target_params", pa.int64()),
+    ("head_params", pa.int64()),
+    ("wall_time_s", pa.float64()),
+    ("train_samples_per_s", pa.float64()),
+    ("peak_memory_mb", pa.float64()),
+    ("error", pa.string()),
+    ("node", pa.string()),
+    ("started_at", pa.string()),
+    ("finished_at", pa.string()),
+]
+RESULT_SCHEMA = pa.schema(RESULT_COLUMNS)
+
+
+def started_trials(run_dir: Path, stage: int | None = None) -> list[str]:
+    """Trials that started and have no record yet: running now, or interrupted with their driver."""
+    pattern = f"stages/{stage}/trials/*.started" if stage is not None else "stages/*/trials/*.started"
+    return sorted(p.stem for p in run_dir.glob(pattern) if not p.with_suffix(".json").is_file())
+
+
+def read_records(run_dir: Path, stage: int | None = None) -> list[dict]:
+    """Every trial record of one stage (or of all stages), in a stable order."""
+    pattern = f"stages/{stage}/trials/*.json" if stage is not None else "stages/*/trials/*.json"
+    records = [json.loads(path.read_text()) for path in run_dir.glob(pattern)]
+    return sorted(records, key=lambda r: (r["stage"], r["choice"], r["sample"], r["task"], r["seed"], r["trial_id"]))
+
+
+def write_results(run_dir: Path) -> Path:
+    records = read_records(run_dir)
+    columns = {name: [r.get(name) for r in records] for name, _ in RESULT_COLUMNS}
+    table = pa.Table.from_pydict(columns, schema=RESULT_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    path = run_dir / RESULTS_FILE
+    write_atomic(path, sink.getvalue().to_pybytes())
+    return path
+
+
+# ---- the final evaluation's records -----------------------------------------------------------------
+
+FINAL_DIR = "final"
+FINAL_FILE = "final.parquet"
+FINAL_COLUMNS = [
+    ("trial_id", pa.string()),
+    ("phase", pa.string()),  # tune (scored on the held-back training slice) | final (scored on dev)
+    ("contender", pa.string()),
+    ("task", pa.string()),
+    ("seed", pa.int64()),
+    ("learning_rate", pa.float64()),
+    ("status", pa.string()),
+    ("score", pa.float64()),
+    ("metrics_json", pa.string()),
+    ("design_id", pa.string()),
+    ("design_json", pa.string()),
+    ("realised_params", pa.int64()),
+    ("target_params", pa.int64()),
+    ("head_params", pa.int64()),
+    ("wall_time_s", pa.float64()),
+    ("error", pa.string()),
+    ("weights", pa.string()),  # relative to the run directory; the discovered design's kept state
+    ("config_json", pa.string()),  # the TrialConfig that trained it
+    ("node", pa.string()),
+    ("finished_at", pa.string()),
+]
+FINAL_SCHEMA = pa.schema(FINAL_COLUMNS)
+
+
+def read_final_records(run_dir: Path) -> list[dict]:
+    """Every tuning trial and seeded run of the final evaluation, in a stable order."""
+    directory = run_dir / FINAL_DIR
+    paths = [p for p in directory.glob("tuning/*/*/*.json") if p.name != "best.json"] + list(directory.glob("runs/*.json"))
+    records = []
+    for path in paths:
+        record = json.loads(path.read_text())
+        if "run_id" in record:  # written before version 0.2, when final runs had an id of their own
+            record["trial_id"] = record.pop("run_id")
+        records.append(record)
+    return sorted(records, key=lambda r: (r["task"], r["phase"] != "tune", r["contender"], r["seed"], r["learning_rate"], r["trial_id"]))
+
+
+def write_final(run_dir: Path) -> Path:
+    """`final.parquet`, rebuilt (atomically) from the final evaluation's records."""
+    records = read_final_records(run_dir)
+    table = pa.Table.from_pydict({name: [r.get(name) for r in records] for name, _ in FINAL_COLUMNS}, schema=FINAL_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    path = run_dir / FINAL_FILE
+    write_atomic(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def read_final(run_dir: Path) -> list[dict]:
+    """The rows of `final.parquet`; empty when the run has no final evaluation yet."""
+    path = run_dir / FINAL_FILE
+    if not path.is_file():
+        return []
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        if "run_id" in row:  # final.parquet written before version 0.2
+            row["trial_id"] = row.pop("run_id")
+    return rows

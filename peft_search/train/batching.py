@@ -1,0 +1,89 @@
+"""Batches: a tokenised split as a torch Dataset, dynamic padding, and the two DataLoaders of a
+trial (training: shuffled with the trial's seed; evaluation: longest first, twice the batch).
+
+Every evaluation of a split (after each epoch, and `evaluate_saved` later) builds its loader here,
+so it sees the same examples in the same batches. Imports torch, numpy and data.py's types.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from peft_search.train.data import TokenisedSplit
+from peft_search.train.tasks import Task
+
+EVAL_BATCH_FACTOR = 2  # evaluation keeps no activations for a backward pass: twice the batch fits
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    def __init__(self, split: TokenisedSplit):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.split.example(int(i))
+
+
+class DynamicPadding:
+    """Pads a batch to its own longest example (not to max_length)."""
+
+    def __init__(self, pad_id: int, regression: bool):
+        self.pad_id = pad_id
+        self.regression = regression
+
+    @classmethod
+    def for_task(cls, tokenizer, task: Task) -> "DynamicPadding":
+        return cls(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, task.regression)
+
+    def __call__(self, examples):
+        length = max(len(e["input_ids"]) for e in examples)
+        n = len(examples)
+        input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, length), dtype=torch.long)
+        with_types = "token_type_ids" in examples[0]
+        token_type_ids = torch.zeros((n, length), dtype=torch.long) if with_types else None
+        for i, example in enumerate(examples):
+            k = len(example["input_ids"])
+            input_ids[i, :k] = torch.from_numpy(example["input_ids"].astype(np.int64))
+            attention_mask[i, :k] = 1
+            if with_types:
+                token_type_ids[i, :k] = torch.from_numpy(example["token_type_ids"].astype(np.int64))
+        labels = torch.tensor([e["labels"] for e in examples], dtype=torch.float32 if self.regression else torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if with_types:
+            batch["token_type_ids"] = token_type_ids
+        return batch
+
+
+class LengthOrderedSampler(torch.utils.data.Sampler):
+    """Evaluation order, longest first: batches of similar length pad little. Order does not change
+    the metrics, which are computed over the whole split."""
+
+    def __init__(self, split: TokenisedSplit):
+        self.order = np.argsort(-split.lengths(), kind="stable").tolist()
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self):
+        return len(self.order)
+
+
+def training_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: int, seed: int):
+    """Shuffled with its own generator seeded by the trial: the same row, the same data order."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        SplitDataset(split), batch_size=batch_size, shuffle=True, generator=generator,
+        collate_fn=DynamicPadding.for_task(tokenizer, task),
+    )
+
+
+def evaluation_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: int):
+    """`batch_size` is the trial's training batch; evaluation batches are EVAL_BATCH_FACTOR times it."""
+    return torch.utils.data.DataLoader(
+        SplitDataset(split), batch_size=EVAL_BATCH_FACTOR * batch_size, sampler=LengthOrderedSampler(split),
+        collate_fn=DynamicPadding.for_task(tokenizer, task),
+    )

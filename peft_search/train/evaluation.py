@@ -1,0 +1,90 @@
+"""Evaluation: a model's predictions and metrics on a split, after every epoch of a trial
+(`evaluate_model`) and later, for weights a trial saved (`evaluate_saved`).
+
+Both go through the same loader (batching.py), Accelerator (device.py) and metrics, so a saved
+trial re-evaluates to exactly the score it reported. Code outside train calls these two functions
+and never builds loaders or Accelerators itself. Never imports search or report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from peft_search.train.metrics import compute_metrics, constant_prediction_metrics, is_collapsed
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a model on a split (every worker's examples, gathered)."""
+
+    metrics: dict  # eval_loss and the task's metrics
+    predictions: np.ndarray  # class ids, or values for a regression
+    labels: np.ndarray
+    main_metric: str
+    num_classes: int  # 1 for a regression
+
+    @property
+    def score(self) -> float:
+        return self.metrics[self.main_metric]
+
+    @property
+    def baseline_score(self) -> float:
+        """The main metric of a constant prediction on the same examples (metrics.py)."""
+        return constant_prediction_metrics((self.main_metric,), self.labels, self.num_classes)[self.main_metric]
+
+    @property
+    def collapsed(self) -> bool:
+        return is_collapsed(self.score, self.baseline_score, self.predictions)
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, accelerator, task) -> Evaluation:
+    """Evaluate `model` (prepared by `accelerator`) on `loader` (batching.evaluation_loader)."""
+    model.eval()
+    outputs, targets = [], []
+    for batch in loader:
+        logits = model(**batch).logits.float()
+        logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
+        outputs.append(logits.cpu())
+        targets.append(labels.cpu())
+    logits = torch.cat(outputs)
+    labels = torch.cat(targets)
+    if task.regression:
+        predictions = logits.squeeze(-1)
+        eval_loss = torch.nn.functional.mse_loss(predictions, labels.float()).item()
+        predictions = predictions.numpy()
+    else:
+        eval_loss = torch.nn.functional.cross_entropy(logits, labels).item()
+        predictions = logits.argmax(-1).numpy()
+    num_classes = 1 if task.regression else task.num_labels
+    metrics = compute_metrics(task.metrics, predictions, labels.numpy(), num_classes)
+    return Evaluation({"eval_loss": eval_loss, **metrics}, predictions, labels.numpy(), task.main_metric, num_classes)
+
+
+def evaluate_saved(config, saved_dir: str | Path) -> dict:
+    """Re-evaluate what `run_trial(config, save_dir=saved_dir)` saved: the PEFT state (`save_peft`),
+    or for `full` the whole model (`save_pretrained`), loaded onto a fresh backbone and evaluated on
+    the trial's validation examples in the trial's batches. Returns eval_loss, the task's metrics and
+    `score` (its main metric): the trial's final figures, exactly on the same hardware."""
+    from peft_search.peft import load_peft
+    from peft_search.train.batching import evaluation_loader
+    from peft_search.train.device import make_accelerator
+    from peft_search.train.prepare import load_data, load_model, load_tokenizer
+    from peft_search.train.presets import FULL
+
+    tokenizer = load_tokenizer(config.model)
+    data = load_data(config, tokenizer)
+    if config.preset == FULL:
+        model = load_model(str(saved_dir), data.task)
+    else:
+        model = load_model(config.model, data.task)
+        load_peft(model, saved_dir)
+    loader = evaluation_loader(data.validation, tokenizer, data.task, config.batch_size)
+    accelerator = make_accelerator()
+    model, loader = accelerator.prepare(model, loader)
+    evaluation = evaluate_model(model, loader, accelerator, data.task)
+    return {**evaluation.metrics, "score": evaluation.score}

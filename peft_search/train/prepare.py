@@ -1,0 +1,112 @@
+"""What a trial needs before its first step: tokenizer, tokenised data, the backbone with its task
+head, the design checked against the budget (fit.py) and injected.
+
+`check_inputs` is the same without weights: every input check a trial makes, cheap enough to run on
+the driver before workers start. Raises InputError for bad input; never imports ray, search or report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from peft_search.errors import InputError
+from peft_search.peft import apply_plan, load_backbone, profile_backbone, resolve_model
+from peft_search.train.data import TaskData, load_task_data
+from peft_search.train.fit import Fit, plan_fit
+from peft_search.train.tasks import Task, get_task
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    source = resolve_model(model)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise InputError("model", f"cannot load a tokenizer from {model!r}: {str(error).splitlines()[0][:200]}") from None
+
+
+def load_data(config, tokenizer) -> TaskData:
+    """The trial's tokenised splits (from the cache when it has them)."""
+    return load_task_data(
+        get_task(config.task),
+        tokenizer,
+        data_dir=config.data_dir,
+        max_length=config.max_length,
+        max_train_examples=config.max_train_examples,
+        max_eval_examples=config.max_eval_examples,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+        holdout_fraction=config.holdout_fraction,
+    )
+
+
+def problem_type(task: Task) -> str:
+    return "regression" if task.regression else "single_label_classification"
+
+
+def load_model(model: str, task: Task, meta: bool = False):
+    """The backbone with a head for `task`, without transformers' per-trial progress bar."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return load_backbone(model, num_labels=task.num_labels, problem_type=problem_type(task), meta=meta)
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+def check_fit(config, model) -> Fit:
+    """The trial's design (or preset) planned on `model`; InputError when it does not fit (fit.py)."""
+    return plan_fit(profile_backbone(model), config.preset or config.design_obj, config.budget_fraction,
+                    backbone=config.model)
+
+
+def check_inputs(config) -> TaskData:
+    """Every input check of a trial without loading weights: tokenizer, data (tokenised into the
+    cache on the way) and the design's fit on a weightless model. Raises InputError."""
+    data = load_data(config, load_tokenizer(config.model))
+    check_fit(config, load_model(config.model, data.task, meta=True))
+    return data
+
+
+@dataclass
+class Prepared:
+    tokenizer: object
+    data: TaskData
+    model: torch.nn.Module
+    report: object  # InjectionReport, None for full fine-tuning
+    counts: dict
+
+
+def prepare(config, log=None) -> Prepared:
+    """Tokenizer, data, seeded backbone with its design injected. Raises InputError for bad input."""
+    from accelerate.utils import set_seed
+
+    say = log or (lambda line: None)
+    tokenizer = load_tokenizer(config.model)
+    started = time.perf_counter()
+    data = load_data(config, tokenizer)
+    source = "cache" if all(data.cache_hits.values()) else "tokenised"
+    say(f"data: {config.task}, {len(data.train):,} train / {len(data.validation):,} validation examples "
+        f"({source}, {time.perf_counter() - started:.1f}s)")
+    # Seed before building the model: the task head and the PEFT modules are initialised at random.
+    set_seed(config.seed)
+    model = load_model(config.model, data.task)
+    fit = check_fit(config, model)
+    counts = fit.counts()
+    report = None
+    if fit.plan is None:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    else:
+        report = apply_plan(model, fit.plan)
+        counts.update(realised_params=report.realised_params, head_params=report.head_params)
+    say(f"model: {config.model}, {config.preset or config.design_id}: {counts['realised_params']:,} trainable "
+        f"backbone parameters (budget {counts['target_params']:,}) + {counts['head_params']:,} head")
+    return Prepared(tokenizer, data, model, report, counts)

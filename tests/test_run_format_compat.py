@@ -1,0 +1,67 @@
+"""Run directories written by peft-search 0.1 (before the search package was split by concern and
+trials ran through one path) still resume and report.
+
+tests/data/runs-v0.1/ holds two real runs made by the 0.1 code (the tiny job of
+tests/tiny_search_run.py, MiniLM on the bundled tweets task), without their Tune experiments:
+- `partial`: killed with SIGKILL in stage 1, after stage 0 decided and 2 of stage 1's 4 trials
+  finished (its state still says running);
+- `finished`: a finished run with a final evaluation (the kept weights file is left out, to keep
+  the repository small).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import needs_minilm
+
+FIXTURES = Path(__file__).parent / "data" / "runs-v0.1"
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "peft_search.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def records(run: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in run.glob("stages/*/trials/*.json")}
+
+
+@needs_minilm
+@pytest.mark.timeout(600)
+def test_a_run_killed_by_the_old_version_resumes_without_retraining(tmp_path):
+    run = tmp_path / "partial"
+    shutil.copytree(FIXTURES / "partial", run)
+    before = records(run)
+    assert len(before) == 6  # 4 of stage 0, 2 of stage 1
+
+    resumed = cli("resume", str(run))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    after = records(run)
+    planned = set()
+    for plan in run.glob("stages/*/plan.parquet"):
+        planned |= set(pq.read_table(plan).column("trial_id").to_pylist())
+    assert set(after) == planned  # every planned trial has exactly one record
+    for trial_id, record in before.items():
+        assert after[trial_id] == record  # nothing finished was trained again
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "finished"
+    assert [s["status"] for s in state["stages"]] == ["decided", "decided"]
+    assert (run / "report" / "index.html").is_file()
+
+
+def test_a_finished_old_run_reports_and_shows_its_status(tmp_path):
+    run = tmp_path / "finished"
+    shutil.copytree(FIXTURES / "finished", run)
+    status = cli("status", str(run), "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["status"] == "finished"
+    report = cli("report", str(run))
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (run / "report" / "index.html").read_text()
+    assert "Final evaluation" in page and "bitfit" in page

@@ -1,0 +1,126 @@
+"""Racing a stage with a fake trainer: the real planner, `race_state` and the Tune `StageSearcher`
+(its suggest / on_trial_complete, as Tune calls them), with scores that a function of the design
+gives instead of training. Resume is a new searcher over the same records."""
+
+import json
+import random
+
+import pytest
+
+from conftest import build
+from peft_search.peft import profile_backbone
+from peft_search.search.spec import SearchSpec
+from peft_search.search.stage.experiment import StageSearcher
+from peft_search.search.stage.plan import plan_stage
+from peft_search.search.stage.racing import race_state
+from peft_search.search.storage.records import read_records
+from peft_search.search.trials import TrialRow, trial_record
+from ray.tune.search import Searcher
+
+TRUE_MEANS = {"increasing": 0.60, "uniform": 0.725, "decreasing": 0.62, "spindle": 0.74, "bottleneck": 0.55}
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return profile_backbone(build("bert"))
+
+
+def make_spec(**changes) -> SearchSpec:
+    base = {
+        "backbone": "minilm",
+        "tasks": ["sst2"],
+        "budget_fraction": 0.02,
+        "designs_per_choice": 12,
+        "fidelity": {"max_steps": 20},
+        "stages": ["grouping"],
+        "racing": {"min_blocks": 3, "confidence": 0.95},
+    }
+    return SearchSpec.from_dict({**base, **changes})
+
+
+def fake_score(row: dict) -> float:
+    """The choice's true mean, a block effect shared by the block's designs, and a little noise."""
+    fields = row["fields"]
+    block_effect = random.Random(fields["block"]).gauss(0, 0.05)
+    noise = random.Random(row["trial_id"]).gauss(0, 0.02)
+    return TRUE_MEANS[fields["choice"]] + block_effect + noise
+
+
+def train(run_dir, config: dict) -> None:
+    row = TrialRow.from_dict(config["row"])
+    result = {"status": "finished", "score": fake_score(config["row"])}
+    path = row.record_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(trial_record(row, result, "t0", "t1")))
+
+
+def drive(searcher: StageSearcher, run_dir, concurrency: int = 2, stop_after: int | None = None) -> int:
+    """Tune's loop in miniature: keep `concurrency` trials in flight, complete them in order."""
+    in_flight, trained, counter = [], 0, 0
+    while True:
+        while len(in_flight) < concurrency:
+            counter += 1
+            config = searcher.suggest(f"t{counter}")
+            if config is None or config == Searcher.FINISHED:
+                break
+            in_flight.append((f"t{counter}", config))
+        if not in_flight:
+            return trained
+        trial_id, config = in_flight.pop(0)
+        train(run_dir, config)
+        trained += 1
+        searcher.on_trial_complete(trial_id, {"score": 0.0})
+        if stop_after is not None and trained >= stop_after:
+            return trained  # the driver dies here: the in-flight trials are lost
+
+
+def test_a_race_drops_the_clear_losers_and_stops_early(tmp_path, profile):
+    spec = make_spec()
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    searcher = StageSearcher(tmp_path, plan, spec.racing, spec.tasks, seed=7)
+    trained = drive(searcher, tmp_path)
+    state = searcher.state
+    assert state.done and trained == len(read_records(tmp_path, 0)) < plan.num_trials
+    assert "spindle" in state.survivors and "bottleneck" in state.eliminated
+    assert state.eliminated["bottleneck"].round == 0 and state.eliminated["bottleneck"].p_best < 0.05
+    # The first round trains min_blocks blocks of every choice; later rounds only the survivors.
+    records = read_records(tmp_path, 0)
+    assert {r["block"] for r in records if r["choice"] == "bottleneck"} == {0, 1, 2}
+    assert searcher.suggest("another") == Searcher.FINISHED
+
+
+def test_without_racing_every_planned_row_runs(tmp_path, profile):
+    spec = make_spec(designs_per_choice=3, racing=None)
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    searcher = StageSearcher(tmp_path, plan, None, spec.tasks, seed=7)
+    assert drive(searcher, tmp_path) == plan.num_trials == 15
+
+
+def test_resume_mid_race_continues_it_and_decides_as_an_uninterrupted_race(tmp_path, profile):
+    spec = make_spec()
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    whole = tmp_path / "whole"
+    drive(StageSearcher(whole, plan, spec.racing, spec.tasks, seed=7), whole)
+    expected = race_state(plan, read_records(whole, 0), spec.racing, spec.tasks, seed=7)
+
+    interrupted = tmp_path / "interrupted"
+    drive(StageSearcher(interrupted, plan, spec.racing, spec.tasks, seed=7), interrupted, stop_after=16)
+    before = {r["trial_id"]: r for r in read_records(interrupted, 0)}
+    resumed = StageSearcher(interrupted, plan, spec.racing, spec.tasks, seed=7)  # a new driver: state from records
+    assert not resumed.state.done and all(row.trial_id not in before for row in resumed.state.pending)
+    drive(resumed, interrupted)
+    after = {r["trial_id"]: r for r in read_records(interrupted, 0)}
+    assert all(after[k] == v for k, v in before.items())  # nothing finished was trained again
+    assert set(after) == {r["trial_id"] for r in read_records(whole, 0)}  # the same trials as the uninterrupted race
+    assert resumed.state == expected
+
+
+def test_a_trial_that_crashed_past_its_retries_is_recorded_as_failed(tmp_path, profile):
+    spec = make_spec(designs_per_choice=2)
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    searcher = StageSearcher(tmp_path, plan, spec.racing, spec.tasks, seed=7)
+    config = searcher.suggest("t1")
+    searcher.on_trial_complete("t1", None, error=True)
+    (record,) = read_records(tmp_path, 0)
+    assert record["trial_id"] == config["row"]["trial_id"] and record["status"] == "failed"
+    assert config["row"]["trial_id"] not in {row.trial_id for row in searcher.state.pending}
