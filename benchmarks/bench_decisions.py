@@ -113,7 +113,8 @@ def paired_racing(choices, scores, racing: Racing, rng, seed):
         trials += added * len(survivors)
         count += added
         round_index += 1
-    comparison = compare_blocks({c: table[c] for c in survivors}, seed=seed + 10_000)
+    ran = [int(k) for k in order[:count]]
+    comparison = compare_blocks({c: {k: table[c][k] for k in ran} for c in survivors}, seed=seed + 10_000)
     columns = {c: order[:count] for c in choices}
     winner = winner_of(comparison, choices, scores, columns)
     return winner, comparison.p_best.get(winner), trials

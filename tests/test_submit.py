@@ -277,4 +277,5 @@ def test_submit_runs_the_quickstart_as_a_ray_job_to_completion(token_cluster, tm
     (run,) = storage.iterdir()
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     results = pq.read_table(run / "results.parquet").to_pylist()
-    assert len(results) == 12 and all(r["status"] == "finished" for r in results)
+    # Two raced stages of 3 choices: at least 2 blocks of each, at most the 4 planned.
+    assert 12 <= len(results) <= 24 and all(r["status"] == "finished" for r in results)
