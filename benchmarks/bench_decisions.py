@@ -1,6 +1,6 @@
 """Does a stage decide right, and for how much? Replay a reference stage under cheaper protocols.
 
-    python benchmarks/bench_decisions.py record [--data-dir ../shared/data/glue] [--storage DIR]
+    python benchmarks/bench_decisions.py record [--job JOB] [--out PARQUET] [--data-dir ../shared/data/glue] [--storage DIR]
     python benchmarks/bench_decisions.py replay benchmarks/data/decisions-reference.parquet --json OUT.json
 
 `record` runs the reference stage once through the service (`peft-search run
@@ -48,15 +48,15 @@ CONFIDENT = 0.9
 # ---- record -----------------------------------------------------------------------------------------
 
 
-def record(data_dir: str, storage: str) -> None:
-    command = [sys.executable, "-m", "peft_search.cli", "run", str(JOB), "--data-dir", data_dir, "--storage", storage]
+def record(job: Path, out: Path, data_dir: str, storage: str) -> None:
+    command = [sys.executable, "-m", "peft_search.cli", "run", str(job), "--data-dir", data_dir, "--storage", storage]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
-    runs = sorted(Path(storage).glob("decisions-reference-*"), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in Path(storage).iterdir() if (p / "results.parquet").is_file()), key=lambda p: p.stat().st_mtime)
     table = pq.read_table(runs[-1] / "results.parquet").select(KEEP)
-    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, REFERENCE)
-    print(f"{table.num_rows} trial records -> {REFERENCE} ({REFERENCE.stat().st_size / 1e6:.2f} MB)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    print(f"{table.num_rows} trial records -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
 
 # ---- replay -----------------------------------------------------------------------------------------
@@ -157,6 +157,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     rec = commands.add_parser("record", help="run the reference stage and keep its records")
+    rec.add_argument("--job", default=str(JOB), help="the reference job (default jobs/decisions-reference.yaml)")
+    rec.add_argument("--out", default=str(REFERENCE), help="where its records go")
     rec.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     rec.add_argument("--storage", default="/tmp/peft-search-bench-decisions")
     rep = commands.add_parser("replay", help="resample the reference under cheaper protocols")
@@ -169,7 +171,7 @@ def main() -> int:
     rep.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.command == "record":
-        record(args.data_dir, args.storage)
+        record(Path(args.job), Path(args.out), args.data_dir, args.storage)
         return 0
     result = replay(Path(args.reference), args.resamples, args.fixed_n, Racing(min_blocks=args.min_blocks, confidence=args.confidence), args.seed)
     text = json.dumps(result, indent=2)

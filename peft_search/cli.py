@@ -1,7 +1,10 @@
-"""Command-line interface: `peft-search space | train | run | resume | status | report | submit`.
+"""Command-line interface: `peft-search space | train | run | resume | status | report | evaluate |
+export | fidelity | schema | submit`.
 
 Parses arguments, calls the layers below, prints. Bad input (an `InputError` anywhere below) is
-reported as `peft-search: error: FIELD: what is allowed` with exit status 2.
+reported as `peft-search: error: FIELD: what is allowed` with exit status 2. Longer than 400 lines
+on purpose: every command's arguments and help live in this one file, so that `--help` and the code
+read the same and no logic hides here (each handler is a few lines over the layers below).
 """
 
 from __future__ import annotations
@@ -219,39 +222,42 @@ def _add_train_parser(commands) -> None:
 
 
 def cmd_run(args) -> int:
-    from peft_search.search.controller import Controller, new_run_dir, prepare_spec
-    from peft_search.peft.backbones import is_local_model
+    from peft_search.search.controller import Controller, new_run_dir
+    from peft_search.search.preflight import preflight
     from peft_search.search.stage.estimate import estimate_search
 
-    # A dry run checks a Hub model only when it is already at hand: it must work offline.
-    check_model = not args.dry_run or is_local_model(load_spec_backbone(args.job))
-    spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir, check_model=check_model)
+    # The same checks either way; a dry run makes them offline and lists what needs the network.
+    checked = preflight(args.job, storage=args.storage, data_dir=args.data_dir, address=args.address, offline=args.dry_run)
+    spec = checked.spec
     if args.dry_run:
-        if not check_model:
-            print(f"model {spec.backbone}: a Hub id, not checked by a dry run (the run loads its config first)\n")
         print(spec.initial_space().describe())
         print()
         print(estimate_search(spec).describe())
-        print("\n(dry run: nothing was created)")
+        if checked.first_plan is not None:
+            plan = checked.first_plan
+            redraws = sum(plan.redraws.values())
+            print(f"stage 0 planned: {plan.num_trials:,} trials, {redraws} infeasible draws redrawn"
+                  + (f"; no feasible design for {', '.join(plan.infeasible)}" if plan.infeasible else ""))
+        if checked.unchecked:
+            print("\nnot checked offline (the run checks these first):\n  " + "\n  ".join(checked.unchecked))
+        passed = "every other check of `run` passed" if checked.unchecked else "every check of `run` passed"
+        print(f"\n(dry run: {passed}; nothing was created)")
         return 0
-    controller = Controller.create(spec, new_run_dir(spec, args.job))
+    controller = Controller.create(spec, new_run_dir(spec, args.job), first_plan=checked.first_plan)
     return _run_controller(controller, args.address)
 
 
-def load_spec_backbone(job_path) -> str:
-    from peft_search.search.spec import load_spec
-
-    return load_spec(job_path).backbone
-
-
 def cmd_resume(args) -> int:
-    from peft_search.search.controller import Controller, prepare_spec
+    from peft_search.search.controller import Controller
+    from peft_search.search.preflight import check_local_resources, prepare_spec
 
-    new_spec = prepare_spec(args.spec) if args.spec else None
+    new_spec = prepare_spec(args.spec, address=args.address) if args.spec else None
     controller = Controller.open(args.run, new_spec=new_spec, force=args.force)
     if controller.state["status"] == "finished":
         print(f"{controller.run_dir} is already finished; nothing to resume")
         return 0
+    if args.address is None:
+        check_local_resources(controller.spec)
     return _run_controller(controller, args.address)
 
 
@@ -320,8 +326,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_fidelity(args) -> int:
-    from peft_search.search.controller import prepare_spec
     from peft_search.search.fidelity import run_fidelity
+    from peft_search.search.preflight import prepare_spec
 
     lengths = None
     if args.steps:
@@ -329,7 +335,7 @@ def cmd_fidelity(args) -> int:
             lengths = [int(x) for x in args.steps.split(",") if x.strip()]
         except ValueError:
             raise InputError("--steps", f"comma-separated whole numbers of steps, e.g. 25,50,100; got {args.steps!r}") from None
-    spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir)
+    spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir, address=args.address)
     run_fidelity(spec, args.job, lengths=lengths, designs=args.designs, resume=args.resume, address=args.address)
     return 0
 
@@ -357,7 +363,8 @@ def _add_search_commands(commands) -> None:
     run.add_argument("--storage", help="directory for runs (overrides the spec's storage)")
     run.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
     run.add_argument("--data-dir", help="local data directory for the spec's tasks (GLUE TSV layout or files)")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and estimated compute; create nothing")
+    run.add_argument("--dry-run", action="store_true", help="make every check of run offline, print the plan, the "
+                     "estimated compute and what could not be checked offline; create nothing")
     run.set_defaults(handler=cmd_run)
 
     resume = commands.add_parser("resume", help="continue an interrupted run")

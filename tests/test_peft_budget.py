@@ -93,6 +93,14 @@ def test_infeasible_design_is_reported():
     assert not plan.feasible and plan.planned_params == profile.blocks[0].bitfit_params
 
 
+def test_a_budget_below_one_parameter_is_infeasible_and_below_the_smallest_design():
+    profile = profile_backbone(build("bert"))
+    design = Design("uniform", "uniform", (1,), (("lora",), (), (), ()))
+    plan = plan_budget(profile, design, 1e-300)  # rounds to a target of 0 parameters
+    assert plan.target_params == 0 and not plan.feasible
+    assert 0 < profile.smallest_design_params <= min(b.lora_unit for b in profile.blocks)
+
+
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
 def test_budget_outside_the_unit_interval_is_refused(fraction):
     model = build("bert")

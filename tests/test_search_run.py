@@ -249,7 +249,7 @@ def test_a_stage_where_every_trial_fails_ends_the_run_clearly(tmp_path):
         ({"stages": [{"component": "grouping", "candidates": []}]}, "stages[0].candidates"),
         ({"stages": [{"component": "grouping", "candidates": ["zigzag"]}]}, "stages[0].candidates"),
         ({"tasks": ["no-such-task"]}, "tasks[0]"),
-        ({"backbone": "/no/such/model"}, "model"),
+        ({"backbone": "/no/such/model"}, "backbone: cannot load a config from '/no/such/model': no such directory"),
     ],
 )
 def test_invalid_spec_exits_2_naming_the_field_and_creates_nothing(tmp_path, change, message):

@@ -114,8 +114,8 @@ BAD_SPECS = [
     ({"data": {"source": "hub", "dir": "/data"}}, "data.dir", ["source: local"]),
     ({"data": {"source": "ftp"}}, "data.source", ["'hub'", "'local'"]),
     ({"fidelity": {"max_train_examples": 100}}, "fidelity.epochs", ["epochs, max_steps"]),
-    ({"fidelity": {"epochs": 0}}, "fidelity.epochs", ["greater than 0"]),
-    ({"seeds": [0, -1]}, "seeds[1]", ["non-negative"]),
+    ({"fidelity": {"epochs": 0}}, "fidelity.epochs", ["greater than or equal to 0.001"]),
+    ({"seeds": [0, -1]}, "seeds[1]", ["integers from 0 to 4294967295"]),
     (
         {"hyperparameters": {"batch_size": 15}, "resources": {"workers": 2}},
         "hyperparameters.batch_size",

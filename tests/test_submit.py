@@ -242,7 +242,7 @@ def test_spec_and_storage_are_checked_before_submission(tmp_path):
 
 
 REPO = Path(__file__).resolve().parents[1]
-QUICKSTART_TIMEOUT_S = 900
+QUICKSTART_TIMEOUT_S = 1500  # two raced stages: 12 to 24 trials of 60 steps
 
 
 @pytest.mark.timeout(QUICKSTART_TIMEOUT_S + 120)

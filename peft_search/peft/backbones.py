@@ -121,35 +121,67 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def is_local_model(name_or_path: str) -> bool:
-    """An alias or an existing directory: usable with no network."""
-    return name_or_path in MODEL_ALIASES or Path(name_or_path).expanduser().is_dir()
+def model_location(name_or_path: str) -> str:
+    """Where a model's config would come from: "local" (an alias or an existing directory), "cache"
+    (a Hub id whose config is in the local Hugging Face cache), "hub" (a Hub id that needs the
+    network), or "invalid" (neither a directory nor spelled like a Hub id). Reads no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if name_or_path in MODEL_ALIASES or Path(name_or_path).expanduser().is_dir():
+        return "local"
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except ValueError:  # huggingface_hub's HFValidationError: not spelled like a Hub id
+        return "invalid"
+    return "cache" if isinstance(cached, str) else "hub"
 
 
-def load_config(name_or_path: str, **config_overrides):
-    """The model's config, with a clear error for a missing path or an unsupported model type."""
+def load_config(name_or_path: str, local_files_only: bool = False, **config_overrides):
+    """The model's config, with a clear error for a missing path or an unsupported model type;
+    `local_files_only` never reaches the network (a Hub id must be in the local cache)."""
     from transformers import AutoConfig
 
     source = resolve_model(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(source, **config_overrides)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_files_only, **config_overrides)
     except (OSError, ValueError) as error:
-        where = "local directory" if Path(source).exists() else "Hub id (check the name and the network)"
+        if Path(source).exists():
+            where = "local directory"
+        elif source.startswith(("/", "./", "../", "~")):
+            raise InputError(
+                "model", f"cannot load a config from {name_or_path!r}: no such directory (a local model is a directory with "
+                "config.json)"
+            ) from None
+        else:
+            where = "Hub id (check the name and the network)"
         raise InputError("model", f"cannot load a config from {name_or_path!r} as a {where}: {error}") from None
     check_supported(config.model_type)
     return config
 
 
-def load_backbone(name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False):
+def max_positions(config) -> int | None:
+    """The longest input (in tokens) the backbone's position embeddings allow; None when positions are
+    relative and unbounded (t5)."""
+    if config.model_type == "t5":
+        return None
+    if config.model_type == "roberta":
+        # Positions start after the padding index (1 unless the config says otherwise).
+        return config.max_position_embeddings - (1 if config.pad_token_id is None else config.pad_token_id) - 1
+    return config.max_position_embeddings
+
+
+def load_backbone(
+    name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False, local_files_only: bool = False
+):
     """A sequence-classification model on the backbone; `meta=True` builds it without weights (for
-    planning and counting, no memory used)."""
+    planning and counting, no memory used); `local_files_only` as for `load_config`."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     overrides = {"num_labels": num_labels}
     if problem_type is not None:
         overrides["problem_type"] = problem_type
-    config = load_config(name_or_path, **overrides)
+    config = load_config(name_or_path, local_files_only=local_files_only, **overrides)
     if meta:
         with torch.device("meta"):
             return AutoModelForSequenceClassification.from_config(config)
@@ -159,6 +191,8 @@ def load_backbone(name_or_path: str, num_labels: int = 2, problem_type: str | No
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(resolve_model(name_or_path), config=config)
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(name_or_path), config=config, local_files_only=local_files_only
+        )
     finally:
         logging.set_verbosity(verbosity)

@@ -11,6 +11,7 @@ The counts here are the plan; `inject` measures the model and checks it realised
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from peft_search.errors import InputError
@@ -48,6 +49,15 @@ class BackboneProfile:
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    @property
+    def smallest_design_params(self) -> int:
+        """The fewest trainable parameters a design can plan: one unit of the cheapest strategy in the
+        cheapest block (a budget below it makes every design infeasible)."""
+        return min(
+            min(b.adapter_fixed + b.adapter_unit, b.prefix_unit, b.lora_unit, b.bitfit_params or b.lora_unit)
+            for b in self.blocks
+        )
 
 
 def profile_backbone(model) -> BackboneProfile:
@@ -103,6 +113,8 @@ class BudgetPlan:
 
     @property
     def relative_error(self) -> float:
+        if self.target_params <= 0:  # a budget too small to buy one parameter: nothing lands within 2% of it
+            return 0.0 if self.planned_params == 0 else math.inf
         return (self.planned_params - self.target_params) / self.target_params
 
     @property

@@ -7,25 +7,29 @@ score; clamp the space to the winner; write the state atomically; go on. The sta
 Tune (`state.json`), so `resume` can pick up any interrupted run: decided stages are not touched, a
 finished trial is never run again (its record exists) and never lost. The report is written by the
 caller (`peft_search.report` sits above search and reads what this leaves).
+
+A job is checked completely before its run directory exists (`preflight.py`, re-exported here as
+`prepare_spec`); a run that ends early anyway says `failed` in its state, with the reason.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 from peft_search.errors import InputError
-from peft_search.search.spec import SearchSpec, load_run_spec, load_spec, spec_diff
+from peft_search.search.preflight import prepare_spec  # noqa: F401 - the controller's entry point, re-exported
+from peft_search.search.spec import SearchSpec, load_run_spec, spec_diff
 from peft_search.search.stage.decide import Decision, decide_stage, derive_seed, trial_scores
-from peft_search.search.stage.plan import plan_path, plan_stage, read_plan, write_plan
+from peft_search.search.stage.plan import StagePlan, plan_path, plan_stage, read_plan, write_plan
 from peft_search.search.storage.records import read_records, write_results
 from peft_search.search.storage.run_dir import (
     SPEC_FILE,
     STATE_FILE,
-    check_writable,
     local_path,
     require_run,
     utc_now,
@@ -42,38 +46,24 @@ class SearchFailed(RuntimeError):
     """The search cannot go on (a stage with no finished design); the state says so."""
 
 
-def _known_task(name: str):
-    from peft_search.train.tasks import get_task
-
-    return get_task(name)
-
-
-def prepare_spec(
-    job_path: str | Path, storage: str | None = None, data_dir: str | None = None, check_model: bool = True
-) -> SearchSpec:
-    """Load and fully check a job spec (tasks, data directory, storage, model) before anything is
-    created. `check_model=False` skips loading the model's config (a dry run of a Hub model offline)."""
-    spec = load_spec(job_path, known_tasks=_known_task)
-    if data_dir is not None:
-        spec = spec.with_data_dir(Path(data_dir).expanduser().resolve())
-    elif spec.data.dir is not None:
-        # Trials run in other working directories: make a relative data dir absolute now.
-        spec = spec.with_data_dir(Path(spec.data.dir).expanduser().resolve())
-    if storage is not None:
-        spec = spec.with_storage(storage)
-    spec.check_ready()
-    check_writable(local_path(spec.storage))
-    if check_model:
-        from peft_search.peft.backbones import load_config
-
-        load_config(spec.backbone)  # an unknown or unsupported model is bad input, before any run exists
-    return spec
-
-
 def new_run_dir(spec: SearchSpec, job_path: str | Path) -> Path:
-    name = spec.name or Path(job_path).stem
+    """`<storage>/<name>-<time>`: always one directory directly inside the storage."""
+    name = spec.name or _name_from_file(job_path)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return local_path(spec.storage) / f"{name}-{stamp}"
+    storage = local_path(spec.storage)
+    run_dir = storage / f"{name}-{stamp}"
+    if run_dir.parent != storage:  # a checked name never gets here; the guard keeps it so
+        raise InputError("name", f"{name!r} would place the run outside {storage}")
+    suffix = 1
+    while run_dir.exists():  # two runs of one job started within the same second
+        suffix += 1
+        run_dir = storage / f"{name}-{stamp}-{suffix}"
+    return run_dir
+
+
+def _name_from_file(job_path: str | Path) -> str:
+    """A run name from the job file's name, with what a run name may not hold replaced by `_`."""
+    return re.sub(r"\.\.+", ".", re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(job_path).stem)).lstrip(".-")[:100] or "run"
 
 
 class Controller:
@@ -87,9 +77,13 @@ class Controller:
     # ---- creating and opening runs ----------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: SearchSpec, run_dir: Path, out=None) -> "Controller":
+    def create(cls, spec: SearchSpec, run_dir: Path, out=None, first_plan: StagePlan | None = None) -> "Controller":
+        """A new run directory with the spec and a fresh state; `first_plan` (stage 0's plan, made by
+        `preflight` on the same spec) is written as the plan the run starts from."""
         run_dir.mkdir(parents=True, exist_ok=False)
         write_atomic(run_dir / SPEC_FILE, spec.to_yaml().encode())
+        if first_plan is not None:
+            write_plan(first_plan, plan_path(run_dir, 0))
         state = {
             "format": STATE_FORMAT,
             "status": "running",
@@ -137,9 +131,32 @@ class Controller:
 
     def run(self, address: str | None = None) -> dict:
         """Run every stage not yet decided, then (when the spec has a `final:` section) the final
-        evaluation; returns the state. SearchFailed when a stage cannot decide."""
+        evaluation; returns the state. SearchFailed when a stage cannot decide. However the search
+        ends early (an error, Ctrl-C), the state says `failed` and why before the error goes on; a
+        run killed outright stays `running` until `resume` continues it."""
+        try:
+            return self._run(address)
+        except BaseException as error:
+            self._mark_failed(error)
+            raise
+
+    def _mark_failed(self, error: BaseException) -> None:
+        if self.state["status"] == "finished":
+            return  # the search itself finished; what failed after it (the final evaluation) says so itself
+        reason = str(error).strip().splitlines()[0][:500] if str(error).strip() else ""
+        self.state.update(status="failed", error=f"{type(error).__name__}: {reason}".rstrip(": "), failed_at=utc_now())
+        try:
+            self.save_state()
+        except OSError:
+            pass  # the storage itself failed: the original error says more than this one would
+
+    def _run(self, address: str | None) -> dict:
         from peft_search.search.cluster.connect import init_ray
 
+        if self.state["status"] != "running":  # a resumed run that had failed
+            self.state["status"] = "running"
+            self.state.pop("error", None)
+            self.save_state()
         dashboard = init_ray(address)
         if dashboard:
             self.say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")

