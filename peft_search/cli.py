@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from peft_search.errors import InputError
@@ -360,7 +361,8 @@ def cmd_submit(args) -> int:
 def _add_search_commands(commands) -> None:
     run = commands.add_parser("run", help="run a search from a job spec (YAML)")
     run.add_argument("job", help="job spec, e.g. jobs/quickstart.yaml")
-    run.add_argument("--storage", help="directory for runs (overrides the spec's storage)")
+    run.add_argument("--storage", help="where runs are kept: a directory, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX "
+                     "(overrides the spec's storage; credentials from the environment, e.g. AWS_*)")
     run.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
     run.add_argument("--data-dir", help="local data directory for the spec's tasks (GLUE TSV layout or files)")
     run.add_argument("--dry-run", action="store_true", help="make every check of run offline, print the plan, the "
@@ -368,14 +370,14 @@ def _add_search_commands(commands) -> None:
     run.set_defaults(handler=cmd_run)
 
     resume = commands.add_parser("resume", help="continue an interrupted run")
-    resume.add_argument("run", help="run directory")
+    resume.add_argument("run", help="run directory (or its s3:// / gs:// URI)")
     resume.add_argument("--spec", help="a job spec to compare with the run's; differences are refused unless --force")
     resume.add_argument("--force", action="store_true", help="run the changed spec (decided stages stay as they are)")
     resume.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
     resume.set_defaults(handler=cmd_resume)
 
     status = commands.add_parser("status", help="stages, decisions with their confidence, trials done / failed")
-    status.add_argument("run", help="run directory")
+    status.add_argument("run", help="run directory (or its s3:// / gs:// URI)")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
@@ -408,7 +410,7 @@ def _add_search_commands(commands) -> None:
     fidelity.add_argument("--steps", help="training lengths in optimiser steps, e.g. 25,50,100 (default: half, once and "
                           "twice the spec's fidelity.max_steps)")
     fidelity.add_argument("--designs", type=int, default=8, help="pilot designs drawn from S0 (default 8)")
-    fidelity.add_argument("--storage", help="directory for the pilot (default: the spec's storage)")
+    fidelity.add_argument("--storage", help="directory or s3:// / gs:// prefix for the pilot (default: the spec's storage)")
     fidelity.add_argument("--data-dir", help="local data directory for the spec's tasks")
     fidelity.add_argument("--resume", help="a pilot directory to finish (trains only what has no record)")
     fidelity.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
@@ -421,7 +423,8 @@ def _add_search_commands(commands) -> None:
     submit.add_argument("job", help="job spec inside the working directory")
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
     submit.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: .)")
-    submit.add_argument("--storage", help="run storage on the cluster (shared: NFS path, s3://, gs://)")
+    submit.add_argument("--storage", help="run storage every node reaches: an absolute path on a shared volume, "
+                        "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (the nodes' own credentials)")
     submit.set_defaults(handler=cmd_submit)
 
 
@@ -463,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"peft-search: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader left (`peft-search status RUN | head`): no traceback, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

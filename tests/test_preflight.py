@@ -136,3 +136,16 @@ def test_the_pymp_dirs_of_rays_dashboard_are_removed_at_exit(monkeypatch):
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("final_tasks, field, message", [
+    (["nosuchtask"], "final.tasks[0]", "nosuchtask"),
+    (["sst2"], "final.tasks[0]", "not bundled"),  # the final evaluation reads the search's data source
+    ([], "final.tasks", "empty list"),
+])
+def test_final_tasks_are_checked_like_the_search_tasks(tmp_path, capsys, final_tasks, field, message):
+    job = write_job(tmp_path, final={"tasks": final_tasks})
+    assert main(["run", str(job), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert f"{field}:" in err and message in err
+    assert not (tmp_path / "runs").exists()

@@ -4,7 +4,6 @@ real local Ray, training real MiniLM trials on the bundled tweets task (tiny fid
 import json
 from dataclasses import replace
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import needs_minilm
+from drivers import cli, kill_9_when
 
 pytestmark = [needs_minilm, pytest.mark.timeout(900)]
 
@@ -41,12 +41,6 @@ def write_job(directory: Path, **changes) -> Path:
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump({**TINY_JOB, **changes}, sort_keys=False))
     return path
-
-
-def cli(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "peft_search.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def only_run(storage: Path) -> Path:
@@ -127,25 +121,7 @@ def test_run_decides_every_stage_and_status_reports_it(tmp_path):
 def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
     job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle", "bottleneck"]}])
     storage = tmp_path / "runs"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "peft_search.cli", "run", str(job), "--storage", str(storage)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 400
-        records = []
-        while time.monotonic() < deadline and len(records) < 2:
-            time.sleep(0.5)
-            records = list(storage.glob("*/stages/0/trials/*.json"))
-            assert driver.poll() is None, "the run ended before it could be killed"
-        assert len(records) >= 2, "no trial finished in time"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # Ray processes the driver started
-        except ProcessLookupError:
-            pass
+    kill_9_when(["run", str(job), "--storage", str(storage)], lambda: len(list(storage.glob("*/stages/0/trials/*.json"))) >= 2)
     time.sleep(2)
     run = only_run(storage)
     interrupted = cli("status", str(run), "--json")

@@ -25,7 +25,10 @@ def spec_from(**changes) -> SearchSpec:
     return SearchSpec.from_dict({**MINIMAL, **changes})
 
 
-@pytest.mark.parametrize("job", ["quickstart.yaml", "glue-t5-base.yaml", "glue-minilm-cpu.yaml"])
+SHIPPED = sorted(p.name for p in JOBS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("job", SHIPPED)
 def test_shipped_jobs_validate_and_round_trip(job):
     spec = load_spec(JOBS / job)
     assert parse_spec_text(spec.to_yaml()) == spec
@@ -43,11 +46,17 @@ def test_shipped_jobs_match_their_purpose():
     cpu = load_spec(JOBS / "glue-minilm-cpu.yaml")
     assert cpu.data.source == "local" and cpu.data.dir is None
     assert [s.component for s in cpu.stages] == list(component_names(4))
+    study = load_spec(JOBS / "study-minilm-cpu.yaml")
+    assert study.tasks == ["sst2", "mrpc", "cola", "stsb"] and study.racing is not None and study.sampling == "paired"
+    assert [s.component for s in study.stages] == list(component_names(4))
+    assert study.final_tasks == ["sst2", "mrpc", "cola", "stsb", "qnli", "mnli", "qqp"] and len(study.final.seeds) >= 3
+    check = load_spec(JOBS / "cluster-check.yaml")
+    assert check.data.source == "bundled" and check.racing is None
 
 
 def test_shipped_task_names_are_known_to_the_trial_layer():
     tasks = pytest.importorskip("peft_search.train.tasks")
-    for job in ("quickstart.yaml", "glue-t5-base.yaml", "glue-minilm-cpu.yaml"):
+    for job in SHIPPED:
         load_spec(JOBS / job, known_tasks=tasks.get_task)
 
 

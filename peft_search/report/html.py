@@ -28,6 +28,7 @@ from peft_search.report.tables import (
     space_path,
 )
 from peft_search.search.status import choice_cells, collapse_warning, decision_summary
+from peft_search.search.storage.paths import LocalStaging, StoragePath
 from peft_search.space import Design
 
 REPORT_DIR = "report"
@@ -50,14 +51,20 @@ img { max-width: 100%; border: 1px solid #ddd; }
 """
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of a run (finished or still going) and return the path of its index.html.
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> StoragePath:
+    """Write the report of a run (finished or still going) and return the path of its index.html
+    (on an object store when the run or `out` is one: written locally, then uploaded).
 
     InputError (the CLI's exit status 2) for a directory that is not a run, or a run without any
     finished trial."""
     run = load_run(run_dir)
-    out_dir = Path(out).expanduser().resolve() if out is not None else run.run_dir / REPORT_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = StoragePath.parse(out, "--out") if out is not None else run.run_dir / REPORT_DIR
+    with LocalStaging(target) as out_dir:
+        _write_pages(run, out_dir)
+    return target / INDEX
+
+
+def _write_pages(run: RunView, out_dir: Path) -> None:
     parts = [_header(run), _path_section(run)]
     for view in run.stages:
         parts.append(_stage_section(run, view, out_dir))
@@ -74,7 +81,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     temporary = index.with_suffix(".html.tmp")
     temporary.write_text(page, encoding="utf-8")
     temporary.replace(index)
-    return index
 
 
 # ---- sections ---------------------------------------------------------------------------------------
@@ -211,7 +217,9 @@ def _final_section(run: RunView, out_dir: Path) -> str:
         if run.spec.final is not None:
             return "<h2>Final evaluation</h2><p>Not run yet (peft-search evaluate RUN).</p>"
         return ""
-    tasks = list(run.spec.tasks)
+    # In the spec's order; tasks of a `peft-search evaluate --final FILE` with other tasks after them.
+    evaluated = {row["task"] for row in run.final_rows}
+    tasks = [t for t in dict.fromkeys([*run.spec.final_tasks, *sorted(evaluated)]) if t in evaluated]
     table = comparison(run.final_rows, tasks)
     final = run.spec.final
     intro = (
@@ -238,7 +246,8 @@ def _final_section(run: RunView, out_dir: Path) -> str:
         params = next((row["tasks"][t]["realised_params"] for t in tasks if row["tasks"][t]["realised_params"] is not None), None)
         cells.append(_num(params, f"{params:,}" if params is not None else None))
         rows.append(f'<tr data-contender="{escape(row["contender"])}">' + "".join(cells) + "</tr>")
-    skipped = json.loads((run.run_dir / "final" / "skipped.json").read_text()) if (run.run_dir / "final" / "skipped.json").is_file() else {}
+    skipped_path = run.run_dir / "final" / "skipped.json"
+    skipped = json.loads(skipped_path.read_text()) if skipped_path.is_file() else {}
     notes = "".join(f"<p class=\"note\">{escape(name)} not compared: {escape(why)}</p>" for name, why in skipped.items())
     image = "final-comparison.png"
     comparison_plot(table, tasks, out_dir / image)

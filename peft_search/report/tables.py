@@ -18,9 +18,10 @@ from pathlib import Path
 from peft_search.errors import InputError
 from peft_search.search.stage.decide import Decision
 from peft_search.search.storage.records import read_final, read_records
+from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import STATE_FILE, require_run
 from peft_search.search.spec import SearchSpec, load_run_spec
-from peft_search.space import DesignSpace
+from peft_search.space import Design, DesignSpace
 
 @dataclass(frozen=True)
 class StageView:
@@ -53,7 +54,7 @@ class StageView:
 
 @dataclass(frozen=True)
 class RunView:
-    run_dir: Path
+    run_dir: StoragePath
     spec: SearchSpec
     state: dict
     stages: tuple[StageView, ...]
@@ -120,6 +121,11 @@ def space_path(run: RunView) -> list[dict]:
             continue
         if view.decision is None or view.decision.winner is None:
             rows.append({"step": f"stage {view.stage}", "component": view.component, "fixed": f"({view.status})", "space": ""})
+            continue
+        if view.decision.method == "joint":  # every component at once: the path ends at the best design
+            best = run.state.get("discovered") or {}
+            rows.append({"step": "design", "component": view.component, "fixed": f"best design {best.get('design_id', '?')}",
+                         "space": Design.from_dict(best["design"]).summary() if best.get("design") else ""})
             continue
         space = space.clamp(view.component, space.parse_choice(view.component, view.decision.winner))
         rows.append({"step": f"S{view.stage + 1}", "component": view.component, "fixed": view.decision.winner,

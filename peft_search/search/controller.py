@@ -15,7 +15,6 @@ A job is checked completely before its run directory exists (`preflight.py`, re-
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import sys
 import time
@@ -27,11 +26,13 @@ from peft_search.search.spec import SearchSpec, load_run_spec, spec_diff
 from peft_search.search.stage.decide import Decision, decide_stage, derive_seed, trial_scores
 from peft_search.search.stage.plan import StagePlan, plan_path, plan_stage, read_plan, write_plan
 from peft_search.search.storage.records import read_records, write_results
+from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import (
     SPEC_FILE,
     STATE_FILE,
-    local_path,
+    read_json,
     require_run,
+    storage_root,
     utc_now,
     write_atomic,
     write_json_atomic,
@@ -46,11 +47,11 @@ class SearchFailed(RuntimeError):
     """The search cannot go on (a stage with no finished design); the state says so."""
 
 
-def new_run_dir(spec: SearchSpec, job_path: str | Path) -> Path:
+def new_run_dir(spec: SearchSpec, job_path: str | Path) -> StoragePath:
     """`<storage>/<name>-<time>`: always one directory directly inside the storage."""
     name = spec.name or _name_from_file(job_path)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    storage = local_path(spec.storage)
+    storage = storage_root(spec.storage)
     run_dir = storage / f"{name}-{stamp}"
     if run_dir.parent != storage:  # a checked name never gets here; the guard keeps it so
         raise InputError("name", f"{name!r} would place the run outside {storage}")
@@ -67,17 +68,17 @@ def _name_from_file(job_path: str | Path) -> str:
 
 
 class Controller:
-    def __init__(self, run_dir: Path, spec: SearchSpec, state: dict, out=None):
+    def __init__(self, run_dir: StoragePath, spec: SearchSpec, state: dict, out=None):
         self.run_dir = run_dir
         self.spec = spec
         self.state = state
         self.out = out
-        self.final_path: Path | None = None  # final.parquet, once the final evaluation ran
+        self.final_path: StoragePath | None = None  # final.parquet, once the final evaluation ran
 
     # ---- creating and opening runs ----------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: SearchSpec, run_dir: Path, out=None, first_plan: StagePlan | None = None) -> "Controller":
+    def create(cls, spec: SearchSpec, run_dir: StoragePath, out=None, first_plan: StagePlan | None = None) -> "Controller":
         """A new run directory with the spec and a fresh state; `first_plan` (stage 0's plan, made by
         `preflight` on the same spec) is written as the plan the run starts from."""
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -93,6 +94,10 @@ class Controller:
             "stages": [
                 {"stage": i, "component": stage.component, "choices": list(stage.candidates), "status": "pending"}
                 for i, stage in enumerate(spec.stages)
+            ] if spec.joint is None else [
+                # A joint search is one stage over every component; its one "choice" is the sampler.
+                {"stage": 0, "component": "joint", "choices": [spec.joint.sampler], "status": "pending",
+                 "components": {stage.component: list(stage.candidates) for stage in spec.stages}}
             ],
             "discovered": None,
         }
@@ -105,7 +110,7 @@ class Controller:
         """An existing run; `new_spec` (if given) must equal the run's spec unless `force`."""
         run_dir = require_run(path)
         spec = load_run_spec(run_dir / SPEC_FILE)
-        state = json.loads((run_dir / STATE_FILE).read_text())
+        state = read_json(run_dir / STATE_FILE)
         if new_spec is not None:
             differences = spec_diff(spec, new_spec, ignore=("storage",))
             if differences and not force:
@@ -160,7 +165,10 @@ class Controller:
         dashboard = init_ray(address)
         if dashboard:
             self.say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
-        self.run_stages()
+        if self.spec.joint is not None:
+            self.run_joint()
+        else:
+            self.run_stages()
         if self.spec.final is not None:
             from peft_search.search.final.evaluate import evaluate_run
 
@@ -180,7 +188,7 @@ class Controller:
                 continue
             component = stage_state["component"]
             path = plan_path(self.run_dir, index)
-            if Path(path).is_file():
+            if path.is_file():
                 plan = read_plan(path)
             else:
                 plan = plan_stage(self.spec, index, space, profile)
@@ -231,11 +239,52 @@ class Controller:
         self.save_state()
         return self.state
 
+    def run_joint(self) -> dict:
+        """The joint search (`joint:` in the spec): one stage over every component at once."""
+        from peft_search.peft import load_backbone, profile_backbone
+        from peft_search.search.stage.joint import decide_joint, run_joint
+
+        stage_state = self.state["stages"][0]
+        if stage_state["status"] != "decided":
+            self.say(f"run directory: {self.run_dir}")
+            joint = self.spec.joint
+            self.say(f"joint search ({joint.sampler}): {joint.trials} designs over {', '.join(stage_state['components'])}, "
+                     f"each on {len(self.spec.tasks)} task(s) x {len(self.spec.seeds)} seed(s)")
+            stage_state.update(status="running", trials=joint.trials * len(self.spec.tasks) * len(self.spec.seeds))
+            stage_state.setdefault("started_at", utc_now())
+            self.save_state()
+            started = time.monotonic()
+            profile = profile_backbone(load_backbone(self.spec.backbone, meta=True))
+            outcome = run_joint(self.run_dir, self.spec, profile, trial_resources(self.spec.resources), say=self.say)
+            records = read_records(self.run_dir, 0)
+            decision = decide_joint(self.spec, records, derive_seed(self.spec.seed, 0))
+            if decision.winner is None:
+                self.state["status"] = "failed"
+                self.save_state()
+                raise SearchFailed(f"joint search: no design finished; every trial is recorded (peft-search status {self.run_dir})")
+            stage_state.update(
+                status="decided", decision=decision.to_dict(), winner=decision.winner,
+                infeasible_draws=outcome["infeasible"],
+                finished=sum(1 for r in records if r["status"] == "finished"),
+                failed=sum(1 for r in records if r["status"] != "finished"),
+                wall_time_s=round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1), decided_at=utc_now(),
+            )
+            self.state["discovered"] = self._best_design(0, decision, records)
+            write_results(self.run_dir)
+            self.save_state()
+            self.say(describe_decision(0, 1, decision))
+        self.state["status"] = "finished"
+        self.state["finished_at"] = utc_now()
+        write_results(self.run_dir)
+        self.save_state()
+        return self.state
+
     def _decide(self, index: int, plan, records: list[dict]) -> Decision:
         from peft_search.search.stage.racing import race_state
 
         seed = derive_seed(self.spec.seed, index)
-        race = race_state(plan, records, self.spec.racing, self.spec.tasks, seed)
+        # Without racing (fixed N) there is no race to report: every planned design ran.
+        race = race_state(plan, records, self.spec.racing, self.spec.tasks, seed) if self.spec.racing is not None else None
         decision = decide_stage(
             plan.component, list(plan.choices), trial_scores(records), self.spec.tasks, seed=seed, race=race,
             trials_planned=plan.num_trials,

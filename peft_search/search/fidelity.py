@@ -16,7 +16,6 @@ Rerunning on the same directory (`--resume DIR`) trains only what has no record.
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from peft_search.search.spec import Fidelity, SearchSpec, load_run_spec
 from peft_search.search.stage.decide import derive_seed
 from peft_search.search.stage.plan import trial_config
 from peft_search.search.stage.scores import design_scores, trial_scores
-from peft_search.search.storage.run_dir import SPEC_FILE, local_path, write_atomic, write_json_atomic
+from peft_search.search.storage.paths import StoragePath
+from peft_search.search.storage.run_dir import SPEC_FILE, read_json, storage_root, write_atomic, write_json_atomic
 from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
 
 MIN_CORRELATION = 0.8
@@ -149,13 +149,13 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
     if designs < 3:
         raise InputError("--designs", f"a rank correlation needs at least 3 designs, got {designs}")
     if resume is not None:
-        run_dir = Path(resume).expanduser().resolve()
+        run_dir = StoragePath.parse(resume, "--resume")
         if not (run_dir / SPEC_FILE).is_file():
             raise InputError("--resume", f"{resume} is not a fidelity pilot directory (no {SPEC_FILE})")
         spec = load_run_spec(run_dir / SPEC_FILE)
     else:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = local_path(spec.storage) / f"{spec.name or Path(job_path).stem}-fidelity-{stamp}"
+        run_dir = storage_root(spec.storage) / f"{spec.name or Path(job_path).stem}-fidelity-{stamp}"
     profile = profile_backbone(load_backbone(spec.backbone, meta=True))
     rows = pilot_rows(spec, lengths, designs, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
         if dashboard:
             say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
         quiet_tune_output()
-        progress = RecordProgress("fidelity pilot", lambda: [json.loads(row.record_path(run_dir).read_text()) for row in rows
+        progress = RecordProgress("fidelity pilot", lambda: [read_json(row.record_path(run_dir)) for row in rows
                                                              if row.record_path(run_dir).is_file()], len(rows))
         progress.start()
         try:
@@ -181,7 +181,7 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
             ).fit()
         finally:
             progress.stop()
-    records = [json.loads(row.record_path(run_dir).read_text()) for row in rows if row.record_path(run_dir).is_file()]
+    records = [read_json(row.record_path(run_dir)) for row in rows if row.record_path(run_dir).is_file()]
     results = summarize(records, lengths, spec.tasks)
     steps, why = recommend(results)
     summary = {"run_dir": str(run_dir), "lengths": list(lengths), "designs": designs, "recommended_steps": steps,

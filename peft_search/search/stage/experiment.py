@@ -17,6 +17,7 @@ from ray.tune.search import Searcher
 from peft_search.search.progress import RecordProgress, quiet_tune_output
 from peft_search.search.stage.plan import StagePlan
 from peft_search.search.stage.racing import RaceState, race_state
+from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_records
 from peft_search.search.storage.run_dir import stage_dir
 from peft_search.search.trials import record_failure, trial_trainable
@@ -34,7 +35,7 @@ class StageSearcher(Searcher):
     every planned row that ran ends with exactly one record.
     """
 
-    def __init__(self, run_dir: Path, plan: StagePlan, racing, tasks, seed: int, say=None):
+    def __init__(self, run_dir: StoragePath, plan: StagePlan, racing, tasks, seed: int, say=None):
         super().__init__(metric="score", mode="max")
         self.run_dir, self.plan, self.racing, self.tasks, self.seed = run_dir, plan, racing, tuple(tasks), seed
         self.say = say or (lambda line: None)
@@ -58,6 +59,8 @@ class StageSearcher(Searcher):
         if error and row_id is not None:
             record_failure(self.run_dir, self.rows[row_id].trial_row(), "the trial raised past its retries (see the Tune logs)")
         before, self.state = self.state, self.replay()
+        if self.racing is None:
+            return  # fixed N: no rounds, no drops, nothing to announce
         for choice, out in self.state.eliminated.items():
             if choice not in before.eliminated:
                 p = "n/a" if out.p_best is None else f"{out.p_best:.3f}"
@@ -77,7 +80,7 @@ class StageSearcher(Searcher):
         self.state = self.replay()
 
 
-def run_stage(run_dir: Path, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
+def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
               racing=None, tasks=(), seed: int = 0) -> None:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from peft_search.atomic import atomic_output
 from peft_search.errors import InputError
 from peft_search.search.spec import Fidelity, SearchSpec
+from peft_search.search.storage.paths import StoragePath
+from peft_search.search.storage.records import read_parquet, write_parquet
 from peft_search.search.trials import TrialRow, canonical_json, row_id
 from peft_search.space import Design, DesignSpace
 from peft_search.space.components import TUNABLE_GROUPS, strategy_group
@@ -290,9 +290,9 @@ PLAN_SCHEMA = pa.schema(
 )
 
 
-def plan_path(run_dir: str | Path, stage: int) -> str:
-    """`<run_dir>/stages/<stage>/plan.parquet` (run_dir may be a URI)."""
-    return f"{str(run_dir).rstrip('/')}/stages/{stage}/plan.parquet"
+def plan_path(run_dir: StoragePath | str | Path, stage: int) -> StoragePath:
+    """`<run_dir>/stages/<stage>/plan.parquet`."""
+    return StoragePath.parse(run_dir) / "stages" / str(stage) / "plan.parquet"
 
 
 def plan_table(plan: StagePlan) -> pa.Table:
@@ -315,31 +315,13 @@ def plan_table(plan: StagePlan) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_plan(plan: StagePlan, path: str | Path) -> None:
-    """Write the plan as Parquet; on a local disk atomically (temp file, fsync, rename), so a reader
-    sees the old file or the whole new one. On an object store (s3://, gs://) one put is atomic."""
-    table = plan_table(plan)
-    path = str(path)
-    if "://" in path and not path.startswith("file://"):
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, inner, filesystem=filesystem)
-        return
-    with atomic_output(path.removeprefix("file://")) as handle:
-        pq.write_table(table, handle)
+def write_plan(plan: StagePlan, path: StoragePath | str | Path) -> None:
+    """Write the plan as Parquet, atomically: a reader sees the old file or the whole new one."""
+    write_parquet(StoragePath.parse(path), plan_table(plan))
 
 
-def read_plan(path: str | Path) -> StagePlan:
-    path = str(path)
-    if "://" in path and not path.startswith("file://"):
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        table = pq.read_table(inner, filesystem=filesystem)
-    else:
-        table = pq.read_table(path.removeprefix("file://"))
+def read_plan(path: StoragePath | str | Path) -> StagePlan:
+    table = read_parquet(StoragePath.parse(path))
     raw = (table.schema.metadata or {}).get(PLAN_METADATA_KEY)
     if raw is None:
         raise InputError("plan", f"{path} is not a peft-search plan (no plan metadata)")

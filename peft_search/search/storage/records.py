@@ -8,13 +8,11 @@ resumed stage skips every trial that has one. `results.parquet` is rebuilt from 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from peft_search.search.storage.run_dir import RESULTS_FILE, write_atomic
+from peft_search.search.storage.paths import StoragePath
+from peft_search.search.storage.run_dir import RESULTS_FILE, read_json
 
 RESULT_COLUMNS = [
     ("trial_id", pa.string()),
@@ -43,35 +41,44 @@ RESULT_COLUMNS = [
     ("train_samples_per_s", pa.float64()),
     ("peak_memory_mb", pa.float64()),
     ("error", pa.string()),
-    ("node", pa.string()),
+    ("node", pa.string()),  # host name
+    ("node_id", pa.string()),  # the Ray node (null for runs before 0.3)
     ("started_at", pa.string()),
     ("finished_at", pa.string()),
 ]
 RESULT_SCHEMA = pa.schema(RESULT_COLUMNS)
 
 
-def started_trials(run_dir: Path, stage: int | None = None) -> list[str]:
+def started_trials(run_dir: StoragePath, stage: int | None = None) -> list[str]:
     """Trials that started and have no record yet: running now, or interrupted with their driver."""
-    pattern = f"stages/{stage}/trials/*.started" if stage is not None else "stages/*/trials/*.started"
-    return sorted(p.stem for p in run_dir.glob(pattern) if not p.with_suffix(".json").is_file())
+    files = run_dir.glob(f"stages/{stage if stage is not None else '*'}/trials/*")
+    recorded = {p.stem for p in files if p.suffix == ".json"}
+    return sorted(p.stem for p in files if p.suffix == ".started" and p.stem not in recorded)
 
 
-def read_records(run_dir: Path, stage: int | None = None) -> list[dict]:
+def read_records(run_dir: StoragePath, stage: int | None = None) -> list[dict]:
     """Every trial record of one stage (or of all stages), in a stable order."""
     pattern = f"stages/{stage}/trials/*.json" if stage is not None else "stages/*/trials/*.json"
-    records = [json.loads(path.read_text()) for path in run_dir.glob(pattern)]
+    records = [read_json(path) for path in run_dir.glob(pattern)]
     return sorted(records, key=lambda r: (r["stage"], r["choice"], r["sample"], r["task"], r["seed"], r["trial_id"]))
 
 
-def write_results(run_dir: Path) -> Path:
-    records = read_records(run_dir)
-    columns = {name: [r.get(name) for r in records] for name, _ in RESULT_COLUMNS}
-    table = pa.Table.from_pydict(columns, schema=RESULT_SCHEMA)
+def write_parquet(path: StoragePath, table: pa.Table) -> StoragePath:
+    """One Parquet file, written atomically (serialised in memory, then one write)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    path = run_dir / RESULTS_FILE
-    write_atomic(path, sink.getvalue().to_pybytes())
+    path.write_bytes(sink.getvalue().to_pybytes())
     return path
+
+
+def read_parquet(path: StoragePath) -> pa.Table:
+    return pq.read_table(pa.BufferReader(path.read_bytes()))
+
+
+def write_results(run_dir: StoragePath) -> StoragePath:
+    records = read_records(run_dir)
+    columns = {name: [r.get(name) for r in records] for name, _ in RESULT_COLUMNS}
+    return write_parquet(run_dir / RESULTS_FILE, pa.Table.from_pydict(columns, schema=RESULT_SCHEMA))
 
 
 # ---- the final evaluation's records -----------------------------------------------------------------
@@ -103,36 +110,32 @@ FINAL_COLUMNS = [
 FINAL_SCHEMA = pa.schema(FINAL_COLUMNS)
 
 
-def read_final_records(run_dir: Path) -> list[dict]:
+def read_final_records(run_dir: StoragePath) -> list[dict]:
     """Every tuning trial and seeded run of the final evaluation, in a stable order."""
     directory = run_dir / FINAL_DIR
     paths = [p for p in directory.glob("tuning/*/*/*.json") if p.name != "best.json"] + list(directory.glob("runs/*.json"))
     records = []
     for path in paths:
-        record = json.loads(path.read_text())
+        record = read_json(path)
         if "run_id" in record:  # written before version 0.2, when final runs had an id of their own
             record["trial_id"] = record.pop("run_id")
         records.append(record)
     return sorted(records, key=lambda r: (r["task"], r["phase"] != "tune", r["contender"], r["seed"], r["learning_rate"], r["trial_id"]))
 
 
-def write_final(run_dir: Path) -> Path:
+def write_final(run_dir: StoragePath) -> StoragePath:
     """`final.parquet`, rebuilt (atomically) from the final evaluation's records."""
     records = read_final_records(run_dir)
     table = pa.Table.from_pydict({name: [r.get(name) for r in records] for name, _ in FINAL_COLUMNS}, schema=FINAL_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    path = run_dir / FINAL_FILE
-    write_atomic(path, sink.getvalue().to_pybytes())
-    return path
+    return write_parquet(run_dir / FINAL_FILE, table)
 
 
-def read_final(run_dir: Path) -> list[dict]:
+def read_final(run_dir: StoragePath) -> list[dict]:
     """The rows of `final.parquet`; empty when the run has no final evaluation yet."""
     path = run_dir / FINAL_FILE
     if not path.is_file():
         return []
-    rows = pq.read_table(path).to_pylist()
+    rows = read_parquet(path).to_pylist()
     for row in rows:
         if "run_id" in row:  # final.parquet written before version 0.2
             row["trial_id"] = row.pop("run_id")
