@@ -62,8 +62,9 @@ def test_final_comparison_is_fair_and_matches_final_parquet(run_dir):
     rows = pq.read_table(run_dir / "final.parquet").to_pylist()
     tune = [r for r in rows if r["phase"] == "tune"]
     final = [r for r in rows if r["phase"] == "final"]
-    contenders = ["discovered", "bitfit"]
+    contenders = ["discovered", "bitfit", "all-lora"]
     assert sorted({r["contender"] for r in rows}) == sorted(contenders)
+    assert {json.loads(r["design_json"])["strategies"][0][0] for r in rows if r["contender"] == "all-lora"} == {"lora"}
     # Same number of tuning trials per contender and task, over the same learning rates (one sampler
     # seed per task), trained on the same seed, scored on the held-back slice (holdout_fraction set).
     rates = {}
@@ -82,7 +83,7 @@ def test_final_comparison_is_fair_and_matches_final_parquet(run_dir):
             assert r["learning_rate"] == best["learning_rate"]
             assert "holdout_fraction" not in json.loads(r["config_json"]) or json.loads(r["config_json"])["holdout_fraction"] is None
             assert r["status"] == "finished" and 0 <= r["score"] <= 1
-    assert rates["discovered"] == rates["bitfit"]
+    assert rates["discovered"] == rates["bitfit"] == rates["all-lora"]
     # Same budget: the discovered design within 2% of the target; BitFit is the fixed-size exception.
     discovered = next(r for r in final if r["contender"] == "discovered")
     assert abs(discovered["realised_params"] - discovered["target_params"]) <= 0.02 * discovered["target_params"]
@@ -119,4 +120,12 @@ def test_evaluate_refuses_bad_input_with_exit_status_2(run_dir, tmp_path, capsys
     bad.write_text("contenders: [discovered, magic]\n")
     assert main(["evaluate", str(no_final), "--final", str(bad)]) == 2
     assert "final.contenders[1]: unknown contender 'magic'" in capsys.readouterr().err
+    for designs, message in [({"joint": str(tmp_path / "missing")}, "final.designs.joint: "),
+                             ({"lora": str(bad)}, "final.designs.lora: 'lora' cannot name a contender")]:
+        bad_design = tmp_path / "designs.yaml"
+        bad_design.write_text(json.dumps({"contenders": ["discovered"], "designs": designs}))
+        before = sorted(p.name for p in (run_dir / "final").rglob("*"))
+        assert main(["evaluate", str(run_dir), "--final", str(bad_design)]) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(p.name for p in (run_dir / "final").rglob("*")) == before
     assert not (no_final / "final").exists() and not (no_final / "final.parquet").exists()

@@ -2,8 +2,8 @@
 export tests (tests/test_report.py, test_evaluate.py, test_export.py).
 
 MiniLM on the bundled tweets task: two stages of two candidates, two designs per choice, 4 steps per
-trial; then a final evaluation of the discovered design against BitFit (2 TPE tuning trials each, one
-seed). It runs through the CLI in a subprocess (`peft-search run`), so the run's own Ray instance
+trial; then a final evaluation of the discovered design against BitFit and a given design (LoRA in
+every group, `final.designs`), 2 TPE tuning trials each, one seed. It runs through the CLI in a subprocess (`peft-search run`), so the run's own Ray instance
 ends with it; about 2 minutes on 2 cores.
 """
 
@@ -39,10 +39,13 @@ max_concurrent_trials: 1
 retries: 0
 final:
   contenders: [discovered, bitfit]
+  designs: {all-lora: DESIGN_FILE}   # another design compared like the discovered one (a joint search's, say)
   seeds: [0]
   fidelity: {max_steps: 4, max_train_examples: 64, max_eval_examples: 32}
   tuning: {trials: 2, holdout_fraction: 0.25}
 """
+OTHER_DESIGN = ('{"grouping": "uniform", "allocation": "uniform", "tunable_groups": [1, 2, 3, 4], '
+                '"strategies": [["lora"], ["lora"], ["lora"], ["lora"]]}')
 TIMEOUT_S = 480
 
 needs_minilm_and_tweets = pytest.mark.skipif(
@@ -58,8 +61,10 @@ def tiny_run(base: Path) -> Path:
     if done.is_file():
         return Path(done.read_text().strip())
     storage.mkdir(parents=True, exist_ok=True)
+    design = storage / "all-lora.json"
+    design.write_text(OTHER_DESIGN)
     job = storage / "tiny.yaml"
-    job.write_text(SPEC)
+    job.write_text(SPEC.replace("DESIGN_FILE", str(design)))
     command = [sys.executable, "-m", "peft_search.cli", "run", str(job), "--storage", str(storage / "runs")]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S,
                                env={**os.environ, "RAY_DEDUP_LOGS": "0"})

@@ -99,7 +99,12 @@ def contenders(spec: SearchSpec, final: FinalSpec, discovered: dict) -> tuple[li
     profile = profile_backbone(load_backbone(spec.backbone, meta=True))
     chosen, skipped = [], {}
     for name in final.contenders:
-        contender = Contender(name, None, Design.from_dict(discovered["design"])) if name == DISCOVERED else Contender(name, name, None)
+        if name == DISCOVERED:
+            contender = Contender(name, None, Design.from_dict(discovered["design"]))
+        elif name in final.designs:
+            contender = Contender(name, None, load_design(final.designs[name], f"final.designs.{name}"))
+        else:
+            contender = Contender(name, name, None)
         try:
             plan_fit(profile, contender.design if contender.design is not None else name, spec.budget_fraction,
                      backbone=spec.backbone)
@@ -108,6 +113,22 @@ def contenders(spec: SearchSpec, final: FinalSpec, discovered: dict) -> tuple[li
             continue
         chosen.append(contender)
     return chosen, skipped
+
+
+def load_design(source: str, field: str) -> Design:
+    """A design to compare: a run's discovered design (a run directory or URI) or a design JSON file."""
+    path = StoragePath.parse(source, field)
+    try:
+        if (path / STATE_FILE).is_file():
+            found = read_json(path / STATE_FILE).get("discovered")
+            if not found:
+                raise InputError(field, f"{source} has no discovered design yet (no decided stage)")
+            return Design.from_dict(found["design"])
+        if path.is_file():
+            return Design.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(field, f"{source}: not a design JSON file or a run ({error})") from None
+    raise InputError(field, f"{source}: no such run directory or design file")
 
 
 def final_row(spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, seed: int,

@@ -233,13 +233,23 @@ class FinalSpec(_Strict):
         None, description="tasks to compare on, searched or not (a design's transfer to tasks the search never saw); "
         "null = the search's tasks"
     )
+    designs: dict[str, str] = Field(
+        {}, description="more designs to compare, by contender name (letters, digits, _ and -): a run directory or URI "
+        "(its discovered design, e.g. a joint or random search) or a design JSON file; each joins the contenders"
+    )
     seeds: list[int] = Field([0, 1, 2], description=f"training seeds per contender and task, each 0 to {MAX_SEED}")
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of the final runs")
     tuning: Tuning = Field(Tuning(), description="learning-rate tuning per contender and task")
 
     @model_validator(mode="after")
     def _check(self):
-        _check_members(self.contenders, CONTENDERS, "contenders", "contender")
+        for name in self.designs:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) or name in CONTENDERS:
+                raise InputError(f"designs.{name}", f"{name!r} cannot name a contender: use letters, digits, _ and - (at "
+                                 f"most 64), and none of {', '.join(CONTENDERS)}")
+        _check_members(self.contenders, (*CONTENDERS, *self.designs), "contenders", "contender")
+        # A design given is a contender: listed or not.
+        object.__setattr__(self, "contenders", [*self.contenders, *(n for n in self.designs if n not in self.contenders)])
         _check_seeds(self.seeds, "seeds")
         if self.tasks is not None:
             _check_tasks(self.tasks, "tasks")
