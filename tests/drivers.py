@@ -1,6 +1,7 @@
-"""Running `peft-search` as a user does, in a subprocess: `cli` waits for a command, and
-`kill_9_when` starts a search's driver and kills it (and the Ray it started) with SIGKILL once a
-condition holds, the way a lost terminal or a dead driver pod ends a search."""
+"""Running `peft-search` as a user does, in a subprocess: `write_job` writes a tiny real job (MiniLM
+on the bundled tweets, 3-step trials) with changes, `cli` waits for a command, and `kill_9_when`
+starts a search's driver and kills it (and the Ray it started) with SIGKILL once a condition holds,
+the way a lost terminal or a dead driver pod ends a search."""
 
 from __future__ import annotations
 
@@ -9,7 +10,35 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
+
+import yaml
+
+TINY_JOB = {
+    "name": "tiny",
+    "backbone": "minilm",
+    "tasks": ["tweets"],
+    "data": {"source": "bundled"},
+    "budget_fraction": 0.005,
+    "stages": [
+        {"component": "grouping", "candidates": ["uniform", "spindle"]},
+        {"component": "strategy.G1", "candidates": ["adapter", "lora"]},
+    ],
+    "designs_per_choice": 2,
+    "fidelity": {"max_steps": 3, "max_train_examples": 64, "max_eval_examples": 32},
+    "hyperparameters": {"batch_size": 8, "max_length": 32},
+    "resources": {"cpus": 1},
+    "max_concurrent_trials": 1,
+    "retries": 0,
+}
+
+
+def write_job(directory: Path, filename: str = "tiny.yaml", **changes) -> Path:
+    """TINY_JOB with `changes` (top-level keys replaced) as `directory/filename`."""
+    path = directory / filename
+    path.write_text(yaml.safe_dump({**TINY_JOB, **changes}, sort_keys=False))
+    return path
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -9,42 +9,30 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from conftest import needs_minilm
-from drivers import cli, kill_9_when
+from drivers import cli, kill_9_when, write_job
 from peft_search.cli import main
 
-JOB = {
+JOINT = {
     "name": "joint",
-    "backbone": "minilm",
-    "tasks": ["tweets"],
-    "data": {"source": "bundled"},
-    "budget_fraction": 0.005,
     "stages": [
         {"component": "grouping", "candidates": ["uniform", "spindle", "bottleneck"]},
         {"component": "strategy.G1", "candidates": ["adapter", "lora"]},
     ],
     "joint": {"trials": 3, "sampler": "tpe"},
-    "fidelity": {"max_steps": 3, "max_train_examples": 64, "max_eval_examples": 32},
-    "hyperparameters": {"batch_size": 8, "max_length": 32},
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 1,
-    "retries": 0,
 }
 
 
-def write_job(directory: Path, **changes) -> Path:
-    path = directory / "joint.yaml"
-    path.write_text(yaml.safe_dump({**JOB, **changes}, sort_keys=False))
-    return path
+def write_joint_job(directory: Path, **changes) -> Path:
+    return write_job(directory, "joint.yaml", **{**JOINT, **changes})
 
 
 @needs_minilm
 @pytest.mark.timeout(900)
 def test_a_joint_search_trains_whole_designs_survives_kill_9_and_decides(tmp_path):
     storage = tmp_path / "runs"
-    job = write_job(tmp_path, joint={"trials": 4, "sampler": "tpe"})
+    job = write_joint_job(tmp_path, joint={"trials": 4, "sampler": "tpe"})
     kill_9_when(["run", str(job), "--storage", str(storage)], lambda: len(list(storage.glob("*/stages/0/trials/*.json"))) >= 2)
     (run,) = storage.iterdir()
     before = {p.name: p.read_text() for p in run.glob("stages/0/trials/*.json")}
@@ -73,7 +61,7 @@ def test_a_joint_search_trains_whole_designs_survives_kill_9_and_decides(tmp_pat
 
 
 def test_joint_dry_run_estimates_one_stage(tmp_path, capsys):
-    assert main(["run", str(write_job(tmp_path)), "--dry-run"]) == 0
+    assert main(["run", str(write_joint_job(tmp_path)), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "joint" in out and "stage 0 planned" not in out
     assert not (tmp_path / "runs").exists()
@@ -89,7 +77,7 @@ def test_joint_dry_run_estimates_one_stage(tmp_path, capsys):
     ],
 )
 def test_bad_joint_keys_exit_2_naming_the_field_and_create_nothing(tmp_path, capsys, joint, field):
-    job = write_job(tmp_path, joint=joint, storage=str(tmp_path / "runs"))
+    job = write_joint_job(tmp_path, joint=joint, storage=str(tmp_path / "runs"))
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert f"{field}" in err and "Traceback" not in err

@@ -10,30 +10,19 @@ import json
 import os
 
 import pytest
-import yaml
 from object_store import aws_environment, create_bucket, environment, moto_server
 
 from conftest import needs_minilm
-from drivers import cli, kill_9_when
+from drivers import cli, kill_9_when, write_job
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_parquet
 
 pytestmark = [needs_minilm, pytest.mark.distributed, pytest.mark.timeout(900)]
 
-JOB = {
+S3_JOB = {
     "name": "s3",
-    "backbone": "minilm",
-    "tasks": ["tweets"],
-    "data": {"source": "bundled"},
-    "budget_fraction": 0.005,
     "stages": [{"component": "grouping", "candidates": ["uniform", "spindle", "bottleneck"]}],
-    "designs_per_choice": 2,
     "racing": None,
-    "fidelity": {"max_steps": 3, "max_train_examples": 64, "max_eval_examples": 32},
-    "hyperparameters": {"batch_size": 8, "max_length": 32},
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 1,
-    "retries": 0,
     "final": {
         "contenders": ["discovered"],
         "seeds": [0],
@@ -48,8 +37,7 @@ def objects(prefix: StoragePath, pattern: str) -> dict[str, bytes]:
 
 
 def test_a_search_on_s3_survives_kill_9_and_every_command_reads_it_back(tmp_path):
-    job = tmp_path / "s3.yaml"
-    job.write_text(yaml.safe_dump(JOB, sort_keys=False))
+    job = write_job(tmp_path, "s3.yaml", **S3_JOB)
     with moto_server(tmp_path) as endpoint:
         create_bucket(endpoint, "searches")
         env = {**os.environ, **aws_environment(endpoint)}

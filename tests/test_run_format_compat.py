@@ -11,20 +11,15 @@ tests/tiny_search_run.py, MiniLM on the bundled tweets task), without their Tune
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import needs_minilm
+from drivers import cli
 
 FIXTURES = Path(__file__).parent / "data" / "runs-v0.1"
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "peft_search.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def records(run: Path) -> dict[str, dict]:
@@ -65,3 +60,16 @@ def test_a_finished_old_run_reports_and_shows_its_status(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     page = (run / "report" / "index.html").read_text()
     assert "Final evaluation" in page and "bitfit" in page
+
+
+def test_a_finished_old_run_exports_its_discovered_design(tmp_path):
+    run = tmp_path / "finished"
+    shutil.copytree(FIXTURES / "finished", run)
+    result = cli("export", str(run), "--out", str(tmp_path / "export"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "export" / "export.json").read_text())
+    state = json.loads((run / "state.json").read_text())
+    assert summary["design_id"] == state["discovered"]["design_id"]
+    # Its kept weights are left out of the fixture, so export trains the design (0.1's final fidelity).
+    assert summary["tasks"]["tweets"]["weights_from"] == "trained by export"
+    assert (tmp_path / "export" / "tweets" / "peft.safetensors").is_file()

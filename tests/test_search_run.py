@@ -11,37 +11,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from conftest import needs_minilm
-from drivers import cli, kill_9_when
+from drivers import cli, kill_9_when, write_job
 
 pytestmark = [needs_minilm, pytest.mark.timeout(900)]
-
-TINY_JOB = {
-    "name": "tiny",
-    "backbone": "minilm",
-    "tasks": ["tweets"],
-    "data": {"source": "bundled"},
-    "budget_fraction": 0.005,
-    "stages": [
-        {"component": "grouping", "candidates": ["uniform", "spindle"]},
-        {"component": "strategy.G1", "candidates": ["adapter", "lora"]},
-    ],
-    "designs_per_choice": 2,
-    "fidelity": {"max_steps": 3, "max_train_examples": 64, "max_eval_examples": 32},
-    "hyperparameters": {"batch_size": 8, "max_length": 32},
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 1,
-    "retries": 0,
-}
-
-
-def write_job(directory: Path, **changes) -> Path:
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY_JOB, **changes}, sort_keys=False))
-    return path
-
 
 def only_run(storage: Path) -> Path:
     (run,) = [p for p in storage.iterdir() if p.is_dir()]
