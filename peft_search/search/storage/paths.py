@@ -219,7 +219,8 @@ class StoragePath:
     def remove_tree(self) -> None:
         """Delete this directory and everything under it (nothing when it does not exist)."""
         if self.is_local:
-            shutil.rmtree(self.local, ignore_errors=False) if self.local.exists() else None
+            if self.local.exists():
+                shutil.rmtree(self.local)
         elif self.is_dir():
             self.filesystem.delete_dir(self.key)
 
