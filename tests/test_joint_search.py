@@ -82,3 +82,37 @@ def test_bad_joint_keys_exit_2_naming_the_field_and_create_nothing(tmp_path, cap
     err = capsys.readouterr().err
     assert f"{field}" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+@needs_minilm
+def test_every_suggestion_of_the_whole_space_realises_a_design_or_is_infeasible(tmp_path):
+    """All seven components at once: a strategy suggested for a group the suggested tunable_groups
+    leave out does not change the design; no suggestion raises."""
+    import random
+
+    from peft_search.peft import load_backbone, profile_backbone
+    from peft_search.search.spec import SearchSpec
+    from peft_search.search.stage.joint import JointSearcher, joint_candidates
+    from peft_search.search.storage.paths import StoragePath
+
+    spec = SearchSpec.from_dict({"backbone": "minilm", "tasks": ["tweets"], "data": {"source": "bundled"},
+                                 "joint": {"trials": 5}})
+    searcher = JointSearcher(StoragePath.parse(tmp_path), spec, profile_backbone(load_backbone("minilm", meta=True)))
+    candidates = joint_candidates(spec)
+    assert list(candidates) == ["grouping", "allocation", "tunable_groups", "strategy.G1", "strategy.G2",
+                                "strategy.G3", "strategy.G4"]
+    rng = random.Random(0)
+    realised = 0
+    for _ in range(100):
+        choices = {component: rng.choice(values) for component, values in candidates.items()}
+        design = searcher.design(choices)
+        if design is None:
+            continue
+        realised += 1
+        tuned = set(design.tunable_groups)
+        assert design.grouping == choices["grouping"] and tuned == set(searcher.spec.initial_space().parse_choice(
+            "tunable_groups", choices["tunable_groups"]))
+        for group in range(1, 5):
+            strategies = set(design.strategies[group - 1])
+            assert strategies == (set(choices[f"strategy.G{group}"].split("+")) if group in tuned else set())
+    assert realised >= 80

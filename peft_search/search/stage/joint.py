@@ -35,6 +35,7 @@ from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_records
 from peft_search.search.storage.run_dir import stage_dir
 from peft_search.search.trials import TrialRow, row_id, run_row
+from peft_search.space.components import STRATEGY_PREFIX, strategy_group
 
 JOINT = "joint"
 STAGE = 0  # a joint search is one stage
@@ -117,7 +118,12 @@ class JointSearcher(Searcher):
         from peft_search.peft.budget import plan_budget
 
         space = self.spec.initial_space()
-        for component, choice in choices.items():
+        # Strategies last, and only for groups that are tuned: a suggestion's strategy for a group its
+        # tunable_groups leave out does not change the design (Optuna learns that it does not matter).
+        for component, choice in sorted(choices.items(), key=lambda item: item[0].startswith(STRATEGY_PREFIX)):
+            if (component.startswith(STRATEGY_PREFIX) and space.tunable_groups is not None
+                    and strategy_group(component, space.num_groups) not in space.tunable_groups):
+                continue
             space = space.clamp(component, space.parse_choice(component, choice))
 
         def is_feasible(design) -> bool:
