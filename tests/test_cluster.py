@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
+import drivers
 from tiny_search_run import needs_minilm_and_tweets
 
 pytestmark = [needs_minilm_and_tweets, pytest.mark.distributed, pytest.mark.timeout(480)]
@@ -36,19 +36,10 @@ pytestmark = [needs_minilm_and_tweets, pytest.mark.distributed, pytest.mark.time
 WORKERS = ("node_a", "node_b")  # each worker node's custom resource, and its name here
 DRIVER_TIMEOUT_S = 300
 
-JOB = {
+CLUSTER_JOB = {  # over drivers.TINY_JOB: two trials at once (one per worker), retried on another node
     "name": "cluster",
-    "backbone": "minilm",
-    "tasks": ["tweets"],
-    "data": {"source": "bundled"},
-    "budget_fraction": 0.005,
-    "designs_per_choice": 2,
     "racing": None,
     "fidelity": {"max_steps": 4, "max_train_examples": 64, "max_eval_examples": 32},
-    "hyperparameters": {"batch_size": 8, "max_length": 32},
-    "seed": 0,
-    "seeds": [0],
-    "resources": {"cpus": 1},
     "max_concurrent_trials": 2,
     "retries": 2,
 }
@@ -148,9 +139,7 @@ def cluster(ray_cluster) -> LocalCluster:
 
 
 def write_job(directory: Path, **changes) -> Path:
-    path = directory / "job.yaml"
-    path.write_text(yaml.safe_dump({**JOB, "storage": str(directory / "runs"), **changes}, sort_keys=False))
-    return path
+    return drivers.write_job(directory, "job.yaml", **{**CLUSTER_JOB, "storage": str(directory / "runs"), **changes})
 
 
 def grouping(*candidates: str) -> list[dict]:
