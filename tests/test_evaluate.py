@@ -13,7 +13,7 @@ import pytest
 
 from peft_search.cli import main
 from peft_search.errors import InputError
-from peft_search.report.tables import comparison
+from peft_search.report.tables import comparison, paired_differences
 from peft_search.search.spec import load_spec
 from peft_search.train.data import hold_out
 from peft_search.train.prepare import load_data, load_tokenizer
@@ -94,12 +94,45 @@ def test_final_comparison_is_fair_and_matches_final_parquet(run_dir):
         cell = table[contender]["tasks"]["tweets"]
         assert cell["mean"] == statistics.fmean(scores) and table[contender]["average"] == cell["mean"]
         assert cell["std"] == (statistics.stdev(scores) if len(scores) > 1 else 0.0)
+    # The paired table: per seed, discovered minus the other contender, on the same seeds.
+    paired = {row["contender"]: row for row in paired_differences(rows, spec.tasks)}
+    assert sorted(paired) == ["all-lora", "bitfit"]
+    mine = {r["seed"]: r["score"] for r in final if r["contender"] == "discovered"}
+    theirs = {r["seed"]: r["score"] for r in final if r["contender"] == "bitfit"}
+    cell = paired["bitfit"]["tasks"]["tweets"]
+    assert cell["pairs"] == len(spec.final.seeds)
+    assert cell["mean"] == pytest.approx(statistics.fmean(mine[s] - theirs[s] for s in mine))
+    assert paired["bitfit"]["average"]["mean"] == pytest.approx(cell["mean"])
     # The discovered design's weights are kept for export.
     assert (run_dir / discovered["weights"] / "peft.safetensors").is_file()
     html = (run_dir / "report" / "index.html").read_text()
     assert 'data-contender="discovered"' in html and 'data-contender="bitfit"' in html
+    assert "Discovered design minus each contender, paired by seed" in html
     assert (run_dir / "report" / "final-comparison.png").is_file()
     assert json.loads((run_dir / "final" / "done.json").read_text())["runs"] == len(final)
+
+
+def test_paired_differences_are_paired_by_seed_with_a_t_interval():
+    def row(contender, task, seed, score, status="finished"):
+        return {"phase": "final", "contender": contender, "task": task, "seed": seed, "score": score, "status": status}
+    rows = [row("discovered", "a", s, x) for s, x in [(0, 0.80), (1, 0.70), (2, 0.90)]]
+    rows += [row("lora", "a", s, x) for s, x in [(0, 0.78), (1, 0.67), (2, 0.875)]]  # always a little worse
+    rows += [row("discovered", "b", s, x) for s, x in [(0, 0.5), (1, 0.6), (2, 0.7)]]
+    rows += [row("lora", "b", 0, 0.4), row("lora", "b", 1, None, "failed"), row("lora", "b", 2, 0.8)]
+    rows.append({**row("lora", "a", 0, 0.0), "phase": "tune"})  # tuning runs never count
+    [lora] = paired_differences(rows, ["a", "b"])
+    a = lora["tasks"]["a"]
+    # Differences 0.02, 0.03, 0.025: mean 0.025, sd 0.005, t(0.975, 2) = 4.3027.
+    assert a["pairs"] == 3 and a["mean"] == pytest.approx(0.025)
+    half = 4.302653 * 0.005 / 3 ** 0.5
+    assert (a["low"], a["high"]) == (pytest.approx(0.025 - half, abs=1e-6), pytest.approx(0.025 + half, abs=1e-6))
+    assert a["low"] > 0  # consistently better: the paired interval excludes 0 though the seeds vary a lot
+    b = lora["tasks"]["b"]
+    assert b["pairs"] == 2 and b["mean"] == pytest.approx((0.1 - 0.1) / 2)
+    # The average pairs seeds finished on every task by both: seeds 0 and 2.
+    assert lora["average"]["pairs"] == 2
+    assert lora["average"]["mean"] == pytest.approx(statistics.fmean([(0.02 + 0.1) / 2, (0.025 - 0.1) / 2]))
+    assert paired_differences(rows[:3], ["a"]) == []  # nothing to compare with
 
 
 def test_evaluate_refuses_bad_input_with_exit_status_2(run_dir, tmp_path, capsys):

@@ -23,8 +23,10 @@ from peft_search.report.tables import (
     StageView,
     comparison,
     compute_rows,
+    format_interval,
     format_mean_std,
     load_run,
+    paired_differences,
     space_path,
 )
 from peft_search.search.status import choice_cells, collapse_warning, decision_summary
@@ -251,8 +253,29 @@ def _final_section(run: RunView, out_dir: Path) -> str:
     notes = "".join(f"<p class=\"note\">{escape(name)} not compared: {escape(why)}</p>" for name, why in skipped.items())
     image = "final-comparison.png"
     comparison_plot(table, tasks, out_dir / image)
-    return (intro + "\n" + _table(headers, rows, "comparison") + notes
+    return (intro + "\n" + _table(headers, rows, "comparison") + notes + _paired_section(run.final_rows, tasks)
             + f'\n<img class="comparison" src="{image}" alt="final comparison">')
+
+
+def _paired_section(final_rows, tasks: list[str]) -> str:
+    """The discovered design minus each other contender, paired by seed, with 95% t intervals."""
+    if not any(r["contender"] == "discovered" and r["phase"] == "final" for r in final_rows):
+        return ""
+    table = paired_differences(final_rows, tasks, reference="discovered")
+    if not table:
+        return ""
+    headers = ["discovered minus"] + list(tasks) + ["average over tasks"]
+    rows = []
+    for row in table:
+        cells = [f'<td>{escape(row["contender"])}</td>']
+        for cell in [*(row["tasks"][t] for t in tasks), row["average"]]:
+            cells.append(_num(cell["mean"], format_interval(cell)))
+        rows.append(f'<tr data-contender="{escape(row["contender"])}">' + "".join(cells) + "</tr>")
+    return ("\n<h3>Discovered design minus each contender, paired by seed</h3>"
+            "<p>Mean difference of dev scores over the seeds both trained with (positive: the discovered design "
+            "is better) and its 95% Student-t interval (degrees of freedom: seeds - 1). The average pairs, per "
+            "seed, the two contenders' means over the tasks. An interval that contains 0 shows no difference.</p>\n"
+            + _table(headers, rows, "paired"))
 
 
 def _compute_section(run: RunView) -> str:

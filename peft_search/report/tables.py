@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft_search.errors import InputError
+from peft_search.search.stage.confidence import CONFIDENCE_LEVEL, t_quantile
 from peft_search.search.stage.decide import Decision
 from peft_search.search.storage.records import read_final, read_records
 from peft_search.search.storage.paths import StoragePath
@@ -200,6 +201,58 @@ def comparison(final_rows: list[dict] | tuple[dict, ...], tasks: list[str]) -> l
         table.append({"contender": contender, "tasks": per_task, "average": average,
                       "design_id": mine[0]["design_id"] if mine else None})
     return table
+
+
+def _final_scores(final_rows, contender: str, task: str) -> dict[int, float]:
+    """Seed -> dev score of one contender's finished final runs on one task."""
+    return {r["seed"]: float(r["score"]) for r in final_rows
+            if r["phase"] == "final" and r["contender"] == contender and r["task"] == task
+            and r["status"] == "finished" and r["score"] is not None and math.isfinite(r["score"])}
+
+
+def paired_interval(differences: list[float], level: float = CONFIDENCE_LEVEL) -> dict:
+    """Mean of paired differences with its Student-t interval (df = pairs - 1); low and high are None
+    with fewer than 2 pairs, mean is None with none."""
+    n = len(differences)
+    if n == 0:
+        return {"mean": None, "low": None, "high": None, "pairs": 0}
+    mean = statistics.fmean(differences)
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "pairs": 1}
+    half = t_quantile(0.5 + level / 2.0, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "pairs": n}
+
+
+def paired_differences(final_rows: list[dict] | tuple[dict, ...], tasks: list[str], reference: str = "discovered",
+                       level: float = CONFIDENCE_LEVEL) -> list[dict]:
+    """The reference contender's dev score minus each other contender's, paired by seed (both trained
+    with the same seed: the same head initialisation and data order), as a mean with a Student-t
+    interval at `level` per task; and for the average over tasks, the per-seed difference of the two
+    contenders' means over the tasks (seeds finished on every task by both). Positive: the reference
+    is better. The standard paired t interval: with 3 seeds it has 2 degrees of freedom, so it is wide,
+    and honestly so."""
+    contenders = [c for c in dict.fromkeys(r["contender"] for r in final_rows if r["phase"] == "final") if c != reference]
+    mine = {task: _final_scores(final_rows, reference, task) for task in tasks}
+    table = []
+    for contender in contenders:
+        theirs = {task: _final_scores(final_rows, contender, task) for task in tasks}
+        per_task = {}
+        for task in tasks:
+            seeds = sorted(set(mine[task]) & set(theirs[task]))
+            per_task[task] = paired_interval([mine[task][s] - theirs[task][s] for s in seeds], level)
+        seeds = sorted(set.intersection(*(set(mine[t]) & set(theirs[t]) for t in tasks))) if tasks else []
+        average = paired_interval(
+            [statistics.fmean(mine[t][s] - theirs[t][s] for t in tasks) for s in seeds], level)
+        table.append({"contender": contender, "tasks": per_task, "average": average})
+    return table
+
+
+def format_interval(cell: dict) -> str:
+    if cell["mean"] is None:
+        return "-"
+    if cell["low"] is None:
+        return f"{cell['mean']:+.4f} (1 seed)"
+    return f"{cell['mean']:+.4f} [{cell['low']:+.4f}, {cell['high']:+.4f}]"
 
 
 def format_mean_std(cell: dict) -> str:
