@@ -15,3 +15,24 @@ def test_job_spec_reference_is_current():
     )
     for key in ("budget_fraction", "stages", "designs_per_choice", "fidelity.max_steps", "resources.workers", "final.tuning.trials"):
         assert f"`{key}`" in expected
+
+
+def _study_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_tables", DOCS / "study" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_tables_are_computed_from_the_committed_data():
+    """docs/study.md's tables are docs/study/tables.py's output, which reads only docs/study/: every
+    generated block equals what the script prints from the committed data now."""
+    tables = _study_tables()
+    page = (DOCS / "study.md").read_text()
+    blocks = [m.group(2) for m in tables.BLOCK.finditer(page)]
+    assert {"pilot", "staged", "joint", "random", "final"} <= set(blocks)
+    assert tables.refresh(page) == page, "docs/study.md is stale: run .venv/bin/python docs/study/tables.py --write"
+    assert len(tables.pilot().splitlines()) == 2 + 4 * 3  # header, rule, 4 tasks x 3 lengths
+    assert tables.main(["nonsense"]) == 2

@@ -4,6 +4,7 @@ comparison (same tuning for every contender, never on dev; tuned rate = best hel
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -133,6 +134,25 @@ def test_paired_differences_are_paired_by_seed_with_a_t_interval():
     assert lora["average"]["pairs"] == 2
     assert lora["average"]["mean"] == pytest.approx(statistics.fmean([(0.02 + 0.1) / 2, (0.025 - 0.1) / 2]))
     assert paired_differences(rows[:3], ["a"]) == []  # nothing to compare with
+
+
+def test_evaluate_with_a_final_file_records_it_and_the_report_shows_it(run_dir, tmp_path):
+    """`--final FILE` on a run whose spec has another final section: what was evaluated is kept in
+    final/final.json and the report describes that one. Every run already has a record, so nothing
+    trains again."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "tune"))
+    spec = load_spec(copy / "spec.yaml")
+    section = {**spec.final.model_dump(mode="json"), "tuning": {**spec.final.tuning.model_dump(mode="json"), "task": "tweets"}}
+    final_file = tmp_path / "final.yaml"
+    final_file.write_text(json.dumps(section))
+    records = sorted(p.name for p in (copy / "final").rglob("*.json") if p.name not in ("done.json", "final.json"))
+    assert main(["evaluate", str(copy), "--final", str(final_file)]) == 0
+    recorded = json.loads((copy / "final" / "final.json").read_text())
+    assert recorded["tuning"]["task"] == "tweets" and recorded["seeds"] == spec.final.seeds
+    assert sorted(p.name for p in (copy / "final").rglob("*.json") if p.name not in ("done.json", "final.json")) == records
+    html = (copy / "report" / "index.html").read_text()
+    assert "trials per contender on tweets (its rate used on every task)" in html
 
 
 def test_evaluate_refuses_bad_input_with_exit_status_2(run_dir, tmp_path, capsys):

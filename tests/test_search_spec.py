@@ -10,6 +10,7 @@ from peft_search.search.spec import (
     CONTENDERS,
     SearchSpec,
     SpecError,
+    load_final_file,
     load_spec,
     parse_spec_text,
     spec_diff,
@@ -47,9 +48,18 @@ def test_shipped_jobs_match_their_purpose():
     assert cpu.data.source == "local" and cpu.data.dir is None
     assert [s.component for s in cpu.stages] == list(component_names(4))
     study = load_spec(JOBS / "study-minilm-cpu.yaml")
-    assert study.tasks == ["sst2", "mrpc", "cola", "stsb"] and study.racing is not None and study.sampling == "paired"
+    assert study.tasks == ["sst2", "stsb"] and study.racing is not None and study.sampling == "paired"
     assert [s.component for s in study.stages] == list(component_names(4))
-    assert study.final_tasks == ["sst2", "mrpc", "cola", "stsb", "qnli", "mnli", "qqp"] and len(study.final.seeds) >= 3
+    final = load_final_file(JOBS.parent / "docs" / "study" / "final.yaml", study)
+    assert final.tasks == ["sst2", "stsb", "mrpc", "cola", "qnli", "mnli", "qqp"] and len(final.seeds) >= 3
+    assert final.tuning.task == "sst2" and sorted(final.designs) == ["joint", "random"]
+    for baseline in ("joint", "random"):
+        joint = load_spec(JOBS / f"study-minilm-cpu-{baseline}.yaml")
+        assert joint.joint.sampler == {"joint": "tpe", "random": "random"}[baseline]
+        # The same space and training as the staged search: only the search differs.
+        assert [s.model_dump() for s in joint.stages] == [s.model_dump() for s in study.stages]
+        same = ("backbone", "tasks", "data", "budget_fraction", "num_groups", "fidelity", "hyperparameters", "seeds")
+        assert {k: joint.to_dict()[k] for k in same} == {k: study.to_dict()[k] for k in same}
     check = load_spec(JOBS / "cluster-check.yaml")
     assert check.data.source == "bundled" and check.racing is None
 
@@ -134,6 +144,8 @@ BAD_SPECS = [
     ({"resources": {"cpus": 0}}, "resources.cpus", ["greater than 0"]),
     ({"final": {"contenders": ["lora", "ia3"]}}, "final.contenders[1]", ["ia3", ", ".join(CONTENDERS)]),
     ({"final": {"tuning": {"learning_rate_min": 0.1, "learning_rate_max": 0.01}}}, "final.tuning.learning_rate_max", ["above"]),
+    ({"final": {"tuning": {"task": "qnli"}}}, "final.tuning.task", ["'qnli' is not a task of the final", "sst2", "null"]),
+    ({"final": {"tasks": ["mrpc"], "tuning": {"task": "sst2"}}}, "final.tuning.task", ["give one of mrpc"]),
     ({"sampling": "pairs"}, "sampling", ["'paired'", "'independent'"]),
     ({"sampling": "independent"}, "racing", ["needs sampling: paired", "racing: null"]),
     ({"racing": {"min_blocks": 1}}, "racing.min_blocks", ["greater than or equal to 2"]),

@@ -216,19 +216,20 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
 
 def _final_section(run: RunView, out_dir: Path) -> str:
     if not run.final_rows:
-        if run.spec.final is not None:
+        if run.final is not None:
             return "<h2>Final evaluation</h2><p>Not run yet (peft-search evaluate RUN).</p>"
         return ""
     # In the spec's order; tasks of a `peft-search evaluate --final FILE` with other tasks after them.
     evaluated = {row["task"] for row in run.final_rows}
-    tasks = [t for t in dict.fromkeys([*run.spec.final_tasks, *sorted(evaluated)]) if t in evaluated]
+    final = run.final
+    tasks = [t for t in dict.fromkeys([*(final.tasks or run.spec.tasks if final else []), *sorted(evaluated)]) if t in evaluated]
     table = comparison(run.final_rows, tasks)
-    final = run.spec.final
     intro = (
         "<h2>Final evaluation</h2>"
         "<p>The discovered design against baseline presets at the same budget (full fine-tuning trains every "
         "parameter). Each contender's learning rate was tuned the same way: Optuna's TPE sampler through Ray Tune's "
-        f"OptunaSearch, {final.tuning.trials if final else '?'} trials per contender and task over "
+        f"OptunaSearch, {final.tuning.trials if final else '?'} trials per contender "
+        f"{'and task' if final.tuning.task is None else 'on ' + escape(final.tuning.task) + ' (its rate used on every task)'} over "
         f"[{final.tuning.learning_rate_min:g}, {final.tuning.learning_rate_max:g}] (log scale), validated on "
         f"{final.tuning.holdout_fraction:g} of the training data held back (never the dev set). Then each contender "
         f"trained with seeds {final.seeds} at the tuned rate; dev score mean &plusmn; std over seeds. Fidelity: "

@@ -21,7 +21,8 @@ from peft_search.search.stage.decide import Decision
 from peft_search.search.storage.records import read_final, read_records
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import STATE_FILE, require_run
-from peft_search.search.spec import SearchSpec, load_run_spec
+from peft_search.search.final.evaluate import evaluated_final
+from peft_search.search.spec import FinalSpec, SearchSpec, load_run_spec
 from peft_search.space import Design, DesignSpace
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class RunView:
     state: dict
     stages: tuple[StageView, ...]
     final_rows: tuple[dict, ...]  # rows of final.parquet; empty when there is no final evaluation yet
+    final: FinalSpec | None = None  # the final section evaluated (or to evaluate): final/final.json, else the spec's
 
     @property
     def name(self) -> str:
@@ -104,7 +106,7 @@ def load_run(path: str | Path) -> RunView:
                 infeasible=stage.get("infeasible") or {},
             )
         )
-    return RunView(run_dir, spec, state, tuple(stages), tuple(read_final(run_dir)))
+    return RunView(run_dir, spec, state, tuple(stages), tuple(read_final(run_dir)), evaluated_final(run_dir, spec))
 
 
 # ---- the path S0 -> S_final -------------------------------------------------------------------------

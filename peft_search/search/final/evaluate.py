@@ -9,7 +9,8 @@ Fair by construction, per task:
 - tuning trials train on the training data less a held-back slice (`final.tuning.holdout_fraction`,
   the trial layer's `holdout_fraction`) and are scored on that slice, never on the dev set;
 - the tuned rate is the one with the best held-back score (ties: the lower rate); a tuning trial that
-  fails or diverges counts as failed for Optuna (reported as NaN);
+  fails or diverges counts as failed for Optuna (reported as NaN); with `final.tuning.task` every
+  contender is tuned on that one task only and trains at its rate on every task;
 - then each contender trains once per seed of `final.seeds` at its tuned rate on the whole training
   data and is scored on the dev set, at the final fidelity and the spec's budget (full fine-tuning
   trains every parameter; BitFit's size is fixed).
@@ -24,6 +25,7 @@ Layout under the run directory:
     final/weights/<task>/                           the discovered design's trained PEFT state (seed final.seeds[0])
     final/skipped.json                              contenders (or contender x task) not compared, and why
     final/done.json                                 written when everything finished
+    final/final.json                                the final section evaluated (the spec's or --final FILE's)
     final/tune/                                     the Ray Tune experiments
     final.parquet                                   every tuning trial and final run (column `phase`)
 
@@ -52,6 +54,7 @@ from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
 from peft_search.space import Design
 
 DISCOVERED = "discovered"
+FINAL_FILE = "final.json"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,14 @@ def open_final(path: str | Path, final: FinalSpec | None = None) -> tuple[Storag
     if not state.get("discovered"):
         raise InputError("RUN", f"{run_dir} has no decided stage yet, so no discovered design to evaluate")
     return run_dir, spec, final, state["discovered"]
+
+
+def evaluated_final(run_dir: StoragePath, spec: SearchSpec) -> FinalSpec | None:
+    """The final section a run was last evaluated with (`--final FILE` included), else its spec's."""
+    path = final_dir(run_dir) / FINAL_FILE
+    if not path.is_file():
+        return spec.final
+    return SearchSpec.from_dict({**spec.to_dict(), "final": read_json(path)}).final
 
 
 def contenders(spec: SearchSpec, final: FinalSpec, discovered: dict) -> tuple[list[Contender], dict[str, str]]:
@@ -221,6 +232,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     directory = final_dir(run_dir)
     directory.mkdir(exist_ok=True)
     (directory / "done.json").unlink(missing_ok=True)
+    write_json_atomic(directory / FINAL_FILE, final.model_dump(mode="json"))
     dashboard = init_ray(address)
     if dashboard:
         say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
@@ -231,7 +243,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     rows = []
     for task in tasks:
         for contender in chosen:
-            best = tune_learning_rate(run_dir, spec, final, contender, task, say)
+            best = tune_learning_rate(run_dir, spec, final, contender, final.tuning.task or task, say)
             if best["learning_rate"] is None:
                 skipped[f"{contender.name} on {task}"] = best["error"]
                 continue
@@ -260,6 +272,7 @@ __all__ = [
     "Contender",
     "contenders",
     "evaluate_run",
+    "evaluated_final",
     "final_row",
     "open_final",
     "weights_subdir",

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from peft_search.errors import InputError
-from peft_search.search.final.evaluate import DISCOVERED, Contender, final_row
+from peft_search.search.final.evaluate import DISCOVERED, Contender, evaluated_final, final_row
 from peft_search.search.spec import load_run_spec
 from peft_search.search.stage.plan import trial_config
 from peft_search.search.storage.paths import LocalStaging, StoragePath
@@ -68,13 +68,14 @@ def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None
     from peft_search.train.trial import TrialConfig, run_trial
 
     design = Design.from_dict(found["design"])
+    final = evaluated_final(run_dir, spec)
     (out_dir / "design.json").write_text(design.to_json() + "\n")
     tasks = {}
     for task in spec.tasks:
         target = out_dir / task_slug(task)
         if target.exists():
             shutil.rmtree(target)
-        seed = spec.final.seeds[0] if spec.final else spec.seeds[0]
+        seed = final.seeds[0] if final else spec.seeds[0]
         kept = _kept_run(run_dir, task, seed)
         if kept is not None:
             (run_dir / kept["weights"]).download(target)
@@ -82,9 +83,9 @@ def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None
             score, metrics = kept["score"], json.loads(kept["metrics_json"])
             realised, head, source = kept["realised_params"], kept["head_params"], "the final evaluation"
         else:
-            if spec.final is not None:
-                trial = final_row(spec, spec.final, Contender(DISCOVERED, None, design), task, seed,
-                                  _tuned_rate(run_dir, task), phase="final").config
+            if final is not None:
+                trial = final_row(spec, final, Contender(DISCOVERED, None, design), task, seed,
+                                  _tuned_rate(run_dir, final.tuning.task or task), phase="final").config
             else:
                 trial = trial_config(spec, task, seed, design)
             say(f"export: training the discovered design on {task} (the final evaluation kept no weights)")

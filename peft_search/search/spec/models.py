@@ -212,6 +212,10 @@ class Tuning(_Strict):
     holdout_fraction: float = Field(
         0.1, gt=0, lt=1, description="fraction of the training data held back to validate tuning trials, in (0, 1)"
     )
+    task: str | None = Field(
+        None, description="tune each contender on this one task of the final evaluation and train it at that rate on "
+        "every task (tuning costs trials x contenders runs instead of x tasks as well); null = tune per task"
+    )
 
     @model_validator(mode="after")
     def _range(self):
@@ -333,6 +337,10 @@ class SearchSpec(_Strict):
         _check_batch_fits(self.fidelity, self.hyperparameters.batch_size, "fidelity.max_train_examples")
         if self.final is not None:
             _check_batch_fits(self.final.fidelity, self.hyperparameters.batch_size, "final.fidelity.max_train_examples")
+            tuning_task, final_tasks = self.final.tuning.task, self.final.tasks or self.tasks
+            if tuning_task is not None and tuning_task not in final_tasks:
+                raise InputError("final.tuning.task", f"{tuning_task!r} is not a task of the final evaluation; give one of "
+                                 f"{', '.join(final_tasks)}, or null to tune per task")
         workers = self.resources.workers
         if self.hyperparameters.batch_size % workers:
             raise InputError(

@@ -1,0 +1,156 @@
+"""The tables of docs/study.md, computed from the study's committed data under docs/study/:
+
+    .venv/bin/python docs/study/tables.py            # every table, as Markdown
+    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | joint | random | final
+    .venv/bin/python docs/study/tables.py --write    # refresh docs/study.md's generated blocks
+
+Reads only what is committed: `fidelity-pilot/` (the pilot's trial records), `staged/`, `joint/` and
+`random/` (the runs' resumable subsets: spec, state, plans, trial records; `peft-search report`
+renders them too) and the staged run's `final.parquet`. A section whose data is not there yet says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from peft_search.report.tables import comparison, format_interval, load_run, paired_differences
+
+STUDY = Path(__file__).resolve().parent
+PAGE = STUDY.parent / "study.md"
+BLOCK = re.compile(r"(<!-- BEGIN tables.py (\w+) -->\n)(.*?)(<!-- END tables.py \2 -->)", re.S)
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho with average ranks for ties; None when either side is constant."""
+    def ranks(values):
+        order = np.argsort(values, kind="stable")
+        ranked = np.empty(len(values))
+        ranked[order] = np.arange(len(values), dtype=float)
+        for value in set(values):  # ties share their mean rank
+            tied = [i for i, v in enumerate(values) if v == value]
+            ranked[tied] = ranked[tied].mean()
+        return ranked
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def pilot() -> str:
+    """Per task and length: collapsed trials, mean score, Spearman with the longest length, s/trial."""
+    records = [json.loads(p.read_text()) for p in sorted((STUDY / "fidelity-pilot" / "fidelity").glob("steps-*/*.json"))]
+    if not records:
+        return "(no pilot records)"
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    lengths = sorted({r["steps"] for r in records})
+    longest = lengths[-1]
+    score = {(r["task"], r["steps"], r["sample"]): r["score"] for r in records}
+    samples = sorted({r["sample"] for r in records})
+    lines = ["| task | steps | collapsed | mean score | range | Spearman vs " + f"{longest} | s/trial |", "|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        for steps in lengths:
+            mine = [r for r in records if r["task"] == task and r["steps"] == steps]
+            scores = [r["score"] for r in mine]
+            rho = None if steps == longest else _spearman([score[(task, steps, s)] for s in samples],
+                                                          [score[(task, longest, s)] for s in samples])
+            lines.append(f"| {task} | {steps} | {sum(r['collapsed'] for r in mine)}/{len(mine)} | {statistics.fmean(scores):.3f} | "
+                         f"{min(scores):.3f} to {max(scores):.3f} | {'-' if rho is None else f'{rho:.2f}'} | "
+                         f"{statistics.fmean(r['wall_time_s'] for r in mine):.0f} |")
+    return "\n".join(lines)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return ">0.99" if value >= 0.995 else f"{value:.2f}"
+
+
+def staged(name: str = "staged") -> str:
+    """Per stage: choices, trials run against fixed N, rounds, the decision with P(best), and per
+    choice its mean design score and paired difference to the best with its 95% interval."""
+    directory = STUDY / name
+    if not (directory / "state.json").is_file():
+        return f"(no {name} run committed yet)"
+    run = load_run(directory)
+    lines = ["| stage | component | trials run / fixed N | rounds | decision | P(best) | choices: mean score, difference to the best [95% interval], P(best) | collapsed trials | wall time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for view in run.stages:
+        decision = view.decision
+        if decision is None:
+            lines.append(f"| {view.stage + 1} | {view.component} | {view.finished}/{view.planned or '?'} | - | "
+                         f"{view.status} | - | - | - | - |")
+            continue
+        cells = []
+        for stats in decision.choices:
+            difference = "best" if stats.choice == decision.winner else format_interval(
+                {"mean": stats.diff_mean, "low": stats.diff_low, "high": stats.diff_high})
+            dropped = f", dropped after round {stats.eliminated_round + 1}" if stats.eliminated_round is not None else ""
+            mean = "-" if stats.mean is None else f"{stats.mean:.4f}"
+            cells.append(f"{stats.choice}: {mean}, {difference}, {_p(stats.p_best)} ({stats.blocks} blocks{dropped})")
+        wall = "-" if view.wall_time_s is None else f"{view.wall_time_s / 60:.0f} min"
+        lines.append(f"| {view.stage + 1} | {view.component} | {decision.trials_run}/{decision.trials_planned} | "
+                     f"{decision.rounds if decision.rounds is not None else '-'} | {decision.winner} | "
+                     f"{_p(decision.win_probability)} | {'<br>'.join(cells)} | {decision.collapsed_trials} | {wall} |")
+    found = run.state.get("discovered")
+    if found:
+        lines += ["", f"Discovered design: `{json.dumps(found['design'], sort_keys=True)}`"]
+    trials = sum(len(view.records) for view in run.stages)
+    hours = sum(view.trial_hours for view in run.stages)
+    lines += ["", f"Trials recorded: {trials}, {hours:.2f} trial-hours."]
+    return "\n".join(lines)
+
+
+def final() -> str:
+    """The final comparison (mean and std over seeds) and the paired-by-seed differences."""
+    directory = STUDY / "staged"
+    if not (directory / "final.parquet").is_file():
+        return "(no final evaluation committed yet)"
+    run = load_run(directory)
+    tasks = list(dict.fromkeys(r["task"] for r in run.final_rows if r["phase"] == "final"))
+    table = comparison(run.final_rows, tasks)
+    lines = ["| contender | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    for row in table:
+        cells = [("-" if row["tasks"][t]["mean"] is None else f"{row['tasks'][t]['mean']:.3f} ± {row['tasks'][t]['std']:.3f}")
+                 for t in tasks]
+        average = "-" if row["average"] is None else f"{row['average']:.3f}"
+        lines.append(f"| {row['contender']} | " + " | ".join(cells) + f" | {average} |")
+    lines += ["", "| discovered minus | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    for row in paired_differences(run.final_rows, tasks):
+        cells = [format_interval(row["tasks"][t]) for t in tasks]
+        lines.append(f"| {row['contender']} | " + " | ".join(cells) + f" | {format_interval(row['average'])} |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"pilot": pilot, "staged": staged, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
+            "final": final}
+
+
+def refresh(page: str) -> str:
+    """The page with every block between `<!-- BEGIN tables.py NAME -->` and its END replaced by the
+    section NAME as computed now."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}{SECTIONS[m.group(2)]()}\n{m.group(4)}", page)
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--write"]:
+        PAGE.write_text(refresh(PAGE.read_text()))
+        print(f"refreshed {PAGE}")
+        return 0
+    names = argv or list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        print(f"unknown section {unknown[0]!r}; give any of {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"## {name}\n\n{SECTIONS[name]()}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
