@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -92,3 +93,26 @@ def minilm_pristine():
 @pytest.fixture
 def minilm(minilm_pristine):
     return copy.deepcopy(minilm_pristine)
+
+
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """`peft-search ARGS` in this process (input checks, dry runs: no subprocess start-up per case):
+    its exit status and what it printed."""
+    from peft_search.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+    return run

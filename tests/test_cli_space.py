@@ -1,35 +1,13 @@
-"""`peft-search space ...` as a user runs it: the CLI's entry point in-process (its exit status,
-stdout and stderr), and once as a real subprocess."""
+"""`peft-search space ...` as a user runs it: the CLI's entry point in-process (the `run_cli` fixture of
+conftest.py: exit status, stdout, stderr), and once as a real subprocess."""
 
 import json
 import subprocess
 import sys
-from typing import NamedTuple
 
 import pytest
 
 from conftest import minilm_available, needs_minilm
-from peft_search.cli import main
-
-
-class Result(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def run_cli(capsys):
-    """`peft-search ARGS` in this process: its exit status and what it printed."""
-    def run(*args) -> Result:
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exit_:  # argparse's own errors
-            code = exit_.code
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-    return run
 
 
 def test_space_show_as_a_subprocess_prints_components_and_size():

@@ -202,10 +202,10 @@ def test_a_stage_where_every_trial_fails_ends_the_run_clearly(tmp_path):
         ({"backbone": "/no/such/model"}, "backbone: cannot load a config from '/no/such/model': no such directory"),
     ],
 )
-def test_invalid_spec_exits_2_naming_the_field_and_creates_nothing(tmp_path, change, message):
+def test_invalid_spec_exits_2_naming_the_field_and_creates_nothing(tmp_path, change, message, run_cli):
     job = write_job(tmp_path, **change)
     storage = tmp_path / "runs"
-    result = cli("run", str(job), "--storage", str(storage), timeout=120)
+    result = run_cli("run", str(job), "--storage", str(storage))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not storage.exists()
@@ -226,16 +226,16 @@ def test_unwritable_storage_exits_2(tmp_path):
     assert not (locked / "runs").exists()
 
 
-def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
+def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, run_cli):
     job = write_job(tmp_path)
     storage = tmp_path / "runs"
-    result = cli("run", str(job), "--storage", str(storage), "--dry-run", timeout=120)
+    result = run_cli("run", str(job), "--storage", str(storage), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "grouping" in result.stdout and "strategy.G1" in result.stdout and "total" in result.stdout
     assert not storage.exists()
 
 
-def test_resume_refuses_a_changed_spec_unless_forced(tmp_path):
+def test_resume_refuses_a_changed_spec_unless_forced(tmp_path, run_cli):
     from peft_search.search.controller import Controller, prepare_spec
 
     job = write_job(tmp_path)
@@ -243,8 +243,8 @@ def test_resume_refuses_a_changed_spec_unless_forced(tmp_path):
     run = tmp_path / "runs" / "r"
     Controller.create(spec, run)
     changed = write_job(tmp_path, budget_fraction=0.01)
-    result = cli("resume", str(run), "--spec", str(changed), timeout=120)
+    result = run_cli("resume", str(run), "--spec", str(changed))
     assert result.returncode == 2
     assert "budget_fraction: 0.005 -> 0.01" in result.stderr
-    not_a_run = cli("resume", str(tmp_path), timeout=120)
+    not_a_run = run_cli("resume", str(tmp_path))
     assert not_a_run.returncode == 2 and "not a peft-search run directory" in not_a_run.stderr
