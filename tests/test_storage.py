@@ -10,7 +10,7 @@ from object_store import aws_environment, create_bucket, environment, moto_serve
 
 from peft_search.errors import InputError
 from peft_search.search.storage.paths import LocalStaging, StoragePath
-from peft_search.search.storage.records import read_parquet, write_parquet
+from peft_search.search.storage.records import read_parquet, read_records, write_parquet
 from peft_search.search.storage.run_dir import check_storage, require_run, storage_root
 
 pytestmark = pytest.mark.distributed
@@ -70,6 +70,29 @@ def test_parquet_and_directories_round_trip(root, tmp_path):
     assert (root / "weights" / "sub" / "design.json").is_file()
     copied = (root / "weights").download(tmp_path / "copy")
     assert (copied / "peft.safetensors").read_bytes() == b"\x00" * 1000 and (copied / "sub" / "design.json").is_file()
+
+
+def test_finished_records_are_read_once_by_a_caller_that_keeps_them(root):
+    """The stage searcher replays the race after every trial: with its cache, a finished record is one
+    GET for the whole stage, not one per completed trial; other records are read every time."""
+    import json
+
+    def write(name, status, score):
+        record = {"stage": 0, "choice": "a", "sample": int(name[-1]), "task": "t", "seed": 0, "trial_id": name,
+                  "status": status, "score": score}
+        (root / "stages" / "0" / "trials" / f"{name}.json").write_text(json.dumps(record))
+
+    write("r1", "finished", 0.5)
+    write("r2", "failed", None)
+    finished = {}
+    assert [r["trial_id"] for r in read_records(root, 0, finished=finished)] == ["r1", "r2"]
+    assert [r["trial_id"] for r in finished.values()] == ["r1"]
+    write("r1", "finished", 0.9)  # never happens to a finished record: shows the cache is what is read
+    write("r2", "finished", 0.7)  # a record that was not finished is read again
+    write("r3", "finished", 0.1)
+    again = read_records(root, 0, finished=finished)
+    assert [(r["trial_id"], r["score"]) for r in again] == [("r1", 0.5), ("r2", 0.7), ("r3", 0.1)]
+    assert [r["score"] for r in read_records(root, 0)] == [0.9, 0.7, 0.1]  # no cache: read from storage
 
 
 def test_a_failed_staging_uploads_nothing(s3):

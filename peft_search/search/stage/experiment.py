@@ -41,10 +41,12 @@ class StageSearcher(Searcher):
         self.say = say or (lambda line: None)
         self.rows = {row.trial_id: row for row in plan.rows}
         self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
+        self.finished: dict[str, dict] = {}  # finished records read so far: each is read once, not after every trial
         self.state = self.replay()
 
     def replay(self) -> RaceState:
-        return race_state(self.plan, read_records(self.run_dir, self.plan.stage), self.racing, self.tasks, self.seed)
+        records = read_records(self.run_dir, self.plan.stage, finished=self.finished)
+        return race_state(self.plan, records, self.racing, self.tasks, self.seed)
 
     def suggest(self, trial_id: str):
         running = set(self.in_flight.values())

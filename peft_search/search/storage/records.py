@@ -56,10 +56,20 @@ def started_trials(run_dir: StoragePath, stage: int | None = None) -> list[str]:
     return sorted(p.stem for p in files if p.suffix == ".started" and p.stem not in recorded)
 
 
-def read_records(run_dir: StoragePath, stage: int | None = None) -> list[dict]:
-    """Every trial record of one stage (or of all stages), in a stable order."""
+def read_records(run_dir: StoragePath, stage: int | None = None, finished: dict[str, dict] | None = None) -> list[dict]:
+    """Every trial record of one stage (or of all stages), in a stable order. `finished`, a cache
+    kept by a caller that reads the same stage again and again (the stage searcher, after every
+    trial): a finished trial's record is never rewritten, so it is read once (one GET on an object
+    store) and then taken from the cache; other records are read every time."""
     pattern = f"stages/{stage}/trials/*.json" if stage is not None else "stages/*/trials/*.json"
-    records = [read_json(path) for path in run_dir.glob(pattern)]
+    records = []
+    for path in run_dir.glob(pattern):
+        record = finished.get(str(path)) if finished is not None else None
+        if record is None:
+            record = read_json(path)
+            if finished is not None and record["status"] == "finished":
+                finished[str(path)] = record
+        records.append(record)
     return sorted(records, key=lambda r: (r["stage"], r["choice"], r["sample"], r["task"], r["seed"], r["trial_id"]))
 
 
