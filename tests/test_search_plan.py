@@ -185,6 +185,17 @@ def test_trial_steps_and_search_estimate():
     assert final.final_trials == 2 * (3 + 2) * 2
     assert final.final_steps == (10 + 5) * 2 * (3 + 2)
     assert "total" in final.describe(seconds_per_step=0.5)
+    # Tuned on one task: its tuning runs once per contender, the seeded runs on every task.
+    once = estimate_search(make_spec(final={"contenders": ["discovered", "lora"], "seeds": [0, 1], "tuning": {"trials": 3, "task": "mrpc"},
+                                            "fidelity": {"epochs": 1}}), {"sst2": 320, "mrpc": 160})
+    assert once.final_trials == 2 * (3 + 2 * 2)
+    assert once.final_steps == 2 * (3 * 5 + 2 * (10 + 5))
+    # Racing: between the first round's trials (min_blocks blocks) and every block's.
+    raced = estimate_search(make_spec(designs_per_choice=4, racing={"min_blocks": 2}))
+    assert [(s.fewest_trials, s.trials) for s in raced.stages] == [(2 * 2 * 2 * 2, 2 * 4 * 2 * 2), (15 * 2 * 2 * 2, 15 * 4 * 2 * 2)]
+    assert raced.fewest_trials == 2 * 2 * 2 * 2 + 15 * 2 * 2 * 2 and f"{raced.fewest_trials:,} to {raced.trials:,}" in raced.describe()
+    fixed = estimate_search(make_spec(designs_per_choice=4, racing=None))
+    assert fixed.fewest_trials == fixed.trials and " to " not in fixed.describe()
 
 
 def test_paired_blocks_differ_only_in_the_component_under_study(profile):

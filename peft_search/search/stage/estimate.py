@@ -32,6 +32,11 @@ class StageEstimate:
     choices: int
     trials: int  # an upper bound: duplicate designs and skipped stages plan fewer
     steps: int | None  # optimiser steps over all trials; None when a task's size is unknown
+    fewest_trials: int | None = None  # racing: the trials of its first round (min_blocks); None: fixed N
+
+    @property
+    def trials_text(self) -> str:
+        return f"{self.trials:,}" if self.fewest_trials is None else f"{self.fewest_trials:,} to {self.trials:,}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class SearchEstimate:
     @property
     def trials(self) -> int:
         return sum(s.trials for s in self.stages) + self.final_trials
+
+    @property
+    def fewest_trials(self) -> int:
+        """With racing, the trials if every race stopped after its first round."""
+        return sum(s.trials if s.fewest_trials is None else s.fewest_trials for s in self.stages) + self.final_trials
 
     @property
     def steps(self) -> int | None:
@@ -61,12 +71,16 @@ class SearchEstimate:
                 text += f" (~{seconds / 3600:,.1f} h)" if seconds >= 3600 else f" (~{seconds / 60:.0f} min)"
             return text
 
-        lines = [f"{'stage':<6} {'component':<16} {'choices':>7} {'trials':>8}  steps"]
+        lines = [f"{'stage':<6} {'component':<16} {'choices':>7} {'trials':>12}  steps (at most)"]
         for s in self.stages:
-            lines.append(f"{s.stage:<6} {s.component:<16} {s.choices:>7} {s.trials:>8,}  {steps_text(s.steps)}")
+            lines.append(f"{s.stage:<6} {s.component:<16} {s.choices:>7} {s.trials_text:>12}  {steps_text(s.steps)}")
         if self.final_trials:
-            lines.append(f"{'final':<6} {'evaluation':<16} {'':>7} {self.final_trials:>8,}  {steps_text(self.final_steps)}")
-        lines.append(f"{'total':<6} {'':<16} {'':>7} {self.trials:>8,}  {steps_text(self.steps)}")
+            lines.append(f"{'final':<6} {'evaluation':<16} {'':>7} {self.final_trials:>12,}  {steps_text(self.final_steps)}")
+        total = f"{self.trials:,}" if self.fewest_trials == self.trials else f"{self.fewest_trials:,} to {self.trials:,}"
+        lines.append(f"{'total':<6} {'':<16} {'':>7} {total:>12}  {steps_text(self.steps)}")
+        if self.fewest_trials != self.trials:
+            lines.append("racing: the fewest trials if every race stops after its first round (min_blocks blocks), "
+                         "the most if every race runs all designs_per_choice blocks")
         lines.append("trials are upper bounds: duplicate designs and stages of untuned groups plan fewer")
         return "\n".join(lines)
 
@@ -91,23 +105,29 @@ def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None)
                                     steps=None if per_design is None else designs * per_design))
     for i, stage in enumerate(spec.stages if spec.joint is None else ()):
         designs = len(stage.candidates) * spec.designs_per_choice
+        trials_per_design = len(spec.tasks) * len(spec.seeds)
+        first_round = (None if spec.racing is None or spec.racing.min_blocks >= spec.designs_per_choice
+                       else len(stage.candidates) * spec.racing.min_blocks * trials_per_design)
         stages.append(
             StageEstimate(
                 stage=i,
                 component=stage.component,
                 choices=len(stage.candidates),
-                trials=designs * len(spec.tasks) * len(spec.seeds),
+                trials=designs * trials_per_design,
                 steps=None if per_design is None else designs * per_design,
+                fewest_trials=first_round,
             )
         )
     final_trials, final_steps = 0, 0
     if spec.final is not None:
         final = spec.final
-        runs_per_task = len(final.contenders) * (final.tuning.trials + len(final.seeds))
-        final_trials = runs_per_task * len(spec.final_tasks)
+        contenders = len(final.contenders)
+        tuned_on = [final.tuning.task] if final.tuning.task is not None else spec.final_tasks
+        final_trials = contenders * (final.tuning.trials * len(tuned_on) + len(final.seeds) * len(spec.final_tasks))
         # Tuning trials train on the training data less the held-back part; close enough to count alike.
-        per_task = [trial_steps(final.fidelity, spec, train_sizes.get(task)) for task in spec.final_tasks]
-        final_steps = None if any(s is None for s in per_task) else sum(per_task) * runs_per_task
+        steps = {task: trial_steps(final.fidelity, spec, train_sizes.get(task)) for task in spec.final_tasks}
+        final_steps = None if any(s is None for s in steps.values()) else contenders * (
+            final.tuning.trials * sum(steps[t] for t in tuned_on) + len(final.seeds) * sum(steps.values()))
     return SearchEstimate(stages=tuple(stages), final_trials=final_trials, final_steps=final_steps)
 
 
