@@ -10,8 +10,9 @@ Resumable: run it again after an interruption and it goes on where it stopped (e
    `joint.trials` must equal that count (the script stops and says so when it does not);
 3. their discovered designs to docs/study/designs/joint.json and docs/study/designs/random.json;
 4. the final evaluation of the staged run with docs/study/final.yaml;
-5. after each step, the run's committed part to docs/study/<name> (collect.py) and the tables of
-   docs/study.md (tables.py --write).
+5. after each step, the run's committed part to docs/study/<name> (collect.py), its report to
+   docs/study/reports/<name>/ (the EDF plots docs/study.md shows) and the tables of docs/study.md
+   (tables.py --write).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def search(name: str, storage: Path, data_dir: str) -> Path:
 
 
 def collect(run: Path, name: str) -> None:
+    """The run's committed part, its report (EDF plots per stage; rendered from that part), the tables."""
     subprocess.run([sys.executable, str(STUDY / "collect.py"), str(run), name], cwd=ROOT, check=True)
+    subprocess.run([*CLI, "report", f"docs/study/{name}", "--out", f"docs/study/reports/{name}"], cwd=ROOT, check=True)
     subprocess.run([sys.executable, str(STUDY / "tables.py"), "--write"], cwd=ROOT, check=True)
 
 
