@@ -174,3 +174,22 @@ def test_a_race_limits_the_winner_to_its_survivors():
     assert decision.stats("bottleneck").diff_mean < 0  # still compared to the best, over its blocks
     assert (decision.trials_run, decision.trials_planned) == (9, 30)
     assert Decision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
+
+
+def test_a_sole_survivor_is_as_sure_as_the_round_that_left_it_alone():
+    """A race that drops the last other choice in its final round: the winner's P(best) is the one
+    that round computed (among both), never 1 because it is alone afterwards."""
+    from peft_search.search.stage.racing import Elimination, RaceState
+
+    trials = paired_trials({"uniform": 0.70, "spindle": 0.72}, [0.0, 0.03, -0.02])  # close, noisy
+    both = decide_stage("grouping", ["uniform", "spindle"], trials, ["sst2"], seed=3)
+    race = RaceState(round=1, blocks=3, survivors=("spindle",),
+                     eliminated={"uniform": Elimination(1, 3, both.stats("uniform").p_best)}, done=True,
+                     reason="one choice left")
+    raced = decide_stage("grouping", ["uniform", "spindle"], trials, ["sst2"], seed=3, race=race)
+    assert raced.winner == "spindle"
+    assert raced.win_probability == both.win_probability < 0.999
+    assert raced.stats("uniform").p_best == both.stats("uniform").p_best  # dropped in that round: still compared
+    # A choice dropped in an earlier round is no longer compared for P(best).
+    earlier = replace(race, eliminated={"uniform": Elimination(0, 2, 0.01)})
+    assert decide_stage("grouping", ["uniform", "spindle"], trials, ["sst2"], seed=3, race=earlier).win_probability == 1.0

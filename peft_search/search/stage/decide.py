@@ -7,7 +7,8 @@
 - How sure: each choice's posterior probability of being the best, P(best), from `confidence.py`:
   the blocked (randomized complete block) analysis of paired designs, or the Behrens-Fisher
   analysis of independent ones; both say nothing (None) rather than claim certainty from one
-  block or one design. The decision's `win_probability` is the winner's P(best).
+  block or one design. The decision's `win_probability` is the winner's P(best); in a raced stage,
+  among the choices of the race's last round (a choice it dropped then still counts).
 - Evidence stored with it, per choice: mean, median, a Student-t 95% interval of the mean, the
   empirical distribution (EDF) of its design scores, finished / failed / collapsed counts, blocks
   run, the round the race dropped it in, its P(best) and a t interval of its paired difference to
@@ -200,9 +201,13 @@ def _decision(component, stats: list[ChoiceStats], designs: Sequence[DesignScore
               confidence: float) -> Decision:
     order = {s.choice: i for i, s in enumerate(stats)}
     survivors = set(race.survivors) if race is not None else set(order)
-    contenders = [s.choice for s in stats if s.scored and s.choice in survivors]
+    # P(best) is computed among the choices of the race's last round, those it dropped included: the
+    # survivors alone would make a sole survivor "certain" (P(best) = 1) however close the last
+    # round was. Only survivors can win.
+    last_round = {c for c, out in race.eliminated.items() if out.round == race.round} if race is not None else set()
+    contenders = [s.choice for s in stats if s.scored and (s.choice in survivors or s.choice in last_round)]
     comparison = _compare(designs, [s.choice for s in stats], contenders, seed, draws)
-    ranked = sorted((s for s in stats if s.choice in contenders), key=lambda s: (-s.mean, order[s.choice]))
+    ranked = sorted((s for s in stats if s.scored and s.choice in survivors), key=lambda s: (-s.mean, order[s.choice]))
     winner = ranked[0].choice if ranked else None
     runner_up = ranked[1].choice if len(ranked) > 1 else None
     if comparison is not None:
