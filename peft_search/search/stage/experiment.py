@@ -113,8 +113,9 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
         ),
     )
     limit = "at most " if racing is not None else ""
+    finished: dict[str, dict] = {}  # every 2 s the progress line lists the records; each finished one is read once
     progress = RecordProgress(f"stage {plan.stage + 1}/{num_stages} ({plan.component})",
-                              lambda: read_records(run_dir, plan.stage), f"{limit}{plan.num_trials}")
+                              lambda: read_records(run_dir, plan.stage, finished=finished), f"{limit}{plan.num_trials}")
     progress.start()
     try:
         tuner.fit()
