@@ -99,7 +99,8 @@ def staged(name: str = "staged") -> str:
                      f"{_p(decision.win_probability)} | {'<br>'.join(cells)} | {decision.collapsed_trials} | {wall} |")
     found = run.state.get("discovered")
     if found:
-        lines += ["", f"Discovered design: `{json.dumps(found['design'], sort_keys=True)}`"]
+        label = "Discovered design" if run.state.get("status") == "finished" else "Best design so far (the last decided stage's)"
+        lines += ["", f"{label}: `{json.dumps(found['design'], sort_keys=True)}`"]
     trials = sum(len(view.records) for view in run.stages)
     hours = sum(view.trial_hours for view in run.stages)
     lines += ["", f"Trials recorded: {trials}, {hours:.2f} trial-hours."]
