@@ -146,7 +146,7 @@ def _path_section(run: RunView) -> str:
 
 
 def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
-    title = f"Stage {view.stage}: {view.component}"
+    title = f"Stage {view.stage + 1}: {view.component}"
     parts = [f'<section class="stage" data-stage="{view.stage}" data-status="{escape(view.status)}">',
              f"<h2>{escape(title)} <small>({escape(view.status)})</small></h2>"]
     if view.skipped:
@@ -169,7 +169,7 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
     image = f"edf-stage{view.stage}.png"
     edf_plot(decision, f"{title}: EDF of design scores per choice", out_dir / image)
     parts.append(f'<p><b>Decision: {escape(decision_summary(decision))}</b></p>')
-    parts.append(f'<img class="edf" src="{image}" alt="EDF of design scores per choice, stage {view.stage}">')
+    parts.append(f'<img class="edf" src="{image}" alt="EDF of design scores per choice, stage {view.stage + 1}">')
     rows = []
     for stats in decision.choices:
         cells = choice_cells(stats)
@@ -302,7 +302,7 @@ def _trials_section(run: RunView) -> str:
         for r in view.records:
             if r["choice"] != current:
                 current = r["choice"]
-                rows.append(f'<tr class="group"><th colspan="{len(headers)}">stage {view.stage} ({escape(view.component)}) '
+                rows.append(f'<tr class="group"><th colspan="{len(headers)}">stage {view.stage + 1} ({escape(view.component)}) '
                             f"&middot; {escape(current)}</th></tr>")
             failed = r["status"] != "finished"
             detail = (f"<pre>{escape(r.get('error') or 'no error message')}</pre>" if failed

@@ -119,11 +119,11 @@ def space_path(run: RunView) -> list[dict]:
     rows.append({"step": "S0", "component": "", "fixed": "", "space": space_summary(space)})
     for view in run.stages:
         if view.status == "skipped":
-            rows.append({"step": f"stage {view.stage}", "component": view.component, "fixed": f"skipped: {view.skipped}",
+            rows.append({"step": f"stage {view.stage + 1}", "component": view.component, "fixed": f"skipped: {view.skipped}",
                          "space": space_summary(space)})
             continue
         if view.decision is None or view.decision.winner is None:
-            rows.append({"step": f"stage {view.stage}", "component": view.component, "fixed": f"({view.status})", "space": ""})
+            rows.append({"step": f"stage {view.stage + 1}", "component": view.component, "fixed": f"({view.status})", "space": ""})
             continue
         if view.decision.method == "joint":  # every component at once: the path ends at the best design
             best = run.state.get("discovered") or {}
