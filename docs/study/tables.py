@@ -17,29 +17,12 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from peft_search.report.tables import comparison, format_interval, load_run, paired_differences
+from peft_search.search.fidelity import spearman
 
 STUDY = Path(__file__).resolve().parent
 PAGE = STUDY.parent / "study.md"
 BLOCK = re.compile(r"(<!-- BEGIN tables.py (\w+) -->\n)(.*?)(<!-- END tables.py \2 -->)", re.S)
-
-
-def _spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rho with average ranks for ties; None when either side is constant."""
-    def ranks(values):
-        order = np.argsort(values, kind="stable")
-        ranked = np.empty(len(values))
-        ranked[order] = np.arange(len(values), dtype=float)
-        for value in set(values):  # ties share their mean rank
-            tied = [i for i, v in enumerate(values) if v == value]
-            ranked[tied] = ranked[tied].mean()
-        return ranked
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def pilot() -> str:
@@ -57,7 +40,7 @@ def pilot() -> str:
         for steps in lengths:
             mine = [r for r in records if r["task"] == task and r["steps"] == steps]
             scores = [r["score"] for r in mine]
-            rho = None if steps == longest else _spearman([score[(task, steps, s)] for s in samples],
+            rho = None if steps == longest else spearman([score[(task, steps, s)] for s in samples],
                                                           [score[(task, longest, s)] for s in samples])
             lines.append(f"| {task} | {steps} | {sum(r['collapsed'] for r in mine)}/{len(mine)} | {statistics.fmean(scores):.3f} | "
                          f"{min(scores):.3f} to {max(scores):.3f} | {'-' if rho is None else f'{rho:.2f}'} | "
