@@ -1,7 +1,7 @@
 """The tables of docs/study.md, computed from the study's committed data under docs/study/:
 
     .venv/bin/python docs/study/tables.py            # every table, as Markdown
-    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | joint | random | final
+    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | joint | random | final
     .venv/bin/python docs/study/tables.py --write    # refresh docs/study.md's generated blocks
 
 Reads only what is committed: `fidelity-pilot/` (the pilot's trial records), `staged/`, `joint/` and
@@ -90,6 +90,17 @@ def staged(name: str = "staged") -> str:
     return "\n".join(lines)
 
 
+def plots(name: str = "staged") -> str:
+    """The report's EDF plot of each decided stage (docs/study/reports/NAME/edf-stageK.png), as images."""
+    directory = STUDY / name
+    if not (directory / "state.json").is_file():
+        return f"(no {name} run committed yet)"
+    lines = [f"![EDF of stage {view.stage + 1}, {view.component}](study/reports/{name}/edf-stage{view.stage}.png)"
+             for view in load_run(directory).stages
+             if view.decision is not None and (STUDY / "reports" / name / f"edf-stage{view.stage}.png").is_file()]
+    return "\n".join(lines) or "(no stage decided yet)"
+
+
 def final() -> str:
     """The final comparison (mean and std over seeds) and the paired-by-seed differences."""
     directory = STUDY / "staged"
@@ -112,7 +123,7 @@ def final() -> str:
 
 
 SECTIONS = {"pilot": pilot, "staged": staged, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
-            "final": final}
+            "plots": plots, "final": final}
 
 
 def refresh(page: str) -> str:
