@@ -90,6 +90,19 @@ def test_resources_are_checked_against_this_machine_only_when_ray_would_start_he
     assert (run / "state.json").read_text() == before
 
 
+def test_the_final_evaluations_own_resources_are_checked_too(tmp_path):
+    from peft_search.search.preflight import preflight
+
+    job = write_job(tmp_path, final={"resources": {"cpus": 1000}, "max_concurrent_trials": 2})
+    preflight(job, storage=str(tmp_path / "runs"), address="ray://cluster:10001")
+    with pytest.raises(InputError, match="final.resources.cpus: 1000 CPUs per trial, but this machine has"):
+        preflight(job, storage=str(tmp_path / "runs"))
+    spec = load_spec(write_job(tmp_path, final={"max_concurrent_trials": 2}))
+    assert spec.final_resources == spec.resources and spec.final_max_concurrent_trials == 2
+    spec = load_spec(write_job(tmp_path, final={"resources": {"cpus": 0.5}}))
+    assert spec.final_resources.cpus == 0.5 and spec.final_max_concurrent_trials == spec.max_concurrent_trials
+
+
 def test_job_files_are_utf8_or_what_their_byte_order_mark_says(tmp_path):
     text = yaml.safe_dump(BASE, sort_keys=False)
     for name, data in [("utf8.yaml", text.encode()), ("bom8.yaml", codecs.BOM_UTF8 + text.encode()),

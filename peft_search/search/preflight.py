@@ -149,27 +149,33 @@ def check_data(spec: SearchSpec, unchecked: list[str]) -> None:
 
 
 def check_local_resources(spec: SearchSpec) -> None:
-    """What one trial reserves, against what Ray started in this process can ever have: more would
-    leave every trial waiting forever, without a message."""
+    """What one trial (and one final run) reserves, against what Ray started in this process can ever
+    have: more would leave every trial waiting forever, without a message."""
     from peft_search.search.cluster.connect import local_capacity
+
+    have = local_capacity()
+    _check_resources(spec.resources, "resources", have)
+    if spec.final is not None and spec.final.resources is not None:
+        _check_resources(spec.final.resources, "final.resources", have)
+
+
+def _check_resources(resources, field: str, have: dict) -> None:
     from peft_search.train.distributed import CPU_PER_WORKER
 
-    resources = spec.resources
-    have = local_capacity()
     machine = f"this machine has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs, all that Ray started here (no --address) can use"
     if resources.cpus > have["CPU"]:
-        raise SpecError("resources.cpus", f"{resources.cpus:g} CPUs per trial, but {machine}; give at most {have['CPU']:g}, "
+        raise SpecError(f"{field}.cpus", f"{resources.cpus:g} CPUs per trial, but {machine}; give at most {have['CPU']:g}, "
                         "or run on a cluster that has them (--address)")
     if resources.gpus > have["GPU"]:
         most = f"give at most {have['GPU']:g}" if have["GPU"] else "set it to 0"
-        raise SpecError("resources.gpus", f"{resources.gpus:g} GPUs per trial, but {machine}; {most}, or run on a cluster "
+        raise SpecError(f"{field}.gpus", f"{resources.gpus:g} GPUs per trial, but {machine}; {most}, or run on a cluster "
                         "that has them (--address)")
     if resources.workers > 1:
         # The Tune trial that drives the workers holds its own share (search/trials.py).
         needed = trial_resources(resources)["cpu"] + resources.workers * CPU_PER_WORKER
         if needed > have["CPU"]:
             most = int((have["CPU"] - trial_resources(resources)["cpu"]) / CPU_PER_WORKER)
-            raise SpecError("resources.workers", f"{resources.workers} workers reserve {needed:g} CPUs ({CPU_PER_WORKER:g} "
+            raise SpecError(f"{field}.workers", f"{resources.workers} workers reserve {needed:g} CPUs ({CPU_PER_WORKER:g} "
                             f"each), but {machine}; give at most {max(most, 1)} workers, or run on a cluster (--address)")
 
 

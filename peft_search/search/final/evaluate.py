@@ -81,7 +81,9 @@ def open_final(path: str | Path, final: FinalSpec | None = None) -> tuple[Storag
     discovered design; InputError when there is no final section or nothing discovered yet."""
     run_dir = require_run(path)
     spec = load_run_spec(run_dir / "spec.yaml")
-    final = final or spec.final
+    if final is not None:
+        spec = spec.with_final(final)
+    final = spec.final
     if final is None:
         raise InputError(
             "final",
@@ -149,7 +151,8 @@ def final_row(spec: SearchSpec, final: FinalSpec, contender: Contender, task: st
     or a seeded final run (phase `final`, scored on dev)."""
     holdout = final.tuning.holdout_fraction if phase == "tune" else None
     config = trial_config(spec, task, seed, design=contender.design, preset=contender.preset,
-                          fidelity=final.fidelity, learning_rate=learning_rate, holdout_fraction=holdout)
+                          fidelity=final.fidelity, learning_rate=learning_rate, holdout_fraction=holdout,
+                          workers=spec.final_resources.workers)
     design = config.design_obj
     fields = {"phase": phase, "contender": contender.name, "task": task, "seed": seed, "learning_rate": config.lr,
               "design_id": design.design_id if design is not None else contender.name,
@@ -187,7 +190,7 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     say(f"final: tuning {contender.name} on {task} ({tuning.trials} TPE trials, lr in "
         f"[{tuning.learning_rate_min:g}, {tuning.learning_rate_max:g}], {tuning.holdout_fraction:g} of train held back)")
     trainable = tune.with_resources(
-        tune.with_parameters(trial_trainable, run_dir=str(run_dir), row=template.to_dict()), trial_resources(spec.resources)
+        tune.with_parameters(trial_trainable, run_dir=str(run_dir), row=template.to_dict()), trial_resources(spec.final_resources)
     )
     tuner = tune.Tuner(
         trainable,
@@ -195,7 +198,7 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(sampler=sampler, metric="score", mode="max"),
             num_samples=tuning.trials,
-            max_concurrent_trials=spec.max_concurrent_trials,
+            max_concurrent_trials=spec.final_max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
             name=f"tune-{task_slug(task)}-{contender.name}-{int(time.time())}",
@@ -255,9 +258,9 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     if pending:
         say(f"final: {len(pending)} seeded runs at the tuned learning rates ({len(rows) - len(pending)} already done)")
         tuner = tune.Tuner(
-            tune.with_resources(trial_trainable, trial_resources(spec.resources)),
+            tune.with_resources(trial_trainable, trial_resources(spec.final_resources)),
             param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.final_max_concurrent_trials),
             run_config=tune.RunConfig(name=f"runs-{int(time.time())}", storage_path=str(directory / "tune"), verbose=0),
         )
         tuner.fit()

@@ -122,13 +122,14 @@ def trial_config(
     fidelity: Fidelity | None = None,
     learning_rate: float | None = None,
     holdout_fraction: float | None = None,
+    workers: int | None = None,
 ) -> TrialConfig:
     """The `TrialConfig` of one trial of `spec` (the one place that maps spec to trial); InputError
     when the trial layer refuses a value, so a bad spec fails while planning, before any trial runs.
 
     `fidelity` defaults to the search's; `learning_rate` to the spec's (null = the trial layer's
-    default per design). The final evaluation passes a preset or the discovered design, its own
-    fidelity and the tuned learning rate.
+    default per design); `workers` to `resources.workers`. The final evaluation passes a preset or the
+    discovered design, its own fidelity, the tuned learning rate and its own workers.
     """
     fidelity = fidelity or spec.fidelity
     hyper = spec.hyperparameters
@@ -150,7 +151,7 @@ def trial_config(
         "max_length": hyper.max_length,
         "gradient_accumulation_steps": hyper.gradient_accumulation_steps,
         "weight_decay": hyper.weight_decay,
-        "workers": spec.resources.workers,
+        "workers": workers or spec.resources.workers,
         "cache_dir": spec.cache_dir,
         "holdout_fraction": holdout_fraction,
     })

@@ -115,6 +115,7 @@ FINAL_COLUMNS = [
     ("weights", pa.string()),  # relative to the run directory; the discovered design's kept state
     ("config_json", pa.string()),  # the TrialConfig that trained it
     ("node", pa.string()),
+    ("started_at", pa.string()),
     ("finished_at", pa.string()),
 ]
 FINAL_SCHEMA = pa.schema(FINAL_COLUMNS)
