@@ -29,7 +29,7 @@ TINY_JOB = {
     "fidelity": {"max_steps": 3, "max_train_examples": 64, "max_eval_examples": 32},
     "hyperparameters": {"batch_size": 8, "max_length": 32},
     "resources": {"cpus": 1},
-    "max_concurrent_trials": 1,
+    "max_concurrent_trials": 2,  # two 1-CPU trials at a time: most of a tiny trial is start-up, one thread
     "retries": 0,
 }
 

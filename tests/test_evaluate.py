@@ -113,7 +113,7 @@ def test_final_comparison_is_fair_and_matches_final_parquet(run_dir):
     assert "Discovered design minus each contender, paired by seed" in html
     assert (run_dir / "report" / "final-comparison.png").is_file()
     assert json.loads((run_dir / "final" / "done.json").read_text())["runs"] == len(final)
-    # final.max_concurrent_trials: 2 (the search ran one at a time): on 2 or more CPUs, runs overlapped.
+    # final.max_concurrent_trials: 2: on 2 or more CPUs, runs overlapped.
     if (os.cpu_count() or 1) >= 2:
         spans = sorted((r["started_at"], r["finished_at"]) for r in rows)
         assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))

@@ -100,7 +100,7 @@ def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
     run = only_run(storage)
     interrupted = cli("status", str(run), "--json")
     assert interrupted.returncode == 0, interrupted.stderr
-    assert json.loads(interrupted.stdout)["trials_running"] <= 1  # one at a time: at most one was cut off
+    assert json.loads(interrupted.stdout)["trials_running"] <= 2  # two at a time: at most two were cut off
     before = {p.name: p.read_text() for p in run.glob("stages/0/trials/*.json")}
     planned = planned_ids(run)
     assert 2 <= len(before) < len(planned) == 6

@@ -3,7 +3,7 @@ export tests (tests/test_report.py, test_evaluate.py, test_export.py).
 
 MiniLM on the bundled tweets task: two stages of two candidates, two designs per choice, 4 steps per
 trial; then a final evaluation of the discovered design against BitFit and a given design (LoRA in
-every group, `final.designs`), 2 TPE tuning trials each, one seed, two runs at a time. It runs through the CLI in a subprocess (`peft-search run`), so the run's own Ray instance
+every group, `final.designs`), 2 TPE tuning trials each, one seed. Two trials at a time. It runs through the CLI in a subprocess (`peft-search run`), so the run's own Ray instance
 ends with it; about 2 minutes on 2 cores.
 """
 
@@ -35,7 +35,7 @@ hyperparameters: {batch_size: 8, max_length: 32}
 seed: 0
 seeds: [0]
 resources: {cpus: 1}
-max_concurrent_trials: 1
+max_concurrent_trials: 2
 retries: 0
 final:
   contenders: [discovered, bitfit]
@@ -43,7 +43,8 @@ final:
   seeds: [0]
   fidelity: {max_steps: 4, max_train_examples: 64, max_eval_examples: 32}
   tuning: {trials: 2, holdout_fraction: 0.25}
-  max_concurrent_trials: 2   # the final runs two at a time (the search one)
+  resources: {cpus: 1}
+  max_concurrent_trials: 2
 """
 OTHER_DESIGN = ('{"grouping": "uniform", "allocation": "uniform", "tunable_groups": [1, 2, 3, 4], '
                 '"strategies": [["lora"], ["lora"], ["lora"], ["lora"]]}')
