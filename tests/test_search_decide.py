@@ -193,3 +193,19 @@ def test_a_sole_survivor_is_as_sure_as_the_round_that_left_it_alone():
     # A choice dropped in an earlier round is no longer compared for P(best).
     earlier = replace(race, eliminated={"uniform": Elimination(0, 2, 0.01)})
     assert decide_stage("grouping", ["uniform", "spindle"], trials, ["sst2"], seed=3, race=earlier).win_probability == 1.0
+
+
+def test_a_design_repeated_in_every_block_is_scored_per_block():
+    # A last stage: nothing but the studied component is free, so each choice has one design, and
+    # blocks 0..2 train it with seeds of their own. Each block is one paired replicate of seed noise.
+    trials = []
+    for block, (lora, mix) in enumerate([(0.70, 0.74), (0.66, 0.71), (0.72, 0.75)]):
+        trials += [TrialScore("lora", "d-lora", "sst2", 100 + block, lora, block=block),
+                   TrialScore("mix", "d-mix", "sst2", 100 + block, mix, block=block)]
+    designs = design_scores(trials, ["sst2"])
+    assert [(d.choice, d.block, d.score) for d in designs if d.choice == "mix"] == [("mix", 0, 0.74), ("mix", 1, 0.71), ("mix", 2, 0.75)]
+    decision = decide_stage("strategy.G4", ["lora", "mix"], trials, ["sst2"])
+    assert decision.winner == "mix" and decision.blocks == 3
+    stats = {s.choice: s for s in decision.choices}
+    assert stats["mix"].blocks == 3 and stats["mix"].mean == pytest.approx(0.7333333)
+    assert stats["lora"].diff_mean == pytest.approx(-0.04)  # paired: the mean of -0.04, -0.05, -0.03

@@ -8,6 +8,7 @@ from conftest import build
 from peft_search.errors import InputError
 from peft_search.peft import plan_budget, profile_backbone
 from peft_search.search.stage.plan import (
+    block_seed,
     choice_seed,
     plan_path,
     plan_stage,
@@ -222,10 +223,29 @@ def test_paired_plans_round_trip_with_their_blocks(tmp_path, profile):
     assert again == plan and {row.block for row in again.rows} == {0, 1, 2}
 
 
-def test_a_fully_fixed_paired_space_plans_one_block(profile):
+def test_a_fully_fixed_paired_space_replicates_its_block_with_seeds_of_its_own(tmp_path, profile):
     spec = make_spec(designs_per_choice=4, racing={"min_blocks": 2})
     space = DesignSpace(num_groups=4, grouping="uniform", allocation="uniform", tunable_groups=(1, 2))
     space = space.clamp("strategy.G1", ("lora",))
     plan = plan_stage(spec, 1, space, profile)
     assert set(plan.infeasible) == {"lora"}
-    assert {row.block for row in plan.rows} == {0} and plan.duplicates == {"blocks": 3}
+    # Nothing but G2's strategy is free: every block holds the same designs. Blocks 1 to 3 repeat
+    # block 0's with seeds of their own (still the same seeds for every choice of a block), so the
+    # stage has 4 replicates to race on instead of one training per choice.
+    assert {row.block for row in plan.rows} == {0, 1, 2, 3} and plan.reseeded_blocks == 3 and plan.duplicates == {}
+    for choice in plan.choices:
+        if choice != "lora":
+            assert len(plan.design_ids(choice)) == 1
+    seeds = {}
+    for row in plan.rows:
+        seeds.setdefault(row.block, set()).add((row.task, row.seed))
+        assert row.config.seed == row.seed
+    assert seeds[0] == {(task, seed) for task in spec.tasks for seed in spec.seeds}
+    assert seeds[1] == {(task, block_seed(seed, 1)) for task in spec.tasks for seed in spec.seeds}
+    assert len({seed for block in seeds.values() for _, seed in block}) == 4 * len(spec.seeds)
+    assert len({row.trial_id for row in plan.rows}) == plan.num_trials == 14 * 4 * 2 * 2
+    write_plan(plan, plan_path(tmp_path, 1))
+    assert read_plan(plan_path(tmp_path, 1)) == plan
+    # Blocks that differ are trained with the spec's seeds, as before.
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    assert plan.reseeded_blocks == 0 and {row.seed for row in plan.rows} == set(spec.seeds)

@@ -157,6 +157,9 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
         notes.append("infeasible draws redrawn: " + ", ".join(f"{c} {n}" for c, n in view.redraws.items() if n))
     if any(view.duplicates.values()):
         notes.append("identical draws planned once: " + ", ".join(f"{c} {n}" for c, n in view.duplicates.items() if n))
+    if view.reseeded_blocks:
+        notes.append(f"{view.reseeded_blocks} block(s) repeat an earlier block's designs (nothing else is free): they "
+                     "train them with training seeds of their own, so they measure training noise")
     for choice, why in view.infeasible.items():
         notes.append(f"{choice}: no feasible design ({why})")
     if notes:

@@ -39,6 +39,7 @@ class StageView:
     skipped: str | None
     redraws: dict = field(default_factory=dict)
     duplicates: dict = field(default_factory=dict)
+    reseeded_blocks: int = 0
     infeasible: dict = field(default_factory=dict)
 
     @property
@@ -103,6 +104,7 @@ def load_run(path: str | Path) -> RunView:
                 skipped=stage.get("skipped"),
                 redraws=stage.get("redraws") or {},
                 duplicates=stage.get("duplicates") or {},
+                reseeded_blocks=stage.get("reseeded_blocks") or 0,
                 infeasible=stage.get("infeasible") or {},
             )
         )

@@ -198,6 +198,7 @@ class Controller:
                 trials=plan.num_trials,
                 redraws=plan.redraws,
                 duplicates=plan.duplicates,
+                reseeded_blocks=plan.reseeded_blocks,
                 infeasible=plan.infeasible,
             )
             if plan.skipped:

@@ -11,8 +11,11 @@ and training seed (the same seeds for every choice, so a block also shares data 
 derived with SHA-256 from (search seed, stage index, component, choice text or "blocks"), the same
 on every run, machine and Python version.
 
-Designs (independent) or whole blocks (paired) drawn twice are planned once and counted as
-duplicates: a trial is a pure function of its row, so a repeat would cost compute and add nothing.
+Designs drawn twice for one choice (independent) are planned once and counted as duplicates: a trial
+is a pure function of its row, so a repeat would cost compute and add nothing. A block that repeats
+an earlier block's designs (paired, when nothing but the studied component is free, as in a last
+stage) is kept and trains them with training seeds of its own (`block_seed`): its replicates then
+measure training noise, paired by seed, instead of the stage resting on one training per choice.
 
 Stages are numbered from 0, as in the spec (`stages[0]`), and the plan of stage i lives at
 `stages/<i>/plan.parquet` in the run directory. Imports space and pyarrow; the budget planner
@@ -93,6 +96,7 @@ class StagePlan:
     rows: tuple[PlanRow, ...]
     redraws: dict[str, int] = field(default_factory=dict)  # infeasible draws thrown away, per choice
     duplicates: dict[str, int] = field(default_factory=dict)  # identical draws planned once, per choice
+    reseeded_blocks: int = 0  # blocks repeating an earlier block's designs, trained with seeds of their own
     infeasible: dict[str, str] = field(default_factory=dict)  # choices without any feasible design, and why
     skipped: str | None = None  # why the stage plans nothing (its group is not tuned), else None
 
@@ -111,6 +115,13 @@ def choice_seed(search_seed: int, stage: int, component: str, choice: str) -> in
     """The sampling seed of one choice of one stage: stable across runs and Python versions."""
     text = json.dumps([search_seed, stage, component, choice])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def block_seed(train_seed: int, block: int) -> int:
+    """The training seed that block `block` uses instead of `train_seed` when it repeats an earlier
+    block's designs: stable across runs and Python versions, within 0..2**32-1."""
+    text = json.dumps([train_seed, "block", block])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
 def trial_config(
@@ -181,16 +192,19 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
     def is_feasible(design: Design) -> bool:
         return plan_budget(profile, design, spec.budget_fraction).feasible
 
+    reseeded: set[int] = set()
     if spec.sampling == "paired":
-        drawn, redraws, duplicates, infeasible = _paired_designs(spec, stage, space, profile.num_blocks, is_feasible)
+        drawn, redraws, reseeded, infeasible = _paired_designs(spec, stage, space, profile.num_blocks, is_feasible)
+        duplicates = {}
     else:
         drawn, redraws, duplicates, infeasible = _independent_designs(spec, stage, space, profile.num_blocks, is_feasible)
     rows: list[PlanRow] = []
     for choice_index, choice in enumerate(choices):
         for sample, block, design in drawn.get(choice, ()):
             planned = plan_budget(profile, design, spec.budget_fraction).planned_params
+            seeds = [block_seed(seed, block) for seed in spec.seeds] if block in reseeded else spec.seeds
             for task in spec.tasks:
-                for train_seed in spec.seeds:
+                for train_seed in seeds:
                     fields = {
                         "stage": stage,
                         "component": component,
@@ -212,7 +226,8 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
             f"no candidate of {component} has a design within 2% of the budget {spec.budget_fraction:g} on this "
             f"backbone; try another budget_fraction ({next(iter(infeasible.values()))})",
         )
-    return StagePlan(**base, rows=tuple(rows), redraws=redraws, duplicates=duplicates, infeasible=infeasible)
+    return StagePlan(**base, rows=tuple(rows), redraws=redraws, duplicates=duplicates, reseeded_blocks=len(reseeded),
+                     infeasible=infeasible)
 
 
 def _independent_designs(spec: SearchSpec, stage: int, space: DesignSpace, num_blocks: int, is_feasible):
@@ -241,13 +256,14 @@ def _independent_designs(spec: SearchSpec, stage: int, space: DesignSpace, num_b
 
 def _paired_designs(spec: SearchSpec, stage: int, space: DesignSpace, num_blocks: int, is_feasible):
     """Blocks of designs sharing every draw but the component under study (common random numbers):
-    choice -> [(block, block, design)]; block k's seed follows from (search seed, stage, component).
+    (choice -> [(block, block, design)], redraws, the blocks that repeat an earlier one, infeasible);
+    block k's sampling seed follows from (search seed, stage, component).
 
     A choice with no feasible design at all is found first, on its own, and planned empty (otherwise
     every block would be redrawn for it); a block in which any other choice's design is infeasible is
     redrawn whole, and counted under `blocks`. A block identical to an earlier one for every choice
-    (a space with nothing free but the component under study) is planned once, counted as duplicates
-    under `blocks`: it would repeat the same trials."""
+    (a space with nothing free but the component under study) is returned among the repeats: the
+    plan trains it with seeds of its own."""
     component = spec.stages[stage].component
     infeasible = {}
     for choice in spec.stages[stage].candidates:
@@ -260,14 +276,16 @@ def _paired_designs(spec: SearchSpec, stage: int, space: DesignSpace, num_blocks
             infeasible[choice] = error.message
     feasible = [c for c in spec.stages[stage].candidates if c not in infeasible]
     if not feasible:
-        return {}, {}, {}, infeasible
+        return {}, {}, set(), infeasible
     result = space.sample_blocks(
         component, [space.parse_choice(component, c) for c in feasible], spec.designs_per_choice,
         choice_seed(spec.seed, stage, component, "blocks"), num_blocks, is_feasible,
     )
-    blocks = list(dict.fromkeys(result.blocks))
+    blocks = result.blocks
+    first = {}
+    repeats = {k for k, block in enumerate(blocks) if first.setdefault(block, k) != k}
     drawn = {choice: [(k, k, block[j]) for k, block in enumerate(blocks)] for j, choice in enumerate(feasible)}
-    return drawn, {"blocks": result.redraws}, {"blocks": len(result.blocks) - len(blocks)}, infeasible
+    return drawn, {"blocks": result.redraws}, repeats, infeasible
 
 
 # ---- the plan file ----------------------------------------------------------------------------------
@@ -309,6 +327,7 @@ def plan_table(plan: StagePlan) -> pa.Table:
         "space": plan.space,
         "redraws": plan.redraws,
         "duplicates": plan.duplicates,
+        "reseeded_blocks": plan.reseeded_blocks,
         "infeasible": plan.infeasible,
         "skipped": plan.skipped,
     }
@@ -341,6 +360,7 @@ def read_plan(path: StoragePath | str | Path) -> StagePlan:
         rows=tuple(rows),
         redraws=meta["redraws"],
         duplicates=meta["duplicates"],
+        reseeded_blocks=meta.get("reseeded_blocks", 0),  # older plans dropped repeated blocks instead
         infeasible=meta["infeasible"],
         skipped=meta["skipped"],
     )
@@ -350,6 +370,7 @@ __all__ = [
     "PLAN_SCHEMA",
     "PlanRow",
     "StagePlan",
+    "block_seed",
     "choice_seed",
     "plan_path",
     "plan_stage",

@@ -7,7 +7,9 @@
   gets no score (averaging the remaining tasks would compare CoLA's Matthews correlation with SST-2's
   accuracy) and counts as a failed design.
 - With paired sampling a design belongs to a block (`block`): the designs of one block share every
-  draw but the component under study, so their scores are compared block by block.
+  draw but the component under study, so their scores are compared block by block. A block that
+  repeats an earlier block's designs trains them with seeds of its own, so a design is scored per
+  block.
 
 Pure Python.
 """
@@ -65,12 +67,13 @@ def trial_scores(records: Iterable[dict]) -> list[TrialScore]:
 
 
 def design_scores(trials: Iterable[TrialScore], tasks: Sequence[str]) -> list[DesignScore]:
-    """One score per (choice, design), in first-seen order (see the module docstring for the rule)."""
-    by_design: dict[tuple[str, str], list[TrialScore]] = defaultdict(list)
+    """One score per (choice, design, block), in first-seen order (see the module docstring for the
+    rule). A design that two blocks share (a block repeated with seeds of its own) is scored in each."""
+    by_design: dict[tuple[str, str, int | None], list[TrialScore]] = defaultdict(list)
     for trial in trials:
-        by_design[(trial.choice, trial.design_id)].append(trial)
+        by_design[(trial.choice, trial.design_id, trial.block)].append(trial)
     results = []
-    for (choice, design_id), design_trials in by_design.items():
+    for (choice, design_id, block), design_trials in by_design.items():
         per_task = []
         for task in tasks:
             finished = [t.score for t in design_trials if t.task == task and t.finished]
@@ -78,7 +81,7 @@ def design_scores(trials: Iterable[TrialScore], tasks: Sequence[str]) -> list[De
         score = None if any(s is None for s in per_task) else sum(per_task) / len(per_task)
         failed = sum(1 for t in design_trials if not t.finished)
         collapsed = sum(1 for t in design_trials if t.collapsed)
-        results.append(DesignScore(choice, design_id, score, len(design_trials), failed, design_trials[0].block, collapsed))
+        results.append(DesignScore(choice, design_id, score, len(design_trials), failed, block, collapsed))
     return results
 
 
