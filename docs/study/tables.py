@@ -1,7 +1,7 @@
 """The tables of docs/study.md, computed from the study's committed data under docs/study/:
 
     .venv/bin/python docs/study/tables.py            # every table, as Markdown
-    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | joint | random | final
+    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | patterns | joint | random | final
     .venv/bin/python docs/study/tables.py --write    # refresh docs/study.md's generated blocks
 
 Reads only what is committed: `fidelity-pilot/` (the pilot's trial records), `staged/`, `joint/` and
@@ -19,6 +19,9 @@ from pathlib import Path
 
 from peft_search.report.tables import comparison, format_interval, load_run, paired_differences
 from peft_search.search.fidelity import spearman
+from peft_search.space import DesignSpace
+from peft_search.space.components import strategy_group
+from peft_search.train.presets import preset_design
 
 STUDY = Path(__file__).resolve().parent
 PAGE = STUDY.parent / "study.md"
@@ -101,6 +104,53 @@ def plots(name: str = "staged") -> str:
     return "\n".join(lines) or "(no stage decided yet)"
 
 
+PATTERNS = {"grouping": "1. spindle grouping", "allocation": "2. uniform allocation",
+            "tunable_groups": "3. tune all groups"}
+
+
+def paper_pick(component: str) -> str:
+    """The paper's choice for a component, as its S4 design on T5 has it (our `s4-t5` preset)."""
+    paper, space = preset_design("s4-t5"), DesignSpace(num_groups=4)
+    if component in ("grouping", "allocation"):
+        return getattr(paper, component)
+    if component == "tunable_groups":
+        return space.format_choice(component, paper.tunable_groups)
+    return space.format_choice(component, paper.strategies[strategy_group(component, 4) - 1])
+
+
+def patterns() -> str:
+    """Per stage of the staged search: the paper's pick, the search's, and whether they agree."""
+    directory = STUDY / "staged"
+    if not (directory / "state.json").is_file():
+        return "(no staged run committed yet)"
+    space = DesignSpace(num_groups=4)
+    lines = ["| the paper's pattern | stage | the paper's pick | the search's pick | P(best) | the paper's pick: mean, difference to the best [95% interval] | reproduced? |",
+             "|---|---|---|---|---|---|---|"]
+    for view in load_run(directory).stages:
+        pattern = PATTERNS.get(view.component) or f"4. a strategy mix per group ({view.component.removeprefix('strategy.')})"
+        paper = paper_pick(view.component)
+        decision = view.decision
+        if decision is None:
+            verdict = f"not tested: {view.skipped}" if view.skipped else view.status
+            lines.append(f"| {pattern} | {view.stage + 1} | {paper} | - | - | - | {verdict} |")
+            continue
+        winner = space.format_choice(view.component, space.parse_choice(view.component, decision.winner))
+        stats = next((c for c in decision.choices
+                      if space.format_choice(view.component, space.parse_choice(view.component, c.choice)) == paper), None)
+        if stats is None:
+            cell = "not a candidate"
+        elif winner == paper:
+            cell = f"{stats.mean:.4f}, best"
+        else:
+            cell = f"{stats.mean:.4f}, " + format_interval({"mean": stats.diff_mean, "low": stats.diff_low, "high": stats.diff_high})
+        # Within noise: some other choice's paired difference to the best has an interval that covers 0.
+        close = any(c.diff_low is not None and c.diff_low <= 0 <= c.diff_high
+                    for c in decision.choices if c.choice != decision.winner)
+        verdict = ("yes" if winner == paper else "no") + (" (within noise: a 95% interval of a difference covers 0)" if close else "")
+        lines.append(f"| {pattern} | {view.stage + 1} | {paper} | {winner} | {_p(decision.win_probability)} | {cell} | {verdict} |")
+    return "\n".join(lines)
+
+
 def final() -> str:
     """The final comparison (mean and std over seeds) and the paired-by-seed differences."""
     directory = STUDY / "staged"
@@ -123,7 +173,7 @@ def final() -> str:
 
 
 SECTIONS = {"pilot": pilot, "staged": staged, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
-            "plots": plots, "final": final}
+            "plots": plots, "patterns": patterns, "final": final}
 
 
 def refresh(page: str) -> str:
