@@ -1,7 +1,7 @@
 """The tables of docs/study.md, computed from the study's committed data under docs/study/:
 
     .venv/bin/python docs/study/tables.py            # every table, as Markdown
-    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | patterns | joint | random | final
+    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | tasks | patterns | joint | random | final
     .venv/bin/python docs/study/tables.py --write    # refresh docs/study.md's generated blocks
 
 Reads only what is committed: `fidelity-pilot/` (the pilot's trial records), `staged/`, `joint/` and
@@ -104,6 +104,29 @@ def plots(name: str = "staged") -> str:
     return "\n".join(lines) or "(no stage decided yet)"
 
 
+def per_task(name: str = "staged") -> str:
+    """Per decided stage and choice: each task's mean score over the choice's finished trials, and
+    how many of them collapsed (which task a decision rests on)."""
+    directory = STUDY / name
+    if not (directory / "state.json").is_file():
+        return f"(no {name} run committed yet)"
+    run = load_run(directory)
+    tasks = list(run.spec.tasks)
+    lines = ["| stage | choice | " + " | ".join(f"{t} (mean, collapsed)" for t in tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
+    for view in run.stages:
+        if view.decision is None:
+            continue
+        for choice in view.choices:
+            cells = []
+            for task in tasks:
+                mine = [r for r in view.records if r["choice"] == choice and r["task"] == task and r["status"] == "finished"]
+                cells.append(f"{statistics.fmean(r['score'] for r in mine):.3f}, {sum(bool(r.get('collapsed')) for r in mine)}/{len(mine)}"
+                             if mine else "-")
+            mark = " (chosen)" if choice == view.decision.winner else ""
+            lines.append(f"| {view.stage + 1} {view.component} | {choice}{mark} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 PATTERNS = {"grouping": "1. spindle grouping", "allocation": "2. uniform allocation",
             "tunable_groups": "3. tune all groups"}
 
@@ -173,7 +196,7 @@ def final() -> str:
 
 
 SECTIONS = {"pilot": pilot, "staged": staged, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
-            "plots": plots, "patterns": patterns, "final": final}
+            "plots": plots, "tasks": per_task, "patterns": patterns, "final": final}
 
 
 def refresh(page: str) -> str:
