@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from peft_search.errors import InputError
 from peft_search.search.spec import Fidelity, SearchSpec
+from peft_search.search.stage.decide import derive_seed
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_parquet, write_parquet
 from peft_search.search.trials import TrialRow, canonical_json, row_id
@@ -120,8 +121,7 @@ def choice_seed(search_seed: int, stage: int, component: str, choice: str) -> in
 def block_seed(train_seed: int, block: int) -> int:
     """The training seed that block `block` uses instead of `train_seed` when it repeats an earlier
     block's designs: stable across runs and Python versions, within 0..2**32-1."""
-    text = json.dumps([train_seed, "block", block])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+    return derive_seed(train_seed, "block", block)
 
 
 def trial_config(
