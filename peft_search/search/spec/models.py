@@ -245,8 +245,8 @@ class FinalSpec(_Strict):
     fidelity: Fidelity = Field(Fidelity(epochs=3), description="training length of the final runs")
     tuning: Tuning = Field(Tuning(), description="learning-rate tuning per contender and task")
     resources: Resources | None = Field(
-        None, description="what one final run reserves; null = the search's resources (e.g. 1 CPU a run and 2 at once: "
-        "on 2 cores, about 1.3 times the runs per hour of one 2-CPU run at a time)"
+        None, description="what one final run reserves; null = the search's resources (e.g. on a GPU node where the "
+        "search ran CPU trials, or 1 CPU a run and 2 at once)"
     )
     max_concurrent_trials: int | None = Field(
         None, ge=1, le=MAX_CONCURRENT, description="final runs at once; null = the search's max_concurrent_trials"
