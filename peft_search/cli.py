@@ -306,14 +306,12 @@ def cmd_report(args) -> int:
 def cmd_evaluate(args) -> int:
     from peft_search.report import write_report
     from peft_search.search.final.evaluate import evaluate_run
-    from peft_search.search.preflight import check_local_resources
     from peft_search.search.storage.run_dir import require_run
     from peft_search.search.spec import load_final_file, load_run_spec
 
-    spec = load_run_spec(require_run(args.run) / "spec.yaml")
-    final = load_final_file(args.final, spec) if args.final else None
-    if args.address is None:
-        check_local_resources(spec.with_final(final) if final is not None else spec)
+    final = None
+    if args.final:
+        final = load_final_file(args.final, load_run_spec(require_run(args.run) / "spec.yaml"))
     path = evaluate_run(args.run, final=final, address=args.address)
     print(f"final:  {path}")
     print(f"report: {write_report(args.run)}")

@@ -189,3 +189,12 @@ def test_evaluate_refuses_bad_input_with_exit_status_2(run_dir, tmp_path, capsys
         assert message in capsys.readouterr().err
         assert sorted(p.name for p in (run_dir / "final").rglob("*")) == before
     assert not (no_final / "final").exists() and not (no_final / "final.parquet").exists()
+
+
+def test_evaluate_refuses_final_resources_this_machine_lacks_before_writing(run_dir, tmp_path, run_cli):
+    final_file = tmp_path / "final.yaml"
+    final_file.write_text("contenders: [bitfit]\nseeds: [0]\nfidelity: {max_steps: 2}\nresources: {cpus: 1000}\n")
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    result = run_cli("evaluate", str(run_dir), "--final", str(final_file))
+    assert result.returncode == 2 and "final.resources.cpus: 1000 CPUs per trial, but this machine has" in result.stderr
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before

@@ -101,7 +101,7 @@ def evaluated_final(run_dir: StoragePath, spec: SearchSpec) -> FinalSpec | None:
     path = final_dir(run_dir) / FINAL_FILE
     if not path.is_file():
         return spec.final
-    return SearchSpec.from_dict({**spec.to_dict(), "final": read_json(path)}).final
+    return spec.with_final(read_json(path)).final
 
 
 def contenders(spec: SearchSpec, final: FinalSpec, discovered: dict) -> tuple[list[Contender], dict[str, str]]:
@@ -231,6 +231,11 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     from peft_search.search.cluster.connect import init_ray
 
     run_dir, spec, final, discovered = open_final(path, final)
+    if address is None:
+        # Before anything is written: final runs reserving more than this machine has would wait forever.
+        from peft_search.search.preflight import check_local_resources
+
+        check_local_resources(spec)
     chosen, skipped = contenders(spec, final, discovered)
     directory = final_dir(run_dir)
     directory.mkdir(exist_ok=True)

@@ -214,7 +214,7 @@ def load_final_file(path: str | Path, spec: SearchSpec) -> FinalSpec:
     """A `--final FILE` (YAML of the final section), validated with field paths like the job spec."""
     data = read_yaml_file(path, "the final section")
     try:
-        return SearchSpec.from_dict({**spec.to_dict(), "final": data}).final
+        return spec.with_final(data).final
     except SpecError as error:
         raise SpecError(error.path, error.message, str(path)) from None
 

@@ -392,24 +392,15 @@ class SearchSpec(_Strict):
         """This spec keeping its runs under `storage` (the `--storage` override)."""
         return self._replace(storage=str(storage))
 
-    def with_final(self, final: FinalSpec) -> "SearchSpec":
-        """This spec with another final section (`evaluate --final FILE`)."""
-        return self._replace(final=final.model_dump(mode="json"))
+    def with_final(self, final: "FinalSpec | dict") -> "SearchSpec":
+        """This spec with another final section (`evaluate --final FILE`, or the one a run was last
+        evaluated with), validated against the rest of the spec."""
+        return self._replace(final=final.model_dump(mode="json") if isinstance(final, FinalSpec) else final)
 
     def _replace(self, **changes) -> "SearchSpec":
         return SearchSpec.from_dict({**self.to_dict(), **changes})
 
     # ---- checks that need more than the spec ---------------------------------------------------------
-
-    @property
-    def final_resources(self) -> Resources:
-        """What one final run reserves: `final.resources`, else the search's."""
-        return (self.final.resources if self.final is not None else None) or self.resources
-
-    @property
-    def final_max_concurrent_trials(self) -> int | None:
-        """Final runs at once: `final.max_concurrent_trials`, else the search's."""
-        return (self.final.max_concurrent_trials if self.final is not None else None) or self.max_concurrent_trials
 
     @property
     def final_tasks(self) -> list[str]:
@@ -441,6 +432,16 @@ class SearchSpec(_Strict):
             raise SpecError("data.dir", f"{self.data.dir!r} is not a directory")
 
     # ---- views -------------------------------------------------------------------------------------
+
+    @property
+    def final_resources(self) -> Resources:
+        """What one final run reserves: `final.resources`, else the search's."""
+        return (self.final.resources if self.final is not None else None) or self.resources
+
+    @property
+    def final_max_concurrent_trials(self) -> int | None:
+        """Final runs at once: `final.max_concurrent_trials`, else the search's."""
+        return (self.final.max_concurrent_trials if self.final is not None else None) or self.max_concurrent_trials
 
     def initial_space(self) -> DesignSpace:
         """S0: the unconstrained space the first stage starts from."""
