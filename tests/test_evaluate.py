@@ -15,6 +15,7 @@ import pytest
 
 from peft_search.cli import main
 from peft_search.errors import InputError
+from peft_search.report import write_report
 from peft_search.report.tables import comparison, paired_differences
 from peft_search.search.spec import load_spec
 from peft_search.train.data import hold_out
@@ -160,6 +161,22 @@ def test_evaluate_with_a_final_file_records_it_and_the_report_shows_it(run_dir, 
     assert sorted(p.name for p in (copy / "final").rglob("*.json") if p.name not in ("done.json", "final.json")) == records
     html = (copy / "report" / "index.html").read_text()
     assert "trials per contender on tweets (its rate used on every task)" in html
+
+
+def test_report_of_an_unfinished_final_evaluation_shows_the_runs_recorded(run_dir, tmp_path):
+    """An evaluation stopped half way (hours into a long one): the report compares what has a record,
+    says the evaluation has not finished, and shows no contender without a seeded run."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "tune", "final.parquet", "done.json"))
+    for path in (copy / "final" / "runs").glob("*.json"):
+        if json.loads(path.read_text())["contender"] == "bitfit":
+            path.unlink()  # bitfit was tuned, but none of its seeded runs has finished yet
+    recorded = len(list((copy / "final" / "runs").glob("*.json")))
+    html = write_report(copy).read_text()
+    assert 'data-contender="discovered"' in html and 'data-contender="all-lora"' in html
+    assert 'data-contender="bitfit"' not in html
+    assert f"Not finished: {recorded} seeded runs recorded so far" in html
+    assert "Discovered design minus each contender, paired by seed" in html
 
 
 def test_evaluate_refuses_bad_input_with_exit_status_2(run_dir, tmp_path, capsys):

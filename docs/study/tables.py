@@ -6,7 +6,8 @@
 
 Reads only what is committed: `fidelity-pilot/` (the pilot's trial records), `staged/`, `joint/` and
 `random/` (the runs' resumable subsets: spec, state, plans, trial records; `peft-search report`
-renders them too) and the staged run's `final.parquet`. A section whose data is not there yet says so.
+renders them too) and the staged run's final evaluation (its records, so the part of it that has run
+counts). A section whose data is not there yet says so.
 """
 
 from __future__ import annotations
@@ -177,12 +178,18 @@ def patterns() -> str:
 def final() -> str:
     """The final comparison (mean and std over seeds) and the paired-by-seed differences."""
     directory = STUDY / "staged"
-    if not (directory / "final.parquet").is_file():
-        return "(no final evaluation committed yet)"
     run = load_run(directory)
-    tasks = list(dict.fromkeys(r["task"] for r in run.final_rows if r["phase"] == "final"))
+    finals = [r for r in run.final_rows if r["phase"] == "final"]
+    if not finals:
+        return "(no final evaluation committed yet)"
+    evaluated = list(run.final.tasks or run.spec.tasks)
+    tasks = [t for t in evaluated if any(r["task"] == t for r in finals)]
     table = comparison(run.final_rows, tasks)
-    lines = ["| contender | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    lines = []
+    if not run.final_done:
+        planned = len(run.final.contenders) * len(evaluated) * len(run.final.seeds)
+        lines += [f"Not finished: {len(finals)} of {planned} seeded runs recorded so far; a missing cell has no run yet.", ""]
+    lines += ["| contender | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
     for row in table:
         cells = [("-" if row["tasks"][t]["mean"] is None else f"{row['tasks'][t]['mean']:.3f} ± {row['tasks'][t]['std']:.3f}")
                  for t in tasks]

@@ -252,6 +252,10 @@ def _final_section(run: RunView, out_dir: Path) -> str:
         params = next((row["tasks"][t]["realised_params"] for t in tasks if row["tasks"][t]["realised_params"] is not None), None)
         cells.append(_num(params, f"{params:,}" if params is not None else None))
         rows.append(f'<tr data-contender="{escape(row["contender"])}">' + "".join(cells) + "</tr>")
+    if not run.final_done:
+        recorded = sum(1 for r in run.final_rows if r["phase"] == "final")
+        intro += (f'<p class="note">Not finished: {recorded} seeded runs recorded so far, so some cells are missing '
+                  "or rest on fewer seeds (peft-search evaluate RUN goes on where it stopped).</p>")
     skipped_path = run.run_dir / "final" / "skipped.json"
     skipped = json.loads(skipped_path.read_text()) if skipped_path.is_file() else {}
     notes = "".join(f"<p class=\"note\">{escape(name)} not compared: {escape(why)}</p>" for name, why in skipped.items())

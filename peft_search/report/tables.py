@@ -3,8 +3,8 @@ the trials grouped by stage and choice, compute per stage, and the final compari
 
 Read-only over a run directory (`peft_search.search.storage.run_dir` documents the layout): the decisions are
 the ones the controller stored in `state.json`; the trials come from the per-trial records (the
-source of truth, so a running stage's finished trials show too); the final comparison from
-`final.parquet`. Imports pyarrow and read-only helpers of `peft_search.search`; never ray or torch.
+source of truth, so a running stage's finished trials show too); the final comparison from the final
+evaluation's records likewise (final.parquet's rows when they are gone). Imports pyarrow and read-only helpers of `peft_search.search`; never ray or torch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from peft_search.errors import InputError
 from peft_search.search.stage.confidence import CONFIDENCE_LEVEL, t_quantile
 from peft_search.search.stage.decide import Decision
-from peft_search.search.storage.records import read_final, read_records
+from peft_search.search.storage.records import final_rows, read_records
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import STATE_FILE, require_run
 from peft_search.search.final.evaluate import evaluated_final
@@ -61,12 +61,17 @@ class RunView:
     spec: SearchSpec
     state: dict
     stages: tuple[StageView, ...]
-    final_rows: tuple[dict, ...]  # rows of final.parquet; empty when there is no final evaluation yet
+    final_rows: tuple[dict, ...]  # the final evaluation's rows (runs recorded so far); empty before it starts
     final: FinalSpec | None = None  # the final section evaluated (or to evaluate): final/final.json, else the spec's
 
     @property
     def name(self) -> str:
         return self.spec.name or self.run_dir.name
+
+    @property
+    def final_done(self) -> bool:
+        """Whether the final evaluation ran to its end (final/done.json)."""
+        return (self.run_dir / "final" / "done.json").is_file()
 
 
 def load_run(path: str | Path) -> RunView:
@@ -108,7 +113,7 @@ def load_run(path: str | Path) -> RunView:
                 infeasible=stage.get("infeasible") or {},
             )
         )
-    return RunView(run_dir, spec, state, tuple(stages), tuple(read_final(run_dir)), evaluated_final(run_dir, spec))
+    return RunView(run_dir, spec, state, tuple(stages), tuple(final_rows(run_dir)), evaluated_final(run_dir, spec))
 
 
 # ---- the path S0 -> S_final -------------------------------------------------------------------------
@@ -166,7 +171,7 @@ def compute_rows(run: RunView) -> list[dict]:
         rows.append({
             "stage": "final",
             "component": "evaluation",
-            "status": "done" if (run.run_dir / "final" / "done.json").is_file() else "partial",
+            "status": "done" if run.final_done else "partial",
             "trials": str(len(run.final_rows)),
             "failed": str(sum(1 for r in run.final_rows if r["status"] != "finished")),
             "trial_hours": f"{sum(walls) / 3600:.3f}",

@@ -134,6 +134,16 @@ def read_final_records(run_dir: StoragePath) -> list[dict]:
     return sorted(records, key=lambda r: (r["task"], r["phase"] != "tune", r["contender"], r["seed"], r["learning_rate"], r["trial_id"]))
 
 
+def final_rows(run_dir: StoragePath) -> list[dict]:
+    """The final evaluation's rows as final.parquet holds them, built from its records: they are the
+    source of truth, so the finished runs of an evaluation still going (or interrupted) count too.
+    final.parquet's rows for a run whose records are not there."""
+    records = read_final_records(run_dir)
+    if not records:
+        return read_final(run_dir)
+    return [{name: record.get(name) for name, _ in FINAL_COLUMNS} for record in records]
+
+
 def write_final(run_dir: StoragePath) -> StoragePath:
     """`final.parquet`, rebuilt (atomically) from the final evaluation's records."""
     records = read_final_records(run_dir)
