@@ -1,7 +1,7 @@
 """The tables of docs/study.md, computed from the study's committed data under docs/study/:
 
     .venv/bin/python docs/study/tables.py            # every table, as Markdown
-    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | tasks | patterns | joint | random | final
+    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | tasks | patterns | joint | random | searches | final
     .venv/bin/python docs/study/tables.py --write    # refresh docs/study.md's generated blocks
 
 Reads only what is committed: `fidelity-pilot/` (the pilot's trial records), `staged/`, `joint/` and
@@ -175,6 +175,51 @@ def patterns() -> str:
     return "\n".join(lines)
 
 
+def trained_designs(name: str) -> list[tuple[str, float]]:
+    """A search's trained designs in the order they finished: (design JSON, design score), the score
+    being the mean over the spec's tasks of one training (a design trained again with other seeds, as
+    a reseeded block is, counts again). Designs with a task unfinished are left out."""
+    run = load_run(STUDY / name)
+    tasks = set(run.spec.tasks)
+    trainings: dict[tuple, list[dict]] = {}
+    for view in run.stages:
+        for record in view.records:
+            if record["status"] == "finished" and record["score"] is not None:
+                trainings.setdefault((view.stage, record["design_id"], record["seed"], record["block"]), []).append(record)
+    done = [records for records in trainings.values() if {r["task"] for r in records} == tasks]
+    done.sort(key=lambda records: max(r["finished_at"] for r in records))
+    return [(records[0]["design_json"], statistics.fmean(r["score"] for r in records)) for records in done]
+
+
+SEARCHES = ("staged", "joint", "random")
+
+
+def searches() -> str:
+    """The three searches side by side: designs trained, compute, the best design score seen after
+    so many designs (an anytime curve, equally biased upwards by noise for all three), and the design
+    each search decided on."""
+    present = [n for n in SEARCHES if (STUDY / n / "state.json").is_file()]
+    if not present:
+        return "(no search committed yet)"
+    budget = max(len(trained_designs(n)) for n in present)
+    marks = sorted({max(1, budget // 4), max(1, budget // 2), budget})
+    lines = ["| search | designs trained | trials | trial-hours | collapsed trials | mean design score | "
+             + " | ".join(f"best after {k}" for k in marks) + " | decided design |",
+             "|---" * (7 + len(marks)) + "|"]
+    for name in present:
+        run = load_run(STUDY / name)
+        designs = trained_designs(name)
+        records = [r for view in run.stages for r in view.records]
+        hours = sum(view.trial_hours for view in run.stages)
+        best = [("-" if len(designs) < k else f"{max(score for _, score in designs[:k]):.4f}") for k in marks]
+        found = run.state.get("discovered")
+        decided = f"`{json.dumps(found['design'], sort_keys=True)}`" if found and run.state.get("status") == "finished" else "(running)"
+        mean = f"{statistics.fmean(score for _, score in designs):.4f}" if designs else "-"
+        lines.append(f"| {name} | {len(designs)} | {len(records)} | {hours:.2f} | {sum(bool(r.get('collapsed')) for r in records)} | "
+                     f"{mean} | " + " | ".join(best) + f" | {decided} |")
+    return "\n".join(lines)
+
+
 def final() -> str:
     """The final comparison (mean and std over seeds) and the paired-by-seed differences."""
     directory = STUDY / "staged"
@@ -203,7 +248,7 @@ def final() -> str:
 
 
 SECTIONS = {"pilot": pilot, "staged": staged, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
-            "plots": plots, "tasks": per_task, "patterns": patterns, "final": final}
+            "searches": searches, "plots": plots, "tasks": per_task, "patterns": patterns, "final": final}
 
 
 def refresh(page: str) -> str:
