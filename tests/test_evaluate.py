@@ -18,6 +18,7 @@ from peft_search.errors import InputError
 from peft_search.report import write_report
 from peft_search.report.tables import comparison, paired_differences
 from peft_search.search.spec import load_spec
+from peft_search.search.status import run_status
 from peft_search.train.data import hold_out
 from peft_search.train.prepare import load_data, load_tokenizer
 from peft_search.train.trial import TrialConfig
@@ -163,9 +164,9 @@ def test_evaluate_with_a_final_file_records_it_and_the_report_shows_it(run_dir, 
     assert "trials per contender on tweets (its rate used on every task)" in html
 
 
-def test_report_of_an_unfinished_final_evaluation_shows_the_runs_recorded(run_dir, tmp_path):
-    """An evaluation stopped half way (hours into a long one): the report compares what has a record,
-    says the evaluation has not finished, and shows no contender without a seeded run."""
+def test_an_unfinished_final_evaluation_shows_its_runs_so_far_in_report_and_status(run_dir, tmp_path):
+    """An evaluation stopped half way (hours into a long one): the report and peft-search status show
+    what has a record and say it has not finished; the report shows no contender without a seeded run."""
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "tune", "final.parquet", "done.json"))
     for path in (copy / "final" / "runs").glob("*.json"):
@@ -177,6 +178,13 @@ def test_report_of_an_unfinished_final_evaluation_shows_the_runs_recorded(run_di
     assert 'data-contender="bitfit"' not in html
     assert f"Not finished: {recorded} seeded runs recorded so far" in html
     assert "Discovered design minus each contender, paired by seed" in html
+    # peft-search status counts the seeded runs against those planned: every contender, task and seed.
+    spec = load_spec(copy / "spec.yaml")
+    status = run_status(copy)
+    assert status["final"]["runs_done"] == recorded and not status["final"]["done"]
+    assert status["final"]["runs_planned"] == len(spec.final.contenders) * len(spec.tasks) * len(spec.final.seeds)
+    assert status["final"]["tuning_trials"] == len(spec.final.contenders) * spec.final.tuning.trials
+    assert f"final evaluation: {recorded} of {status['final']['runs_planned']} seeded runs recorded" in status["text"]
 
 
 def test_evaluate_refuses_bad_input_with_exit_status_2(run_dir, tmp_path, capsys):

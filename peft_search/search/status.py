@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from peft_search.search.final.evaluate import FINAL_FILE, evaluated_final
+from peft_search.search.spec import load_run_spec
 from peft_search.search.stage.decide import ChoiceStats, Decision
-from peft_search.search.storage.records import read_records, started_trials
+from peft_search.search.storage.paths import StoragePath
+from peft_search.search.storage.records import FINAL_DIR, read_final_records, read_records, started_trials
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run
 
 
@@ -57,9 +60,31 @@ def run_status(path: str | Path) -> dict:
         "estimated_remaining_s": round(remaining * mean_trial_s, 1) if mean_trial_s else None,
         "discovered": state.get("discovered"),
         "space": state["space"],
+        "final": final_status(run_dir),
     }
     status["text"] = format_status(status)
     return status
+
+
+def final_status(run_dir: StoragePath) -> dict | None:
+    """The final evaluation's progress (None before it starts): seeded runs recorded against those its
+    final section plans, tuning trials, and whether it ran to its end."""
+    if not (run_dir / FINAL_DIR / FINAL_FILE).is_file():
+        return None
+    final = evaluated_final(run_dir, load_run_spec(run_dir / "spec.yaml"))
+    records = read_final_records(run_dir)
+    runs = [r for r in records if r["phase"] == "final"]
+    skipped_path = run_dir / FINAL_DIR / "skipped.json"
+    skipped = read_json(skipped_path) if skipped_path.is_file() else {}
+    compared = [c for c in final.contenders if c not in skipped]  # a contender that does not fit is left out
+    tasks = final.tasks or load_run_spec(run_dir / "spec.yaml").tasks
+    return {
+        "runs_done": len(runs),
+        "runs_failed": sum(1 for r in runs if r["status"] != "finished"),
+        "runs_planned": len(compared) * len(tasks) * len(final.seeds),
+        "tuning_trials": len(records) - len(runs),
+        "done": (run_dir / FINAL_DIR / "done.json").is_file(),
+    }
 
 
 def fmt_score(value: float | None) -> str:
@@ -179,6 +204,13 @@ def format_status(status: dict) -> str:
     for stage in status["stages"]:
         if stage["collapse_warning"]:
             lines.append(f"\nwarning: stage {stage['stage']} ({stage['component']}): {stage['collapse_warning']}")
+    final = status.get("final")
+    if final:
+        lines.append(
+            f"\nfinal evaluation: {final['runs_done']} of {final['runs_planned']} seeded runs recorded "
+            f"({final['runs_failed']} failed), {final['tuning_trials']} tuning trials; "
+            + ("done" if final["done"] else "not finished (peft-search evaluate RUN goes on where it stopped)")
+        )
     if status["discovered"]:
         found = status["discovered"]
         lines.append(f"\nbest design so far: {found['design_id']} (score {found['score']:.4f}, stage {found['stage']})")
