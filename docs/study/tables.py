@@ -16,6 +16,7 @@ import json
 import re
 import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from peft_search.report.tables import comparison, format_interval, load_run, paired_differences
@@ -58,6 +59,23 @@ def _p(value: float | None) -> str:
     return ">0.99" if value >= 0.995 else f"{value:.2f}"
 
 
+def busy_hours(records) -> float:
+    """Hours with at least one trial running: the union of the records' [started_at, finished_at]
+    spans. Unlike a stage's recorded wall time it counts every piece of a run that was killed and
+    resumed across sessions, and none of the time between them."""
+    spans = sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
+                   for r in records if r.get("started_at") and r.get("finished_at"))
+    total, end = 0.0, None
+    for start, finish in spans:
+        if end is None or start > end:
+            total += (finish - start).total_seconds()
+            end = finish
+        elif finish > end:
+            total += (finish - end).total_seconds()
+            end = finish
+    return total / 3600
+
+
 def staged(name: str = "staged") -> str:
     """Per stage: choices, trials run against fixed N, rounds, the decision with P(best), and per
     choice its mean design score and paired difference to the best with its 95% interval."""
@@ -65,7 +83,7 @@ def staged(name: str = "staged") -> str:
     if not (directory / "state.json").is_file():
         return f"(no {name} run committed yet)"
     run = load_run(directory)
-    lines = ["| stage | component | trials run / fixed N | rounds | decision | P(best) | choices: mean score, difference to the best [95% interval], P(best) | collapsed trials | wall time |",
+    lines = ["| stage | component | trials run / fixed N | rounds | decision | P(best) | choices: mean score, difference to the best [95% interval], P(best) | collapsed trials | time with trials running |",
              "|---|---|---|---|---|---|---|---|---|"]
     for view in run.stages:
         decision = view.decision
@@ -74,13 +92,17 @@ def staged(name: str = "staged") -> str:
                          f"{view.status} | - | - | - | - |")
             continue
         cells = []
-        for stats in decision.choices:
+        if decision.method == "joint":  # one choice, the sampler: its designs' mean, and the best design
+            best = max(d.score for d in decision.designs if d.score is not None)
+            cells.append(f"{decision.winner}: designs' mean {decision.choices[0].mean:.4f}, best design {best:.4f} "
+                         f"(P(best) not estimated: one training per design)")
+        for stats in (() if decision.method == "joint" else decision.choices):
             difference = "best" if stats.choice == decision.winner else format_interval(
                 {"mean": stats.diff_mean, "low": stats.diff_low, "high": stats.diff_high})
             dropped = f", dropped after round {stats.eliminated_round + 1}" if stats.eliminated_round is not None else ""
             mean = "-" if stats.mean is None else f"{stats.mean:.4f}"
             cells.append(f"{stats.choice}: {mean}, {difference}, {_p(stats.p_best)} ({stats.blocks} blocks{dropped})")
-        wall = "-" if view.wall_time_s is None else f"{view.wall_time_s / 60:.0f} min"
+        wall = f"{busy_hours(view.records) * 60:.0f} min"
         lines.append(f"| {view.stage + 1} | {view.component} | {decision.trials_run}/{decision.trials_planned} | "
                      f"{decision.rounds if decision.rounds is not None else '-'} | {decision.winner} | "
                      f"{_p(decision.win_probability)} | {'<br>'.join(cells)} | {decision.collapsed_trials} | {wall} |")
@@ -203,9 +225,9 @@ def searches() -> str:
         return "(no search committed yet)"
     budget = max(len(trained_designs(n)) for n in present)
     marks = sorted({max(1, budget // 4), max(1, budget // 2), budget})
-    lines = ["| search | designs trained | trials | trial-hours | collapsed trials | mean design score | "
+    lines = ["| search | designs trained | trials | trial-hours | hours with trials running | collapsed trials | mean design score | "
              + " | ".join(f"best after {k}" for k in marks) + " | decided design |",
-             "|---" * (7 + len(marks)) + "|"]
+             "|---" * (8 + len(marks)) + "|"]
     for name in present:
         run = load_run(STUDY / name)
         designs = trained_designs(name)
@@ -215,7 +237,7 @@ def searches() -> str:
         found = run.state.get("discovered")
         decided = f"`{json.dumps(found['design'], sort_keys=True)}`" if found and run.state.get("status") == "finished" else "(running)"
         mean = f"{statistics.fmean(score for _, score in designs):.4f}" if designs else "-"
-        lines.append(f"| {name} | {len(designs)} | {len(records)} | {hours:.2f} | {sum(bool(r.get('collapsed')) for r in records)} | "
+        lines.append(f"| {name} | {len(designs)} | {len(records)} | {hours:.2f} | {busy_hours(records):.2f} | {sum(bool(r.get('collapsed')) for r in records)} | "
                      f"{mean} | " + " | ".join(best) + f" | {decided} |")
     return "\n".join(lines)
 
