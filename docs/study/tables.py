@@ -1,7 +1,7 @@
 """The tables of docs/study.md, computed from the study's committed data under docs/study/:
 
     .venv/bin/python docs/study/tables.py            # every table, as Markdown
-    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | tasks | patterns | joint | random | searches | final
+    .venv/bin/python docs/study/tables.py pilot      # one section: pilot | staged | plots | tasks | patterns | joint | random | searches | marginals | final
     .venv/bin/python docs/study/tables.py --write    # refresh docs/study.md's generated blocks
 
 Reads only what is committed: `fidelity-pilot/` (the pilot's trial records), `staged/`, `joint/` and
@@ -225,9 +225,9 @@ def searches() -> str:
         return "(no search committed yet)"
     budget = max(len(trained_designs(n)) for n in present)
     marks = sorted({max(1, budget // 4), max(1, budget // 2), budget})
-    lines = ["| search | designs trained | trials | trial-hours | hours with trials running | collapsed trials | mean design score | "
+    lines = ["| search | designs trained | trials | trial-hours | hours with trials running | collapsed trials | mean design score | mean per task | "
              + " | ".join(f"best after {k}" for k in marks) + " | decided design |",
-             "|---" * (8 + len(marks)) + "|"]
+             "|---" * (9 + len(marks)) + "|"]
     for name in present:
         run = load_run(STUDY / name)
         designs = trained_designs(name)
@@ -237,8 +237,43 @@ def searches() -> str:
         found = run.state.get("discovered")
         decided = f"`{json.dumps(found['design'], sort_keys=True)}`" if found and run.state.get("status") == "finished" else "(running)"
         mean = f"{statistics.fmean(score for _, score in designs):.4f}" if designs else "-"
+        finished = [r for r in records if r["status"] == "finished" and r["score"] is not None]
+        per_task = ", ".join(f"{task} {statistics.fmean(r['score'] for r in finished if r['task'] == task):.3f}"
+                             for task in run.spec.tasks if any(r["task"] == task for r in finished))
         lines.append(f"| {name} | {len(designs)} | {len(records)} | {hours:.2f} | {busy_hours(records):.2f} | {sum(bool(r.get('collapsed')) for r in records)} | "
-                     f"{mean} | " + " | ".join(best) + f" | {decided} |")
+                     f"{mean} | {per_task} | " + " | ".join(best) + f" | {decided} |")
+    return "\n".join(lines)
+
+
+def marginals() -> str:
+    """Per component and choice, over the designs a joint or random search trained: how many had that
+    choice and their mean design score. The random search's designs are drawn independently, so its
+    marginal means estimate each choice's main effect averaged over the other components (a check of
+    the staged decisions from other data); TPE draws more where it scored well, so its counts show
+    where it went and its means are biased by that."""
+    present = [n for n in ("joint", "random") if (STUDY / n / "state.json").is_file()]
+    if not present:
+        return "(no joint or random run committed yet)"
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for name in present:
+        run = load_run(STUDY / name)
+        by_design: dict[str, list[dict]] = {}
+        for view in run.stages:
+            for record in view.records:
+                if record["status"] == "finished" and record["score"] is not None:
+                    by_design.setdefault(record["design_id"], []).append(record)
+        scores: dict[tuple[str, str], list[float]] = {}
+        for records in by_design.values():
+            if {r["task"] for r in records} != set(run.spec.tasks):
+                continue
+            for component, choice in records[0]["joint_choices"].items():
+                scores.setdefault((component, choice), []).append(statistics.fmean(r["score"] for r in records))
+        for key, values in scores.items():
+            cells.setdefault(key, {})[name] = f"{len(values)}, {statistics.fmean(values):.4f}"
+    lines = ["| component | choice | " + " | ".join(f"{n}: designs, mean score" for n in present) + " |",
+             "|---" * (2 + len(present)) + "|"]
+    for (component, choice) in sorted(cells):
+        lines.append(f"| {component} | {choice} | " + " | ".join(cells[(component, choice)].get(n, "-") for n in present) + " |")
     return "\n".join(lines)
 
 
@@ -270,7 +305,7 @@ def final() -> str:
 
 
 SECTIONS = {"pilot": pilot, "staged": staged, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
-            "searches": searches, "plots": plots, "tasks": per_task, "patterns": patterns, "final": final}
+            "searches": searches, "marginals": marginals, "plots": plots, "tasks": per_task, "patterns": patterns, "final": final}
 
 
 def refresh(page: str) -> str:
