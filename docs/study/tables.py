@@ -197,20 +197,24 @@ def patterns() -> str:
     return "\n".join(lines)
 
 
-def trained_designs(name: str) -> list[tuple[str, float]]:
-    """A search's trained designs in the order they finished: (design JSON, design score), the score
-    being the mean over the spec's tasks of one training (a design trained again with other seeds, as
-    a reseeded block is, counts again). Designs with a task unfinished are left out."""
+def trainings(name: str) -> list[list[dict]]:
+    """A search's trained designs in the order they finished, each as the finished records of one
+    training on every task of the spec (a design trained again with other seeds, as a reseeded block
+    is, counts again). Trainings with a task unfinished are left out."""
     run = load_run(STUDY / name)
     tasks = set(run.spec.tasks)
-    trainings: dict[tuple, list[dict]] = {}
+    by_training: dict[tuple, list[dict]] = {}
     for view in run.stages:
         for record in view.records:
             if record["status"] == "finished" and record["score"] is not None:
-                trainings.setdefault((view.stage, record["design_id"], record["seed"], record["block"]), []).append(record)
-    done = [records for records in trainings.values() if {r["task"] for r in records} == tasks]
-    done.sort(key=lambda records: max(r["finished_at"] for r in records))
-    return [(records[0]["design_json"], statistics.fmean(r["score"] for r in records)) for records in done]
+                by_training.setdefault((view.stage, record["design_id"], record["seed"], record["block"]), []).append(record)
+    done = [records for records in by_training.values() if {r["task"] for r in records} == tasks]
+    return sorted(done, key=lambda records: max(r["finished_at"] for r in records))
+
+
+def design_score(records: list[dict]) -> float:
+    """A training's design score: the mean over its tasks (one seed each in the study's searches)."""
+    return statistics.fmean(r["score"] for r in records)
 
 
 SEARCHES = ("staged", "joint", "random")
@@ -223,20 +227,20 @@ def searches() -> str:
     present = [n for n in SEARCHES if (STUDY / n / "state.json").is_file()]
     if not present:
         return "(no search committed yet)"
-    budget = max(len(trained_designs(n)) for n in present)
+    budget = max(len(trainings(n)) for n in present)
     marks = sorted({max(1, budget // 4), max(1, budget // 2), budget})
     lines = ["| search | designs trained | trials | trial-hours | hours with trials running | collapsed trials | mean design score | mean per task | "
              + " | ".join(f"best after {k}" for k in marks) + " | decided design |",
              "|---" * (9 + len(marks)) + "|"]
     for name in present:
         run = load_run(STUDY / name)
-        designs = trained_designs(name)
+        designs = [design_score(records) for records in trainings(name)]
         records = [r for view in run.stages for r in view.records]
         hours = sum(view.trial_hours for view in run.stages)
-        best = [("-" if len(designs) < k else f"{max(score for _, score in designs[:k]):.4f}") for k in marks]
+        best = [("-" if len(designs) < k else f"{max(designs[:k]):.4f}") for k in marks]
         found = run.state.get("discovered")
         decided = f"`{json.dumps(found['design'], sort_keys=True)}`" if found and run.state.get("status") == "finished" else "(running)"
-        mean = f"{statistics.fmean(score for _, score in designs):.4f}" if designs else "-"
+        mean = f"{statistics.fmean(designs):.4f}" if designs else "-"
         finished = [r for r in records if r["status"] == "finished" and r["score"] is not None]
         per_task = ", ".join(f"{task} {statistics.fmean(r['score'] for r in finished if r['task'] == task):.3f}"
                              for task in run.spec.tasks if any(r["task"] == task for r in finished))
@@ -256,18 +260,10 @@ def marginals() -> str:
         return "(no joint or random run committed yet)"
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for name in present:
-        run = load_run(STUDY / name)
-        by_design: dict[str, list[dict]] = {}
-        for view in run.stages:
-            for record in view.records:
-                if record["status"] == "finished" and record["score"] is not None:
-                    by_design.setdefault(record["design_id"], []).append(record)
         scores: dict[tuple[str, str], list[float]] = {}
-        for records in by_design.values():
-            if {r["task"] for r in records} != set(run.spec.tasks):
-                continue
+        for records in trainings(name):
             for component, choice in records[0]["joint_choices"].items():
-                scores.setdefault((component, choice), []).append(statistics.fmean(r["score"] for r in records))
+                scores.setdefault((component, choice), []).append(design_score(records))
         for key, values in scores.items():
             cells.setdefault(key, {})[name] = f"{len(values)}, {statistics.fmean(values):.4f}"
     lines = ["| component | choice | " + " | ".join(f"{n}: designs, mean score" for n in present) + " |",

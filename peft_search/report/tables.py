@@ -18,7 +18,7 @@ from pathlib import Path
 from peft_search.errors import InputError
 from peft_search.search.stage.confidence import CONFIDENCE_LEVEL, t_quantile
 from peft_search.search.stage.decide import Decision
-from peft_search.search.storage.records import final_rows, read_records
+from peft_search.search.storage.records import final_done, final_rows, read_records
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import STATE_FILE, require_run
 from peft_search.search.final.evaluate import evaluated_final
@@ -71,7 +71,7 @@ class RunView:
     @property
     def final_done(self) -> bool:
         """Whether the final evaluation ran to its end (final/done.json)."""
-        return (self.run_dir / "final" / "done.json").is_file()
+        return final_done(self.run_dir)
 
 
 def load_run(path: str | Path) -> RunView:

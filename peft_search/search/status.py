@@ -9,7 +9,7 @@ from peft_search.search.final.evaluate import FINAL_FILE, evaluated_final
 from peft_search.search.spec import load_run_spec
 from peft_search.search.stage.decide import ChoiceStats, Decision
 from peft_search.search.storage.paths import StoragePath
-from peft_search.search.storage.records import FINAL_DIR, read_final_records, read_records, started_trials
+from peft_search.search.storage.records import FINAL_DIR, final_done, read_final_records, read_records, started_trials
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run
 
 
@@ -83,7 +83,7 @@ def final_status(run_dir: StoragePath) -> dict | None:
         "runs_failed": sum(1 for r in runs if r["status"] != "finished"),
         "runs_planned": len(compared) * len(tasks) * len(final.seeds),
         "tuning_trials": len(records) - len(runs),
-        "done": (run_dir / FINAL_DIR / "done.json").is_file(),
+        "done": final_done(run_dir),
     }
 
 

@@ -48,7 +48,7 @@ from peft_search.search.spec import FinalSpec, SearchSpec, load_run_spec
 from peft_search.search.stage.decide import derive_seed
 from peft_search.search.stage.plan import trial_config
 from peft_search.search.storage.paths import StoragePath
-from peft_search.search.storage.records import FINAL_DIR, read_final_records, write_final
+from peft_search.search.storage.records import FINAL_DIR, FINAL_DONE_FILE, read_final_records, write_final
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run, task_slug, utc_now, write_json_atomic
 from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
 from peft_search.space import Design
@@ -239,7 +239,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     chosen, skipped = contenders(spec, final, discovered)
     directory = final_dir(run_dir)
     directory.mkdir(exist_ok=True)
-    (directory / "done.json").unlink(missing_ok=True)
+    (directory / FINAL_DONE_FILE).unlink(missing_ok=True)
     write_json_atomic(directory / FINAL_FILE, final.model_dump(mode="json"))
     dashboard = init_ray(address)
     if dashboard:
@@ -270,7 +270,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
         )
         tuner.fit()
     path = write_final(run_dir)
-    write_json_atomic(directory / "done.json", {"finished_at": utc_now(), "runs": len(rows), "skipped": skipped})
+    write_json_atomic(directory / FINAL_DONE_FILE, {"finished_at": utc_now(), "runs": len(rows), "skipped": skipped})
     say(f"final evaluation: {path}")
     return path
 

@@ -94,6 +94,7 @@ def write_results(run_dir: StoragePath) -> StoragePath:
 # ---- the final evaluation's records -----------------------------------------------------------------
 
 FINAL_DIR = "final"
+FINAL_DONE_FILE = "done.json"  # written when the final evaluation ran to its end
 FINAL_FILE = "final.parquet"
 FINAL_COLUMNS = [
     ("trial_id", pa.string()),
@@ -132,6 +133,11 @@ def read_final_records(run_dir: StoragePath) -> list[dict]:
             record["trial_id"] = record.pop("run_id")
         records.append(record)
     return sorted(records, key=lambda r: (r["task"], r["phase"] != "tune", r["contender"], r["seed"], r["learning_rate"], r["trial_id"]))
+
+
+def final_done(run_dir: StoragePath) -> bool:
+    """Whether the run's final evaluation ran to its end (`evaluate_run` writes final/done.json last)."""
+    return (run_dir / FINAL_DIR / FINAL_DONE_FILE).is_file()
 
 
 def final_rows(run_dir: StoragePath) -> list[dict]:
