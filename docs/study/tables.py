@@ -274,7 +274,8 @@ def marginals() -> str:
 
 
 def final() -> str:
-    """The final comparison (mean and std over seeds) and the paired-by-seed differences."""
+    """The final comparison (mean and std over seeds) and the paired-by-seed differences to the staged
+    search's design, per task and averaged over the searched tasks, the unseen ones and all."""
     directory = STUDY / "staged"
     run = load_run(directory)
     finals = [r for r in run.final_rows if r["phase"] == "final"]
@@ -282,21 +283,34 @@ def final() -> str:
         return "(no final evaluation committed yet)"
     evaluated = list(run.final.tasks or run.spec.tasks)
     tasks = [t for t in evaluated if any(r["task"] == t for r in finals)]
-    table = comparison(run.final_rows, tasks)
+    # Averages over the tasks the search trained on, over the others (transfer), and over all.
+    searched = [t for t in tasks if t in run.spec.tasks]
+    groups = {"searched": searched, "unseen": [t for t in tasks if t not in searched], "all": tasks}
+    groups = {label: members for label, members in groups.items() if members}
+    header = " | ".join(f"{t} ({'searched' if t in searched else 'unseen'})" for t in tasks)
+    header += "".join(f" | average, {label}" for label in groups)
     lines = []
     if not run.final_done:
         planned = len(run.final.contenders) * len(evaluated) * len(run.final.seeds)
         lines += [f"Not finished: {len(finals)} of {planned} seeded runs recorded so far; a missing cell has no run yet.", ""]
-    lines += ["| contender | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
-    for row in table:
-        cells = [("-" if row["tasks"][t]["mean"] is None else f"{row['tasks'][t]['mean']:.3f} ± {row['tasks'][t]['std']:.3f}")
-                 for t in tasks]
-        average = "-" if row["average"] is None else f"{row['average']:.3f}"
-        lines.append(f"| {row['contender']} | " + " | ".join(cells) + f" | {average} |")
-    lines += ["", "| discovered minus | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    averages = {label: {row["contender"]: row["average"] for row in comparison(run.final_rows, members)}
+                for label, members in groups.items()}
+    lines += [f"| contender | tuned learning rate | {header} |", "|---" * (len(tasks) + len(groups) + 2) + "|"]
+    for row in comparison(run.final_rows, tasks):
+        rates = sorted({row["tasks"][t]["learning_rate"] for t in tasks} - {None})
+        cells = [", ".join(f"{rate:.2e}" for rate in rates) or "-"]
+        cells += [("-" if row["tasks"][t]["mean"] is None else f"{row['tasks'][t]['mean']:.3f} ± {row['tasks'][t]['std']:.3f}")
+                  for t in tasks]
+        cells += ["-" if averages[label][row["contender"]] is None else f"{averages[label][row['contender']]:.3f}"
+                  for label in groups]
+        lines.append(f"| {row['contender']} | " + " | ".join(cells) + " |")
+    paired = {label: {row["contender"]: row["average"] for row in paired_differences(run.final_rows, members)}
+              for label, members in groups.items()}
+    lines += ["", f"| discovered (staged) minus | {header} |", "|---" * (len(tasks) + len(groups) + 1) + "|"]
     for row in paired_differences(run.final_rows, tasks):
         cells = [format_interval(row["tasks"][t]) for t in tasks]
-        lines.append(f"| {row['contender']} | " + " | ".join(cells) + f" | {format_interval(row['average'])} |")
+        cells += [format_interval(paired[label][row["contender"]]) for label in groups]
+        lines.append(f"| {row['contender']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
