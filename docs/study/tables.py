@@ -21,6 +21,7 @@ from pathlib import Path
 
 from peft_search.report.tables import comparison, format_interval, load_run, paired_differences
 from peft_search.search.fidelity import spearman
+from peft_search.search.stage.confidence import compare_independent
 from peft_search.space import DesignSpace
 from peft_search.space.components import strategy_group
 from peft_search.train.presets import preset_design
@@ -56,7 +57,9 @@ def pilot() -> str:
 def _p(value: float | None) -> str:
     if value is None:
         return "unknown"
-    return ">0.99" if value >= 0.995 else f"{value:.2f}"
+    if value >= 0.995:
+        return ">0.99"
+    return "<0.01" if value < 0.005 else f"{value:.2f}"
 
 
 def busy_hours(records) -> float:
@@ -253,20 +256,32 @@ def marginals() -> str:
     """Per component and choice, over the designs a joint or random search trained: how many had that
     choice and their mean design score. The random search's designs are drawn independently, so its
     marginal means estimate each choice's main effect averaged over the other components (a check of
-    the staged decisions from other data); TPE draws more where it scored well, so its counts show
-    where it went and its means are biased by that."""
+    the staged decisions from other data): for it, each choice's difference to the component's best
+    choice with a Welch 95% interval, and P(best), as a stage computes them for independent designs
+    (`compare_independent`). TPE draws more where it scored well, so its counts show where it went
+    and its means are biased by that: no interval for it."""
     present = [n for n in ("joint", "random") if (STUDY / n / "state.json").is_file()]
     if not present:
         return "(no joint or random run committed yet)"
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for name in present:
-        scores: dict[tuple[str, str], list[float]] = {}
+        scores: dict[str, dict[str, list[float]]] = {}
         for records in trainings(name):
             for component, choice in records[0]["joint_choices"].items():
-                scores.setdefault((component, choice), []).append(design_score(records))
-        for key, values in scores.items():
-            cells.setdefault(key, {})[name] = f"{len(values)}, {statistics.fmean(values):.4f}"
-    lines = ["| component | choice | " + " | ".join(f"{n}: designs, mean score" for n in present) + " |",
+                scores.setdefault(component, {}).setdefault(choice, []).append(design_score(records))
+        for component, by_choice in scores.items():
+            compared = compare_independent(by_choice, seed=0) if name == "random" else None
+            for choice, values in by_choice.items():
+                cell = f"{len(values)}, {statistics.fmean(values):.4f}"
+                if compared is not None:
+                    difference = compared.diff_to_best[choice]
+                    cell += ", best" if choice == compared.best else (
+                        f", {format_interval(dict(difference._asdict()))}" if difference.mean is not None else "")
+                    cell += f", {_p(compared.p_best[choice])}"
+                cells.setdefault((component, choice), {})[name] = cell
+    headers = {"joint": "joint: designs, mean score",
+               "random": "random: designs, mean score, difference to the best [95% interval], P(best)"}
+    lines = ["| component | choice | " + " | ".join(headers[n] for n in present) + " |",
              "|---" * (2 + len(present)) + "|"]
     for (component, choice) in sorted(cells):
         lines.append(f"| {component} | {choice} | " + " | ".join(cells[(component, choice)].get(n, "-") for n in present) + " |")
