@@ -144,6 +144,9 @@ BAD_SPECS = [
     ({"resources": {"cpus": 0}}, "resources.cpus", ["greater than 0"]),
     ({"final": {"contenders": ["lora", "ia3"]}}, "final.contenders[1]", ["ia3", ", ".join(CONTENDERS)]),
     ({"final": {"tuning": {"learning_rate_min": 0.1, "learning_rate_max": 0.01}}}, "final.tuning.learning_rate_max", ["above"]),
+    ({"final": {"tuning": {"learning_rate_max": 2.0}}}, "final.tuning.learning_rate_max", ["at most 1, got 2"]),
+    ({"final": {"tuning": {"relative": True, "learning_rate_max": 300}}}, "final.tuning.learning_rate_max",
+     ["a factor of at most 200 (relative: true), got 300"]),
     ({"final": {"tuning": {"task": "qnli"}}}, "final.tuning.task", ["'qnli' is not a task of the final", "sst2", "null"]),
     ({"final": {"tasks": ["mrpc"], "tuning": {"task": "sst2"}}}, "final.tuning.task", ["give one of mrpc"]),
     ({"final": {"resources": {"cpus": 0}}}, "final.resources.cpus", ["greater than 0"]),
@@ -262,6 +265,16 @@ def test_paired_racing_is_the_default_and_independent_fixed_n_stays_possible():
     assert spec.sampling == "paired" and spec.racing.min_blocks == 3 and spec.racing.confidence == 0.95
     fixed = spec_from(sampling="independent", racing=None)
     assert fixed.sampling == "independent" and fixed.racing is None
+
+
+def test_tuning_range_is_rates_or_factors_of_each_contenders_untuned_rate():
+    absolute = spec_from(final={"tuning": {"learning_rate_min": 1e-4, "learning_rate_max": 1e-2}}).final.tuning
+    assert absolute.learning_rate_range(5e-5) == absolute.learning_rate_range(5e-3) == (1e-4, 1e-2)
+    # Factors: full fine-tuning (5e-5 untuned) and a design (5e-3) search the same neighbourhood of their own rate.
+    relative = spec_from(final={"tuning": {"relative": True, "learning_rate_min": 0.3, "learning_rate_max": 3}}).final.tuning
+    assert relative.learning_rate_range(5e-5) == pytest.approx((1.5e-5, 1.5e-4))
+    assert relative.learning_rate_range(5e-3) == pytest.approx((1.5e-3, 1.5e-2))
+    assert relative.range_text() == "0.3 to 3 times each contender's untuned rate"
 
 
 def test_a_run_spec_from_before_pairing_keeps_its_protocol(tmp_path):

@@ -3,7 +3,7 @@ export tests (tests/test_report.py, test_evaluate.py, test_export.py).
 
 MiniLM on the bundled tweets task: two stages of two candidates, two designs per choice, 4 steps per
 trial; then a final evaluation of the discovered design against BitFit and a given design (LoRA in
-every group, `final.designs`), 2 TPE tuning trials each, one seed. Two trials at a time. It runs through the CLI in a subprocess (`peft-search run`), so the run's own Ray instance
+every group, `final.designs`), 2 TPE tuning trials each (0.5 to 2 times the untuned rate: `relative`), one seed. Two trials at a time. It runs through the CLI in a subprocess (`peft-search run`), so the run's own Ray instance
 ends with it; about 2 minutes on 2 cores.
 """
 
@@ -42,7 +42,7 @@ final:
   designs: {all-lora: DESIGN_FILE}   # another design compared like the discovered one (a joint search's, say)
   seeds: [0]
   fidelity: {max_steps: 4, max_train_examples: 64, max_eval_examples: 32}
-  tuning: {trials: 2, holdout_fraction: 0.25}
+  tuning: {trials: 2, relative: true, learning_rate_min: 0.5, learning_rate_max: 2.0, holdout_fraction: 0.25}
   resources: {cpus: 1}
   max_concurrent_trials: 2
 """

@@ -233,7 +233,7 @@ def _final_section(run: RunView, out_dir: Path) -> str:
         "parameter). Each contender's learning rate was tuned the same way: Optuna's TPE sampler through Ray Tune's "
         f"OptunaSearch, {final.tuning.trials if final else '?'} trials per contender "
         f"{'and task' if final.tuning.task is None else 'on ' + escape(final.tuning.task) + ' (its rate used on every task)'} over "
-        f"[{final.tuning.learning_rate_min:g}, {final.tuning.learning_rate_max:g}] (log scale), validated on "
+        f"{escape(final.tuning.range_text())} (log scale), validated on "
         f"{final.tuning.holdout_fraction:g} of the training data held back (never the dev set). Then each contender "
         f"trained with seeds {final.seeds} at the tuned rate; dev score mean &plusmn; std over seeds. Fidelity: "
         f"{escape(_fidelity_text(final.fidelity))}.</p>" if final else "<h2>Final evaluation</h2>"

@@ -187,14 +187,19 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     sampler = optuna.samplers.TPESampler(
         seed=derive_seed(spec.seed, "final-tuning", task), n_startup_trials=min(10, max(2, tuning.trials // 2))
     )
+    # With relative tuning the range is factors of the rate this contender trains at untuned.
+    low, high = tuning.learning_rate_range(template.config.lr)
+    if high > 1.0:
+        raise InputError("final.tuning.learning_rate_max",
+                         f"{contender.name}'s range would reach a learning rate of {high:g}; at most 1 is allowed")
     say(f"final: tuning {contender.name} on {task} ({tuning.trials} TPE trials, lr in "
-        f"[{tuning.learning_rate_min:g}, {tuning.learning_rate_max:g}], {tuning.holdout_fraction:g} of train held back)")
+        f"[{low:.3g}, {high:.3g}], {tuning.holdout_fraction:g} of train held back)")
     trainable = tune.with_resources(
         tune.with_parameters(trial_trainable, run_dir=str(run_dir), row=template.to_dict()), trial_resources(spec.final_resources)
     )
     tuner = tune.Tuner(
         trainable,
-        param_space={"learning_rate": tune.loguniform(tuning.learning_rate_min, tuning.learning_rate_max)},
+        param_space={"learning_rate": tune.loguniform(low, high)},
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(sampler=sampler, metric="score", mode="max"),
             num_samples=tuning.trials,
@@ -211,10 +216,11 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     scored = [r for r in records if r["status"] == "finished" and r["score"] is not None and math.isfinite(r["score"])]
     if scored:
         top = max(scored, key=lambda r: (r["score"], -r["learning_rate"]))
+        collapsed = sum(bool(r.get("collapsed")) for r in scored)
         best = {"learning_rate": top["learning_rate"], "holdout_score": top["score"], "trials": len(records),
-                "finished": len(scored)}
+                "finished": len(scored), "collapsed": collapsed}
         say(f"final: {contender.name} on {task}: lr {top['learning_rate']:.3g} (held-back score {top['score']:.4f}, "
-            f"{len(scored)}/{len(records)} trials finished)")
+            f"{len(scored)}/{len(records)} trials finished, {collapsed} collapsed to one class)")
     else:
         errors = sorted({(r.get("error") or r["status"]).splitlines()[0] for r in records})[:2]
         best = {"learning_rate": None, "holdout_score": None, "trials": len(records), "finished": 0,

@@ -27,6 +27,7 @@ from peft_search.errors import InputError
 from peft_search.search.spec.errors import SpecError, spec_error
 from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
 from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
+from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE
 
 # Contenders of the final evaluation: the discovered design and the baseline presets of the trial layer.
 CONTENDERS: tuple[str, ...] = ("discovered", "full", "adapter", "prefix", "bitfit", "lora", "s4-t5")
@@ -207,8 +208,21 @@ class Tuning(_Strict):
         8, ge=1, le=MAX_TUNING_TRIALS,
         description=f"tuning trials per contender and task (the same for every contender; 1 to {MAX_TUNING_TRIALS:,})",
     )
-    learning_rate_min: float = Field(1e-5, gt=0, le=1, description="lower end of the log-uniform learning-rate range, in (0, 1]")
-    learning_rate_max: float = Field(1e-2, gt=0, le=1, description="upper end of the log-uniform learning-rate range, in (0, 1]")
+    relative: bool = Field(
+        False, description="false: learning_rate_min and learning_rate_max are learning rates, one range for every "
+        "contender; true: they are factors of the rate each contender trains at untuned (training.learning_rate, "
+        f"else its default: {FULL_LEARNING_RATE:g} for full fine-tuning, {DESIGN_LEARNING_RATE:g} for designs and PEFT "
+        "presets), so every contender searches the same neighbourhood of its own rate (full fine-tuning and PEFT train "
+        "well about two decades apart)",
+    )
+    learning_rate_min: float = Field(
+        1e-5, gt=0, description="lower end of the log-uniform learning-rate range (a factor of the default rate with "
+        "relative: true)",
+    )
+    learning_rate_max: float = Field(
+        1e-2, gt=0, description="upper end of the log-uniform learning-rate range, at most 1 (a factor of the default "
+        f"rate with relative: true, at most {1 / DESIGN_LEARNING_RATE:g})",
+    )
     holdout_fraction: float = Field(
         0.1, gt=0, lt=1, description="fraction of the training data held back to validate tuning trials, in (0, 1)"
     )
@@ -224,7 +238,22 @@ class Tuning(_Strict):
                 "learning_rate_max",
                 f"must be above learning_rate_min ({self.learning_rate_min:g}), got {self.learning_rate_max:g}",
             )
+        # No rate above 1: with factors, the largest default rate times the largest factor.
+        largest = self.learning_rate_max * (DESIGN_LEARNING_RATE if self.relative else 1.0)
+        if largest > 1.0:
+            allowed = f"a factor of at most {1 / DESIGN_LEARNING_RATE:g} (relative: true)" if self.relative else "at most 1"
+            raise InputError("learning_rate_max", f"must be {allowed}, got {self.learning_rate_max:g}")
         return self
+
+    def learning_rate_range(self, untuned_rate: float) -> tuple[float, float]:
+        """The log-uniform range a contender that trains at `untuned_rate` untuned is tuned over."""
+        base = untuned_rate if self.relative else 1.0
+        return self.learning_rate_min * base, self.learning_rate_max * base
+
+    def range_text(self) -> str:
+        if self.relative:
+            return f"{self.learning_rate_min:g} to {self.learning_rate_max:g} times each contender's untuned rate"
+        return f"[{self.learning_rate_min:g}, {self.learning_rate_max:g}]"
 
 
 class FinalSpec(_Strict):
