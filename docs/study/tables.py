@@ -310,8 +310,15 @@ def final() -> str:
         lines += [f"Not finished: {len(finals)} of {planned} seeded runs recorded so far; a missing cell has no run yet.", ""]
     averages = {label: {row["contender"]: row["average"] for row in comparison(run.final_rows, members)}
                 for label, members in groups.items()}
+    # The final section's order: the searches' designs, then the presets.
+    order = [c for c in run.final.contenders if c == "discovered"] + list(run.final.designs) + [
+        c for c in run.final.contenders if c != "discovered"]
+
+    def ordered(rows: list[dict]) -> list[dict]:
+        return sorted(rows, key=lambda row: order.index(row["contender"]) if row["contender"] in order else len(order))
+
     lines += [f"| contender | tuned learning rate | {header} |", "|---" * (len(tasks) + len(groups) + 2) + "|"]
-    for row in comparison(run.final_rows, tasks):
+    for row in ordered(comparison(run.final_rows, tasks)):
         rates = sorted({row["tasks"][t]["learning_rate"] for t in tasks} - {None})
         cells = [", ".join(f"{rate:.2e}" for rate in rates) or "-"]
         cells += [("-" if row["tasks"][t]["mean"] is None else f"{row['tasks'][t]['mean']:.3f} ± {row['tasks'][t]['std']:.3f}")
@@ -322,7 +329,7 @@ def final() -> str:
     paired = {label: {row["contender"]: row["average"] for row in paired_differences(run.final_rows, members)}
               for label, members in groups.items()}
     lines += ["", f"| discovered (staged) minus | {header} |", "|---" * (len(tasks) + len(groups) + 1) + "|"]
-    for row in paired_differences(run.final_rows, tasks):
+    for row in ordered(paired_differences(run.final_rows, tasks)):
         cells = [format_interval(row["tasks"][t]) for t in tasks]
         cells += [format_interval(paired[label][row["contender"]]) for label in groups]
         lines.append(f"| {row['contender']} | " + " | ".join(cells) + " |")
