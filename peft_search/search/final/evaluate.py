@@ -178,20 +178,20 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     best_path = directory / "best.json"
     if best_path.is_file():
         return read_json(best_path)
-    directory.remove_tree()  # an interrupted tuning restarts: every contender gets the same trials
-    directory.mkdir(parents=True)
     tuning = final.tuning
     # A template: each tuning trial is this row at the learning rate Optuna samples (its own id).
     template = final_row(spec, final, contender, task, final.seeds[0], None, phase="tune")
-    # One sampler seed per task, the same for every contender: they start from the same random rates.
-    sampler = optuna.samplers.TPESampler(
-        seed=derive_seed(spec.seed, "final-tuning", task), n_startup_trials=min(10, max(2, tuning.trials // 2))
-    )
     # With relative tuning the range is factors of the rate this contender trains at untuned.
     low, high = tuning.learning_rate_range(template.config.lr)
     if high > 1.0:
         raise InputError("final.tuning.learning_rate_max",
                          f"{contender.name}'s range would reach a learning rate of {high:g}; at most 1 is allowed")
+    directory.remove_tree()  # an interrupted tuning restarts: every contender gets the same trials
+    directory.mkdir(parents=True)
+    # One sampler seed per task, the same for every contender: they start from the same random rates.
+    sampler = optuna.samplers.TPESampler(
+        seed=derive_seed(spec.seed, "final-tuning", task), n_startup_trials=min(10, max(2, tuning.trials // 2))
+    )
     say(f"final: tuning {contender.name} on {task} ({tuning.trials} TPE trials, lr in "
         f"[{low:.3g}, {high:.3g}], {tuning.holdout_fraction:g} of train held back)")
     trainable = tune.with_resources(

@@ -216,12 +216,12 @@ class Tuning(_Strict):
         "well about two decades apart)",
     )
     learning_rate_min: float = Field(
-        1e-5, gt=0, description="lower end of the log-uniform learning-rate range (a factor of the default rate with "
-        "relative: true)",
+        1e-5, gt=0, description="lower end of the log-uniform learning-rate range (a factor of each contender's untuned "
+        "rate with relative: true)",
     )
     learning_rate_max: float = Field(
-        1e-2, gt=0, description="upper end of the log-uniform learning-rate range, at most 1 (a factor of the default "
-        f"rate with relative: true, at most {1 / DESIGN_LEARNING_RATE:g})",
+        1e-2, gt=0, description="upper end of the log-uniform learning-rate range, at most 1 (a factor of each contender's "
+        f"untuned rate with relative: true, at most {1 / DESIGN_LEARNING_RATE:g})",
     )
     holdout_fraction: float = Field(
         0.1, gt=0, lt=1, description="fraction of the training data held back to validate tuning trials, in (0, 1)"
