@@ -310,19 +310,10 @@ def kill_driver_then_resume(cluster, tmp_path: Path, job: Path, kill_when, what:
     return run, before, first, second
 
 
-def test_a_killed_driver_resumes_on_the_cluster_without_retraining(cluster, tmp_path):
-    job = write_job(tmp_path, stages=grouping("uniform", "spindle"))  # 4 trials
-    run, before, first, second = kill_driver_then_resume(cluster, tmp_path, job, lambda run: True,
-                                                         "a trial was recorded")
-    logs = first.tail() + "\n" + second.tail()
-    records = check_finished_run(run, None, logs)
-    assert all(r["status"] == "finished" for r in records.values()), logs
-    assert {cluster.roles().get(r["node_id"]) for r in records.values()} <= set(WORKERS)
-
-
-def test_a_killed_driver_resumes_a_race_from_its_records(cluster, tmp_path):
-    """The driver dies in the race's second round; the resumed driver must know, from the records
-    alone, which choices the first round dropped, and run only the survivors' next block."""
+def test_a_killed_driver_resumes_a_race_on_the_cluster_from_its_records(cluster, tmp_path):
+    """The driver dies in the race's second round; the resumed driver, on the same cluster, trains
+    no recorded trial again, knows from the records alone which choices the first round dropped, and
+    runs only the survivors' next block."""
     candidates = ("uniform", "spindle", "bottleneck")
     job = write_job(tmp_path, stages=grouping(*candidates), designs_per_choice=3,
                     racing={"min_blocks": 2, "confidence": 0.95})
@@ -343,6 +334,7 @@ def test_a_killed_driver_resumes_a_race_from_its_records(cluster, tmp_path):
 
     records = {p.stem: json.loads(p.read_text()) for p in trials_dir(run).glob("*.json")}
     assert all(r["status"] == "finished" for r in records.values()), logs
+    assert {cluster.roles().get(r["node_id"]) for r in records.values()} <= set(WORKERS), logs
     decision = state(run)["stages"][0]["decision"]
     stats = {c["choice"]: c for c in decision["choices"]}
     assert decision["rounds"] == 2 and decision["race_reason"], decision
