@@ -14,6 +14,7 @@ import pytest
 
 from conftest import needs_minilm
 from drivers import cli, kill_9_when, write_job
+from tiny_search_run import needs_minilm_and_tweets, tiny_run, tiny_run_output
 
 pytestmark = [needs_minilm, pytest.mark.timeout(900)]
 
@@ -29,42 +30,16 @@ def planned_ids(run: Path) -> set[str]:
     return ids
 
 
-def dashboard_sockets(port: int) -> list[str]:
-    import psutil
-
-    return sorted({c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.laddr.port == port})
-
-
-def test_run_decides_every_stage_and_status_reports_it(tmp_path):
-    import re
-    import urllib.error
-    import urllib.request
-
-    job = write_job(tmp_path)
-    storage = tmp_path / "runs"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "peft_search.cli", "run", str(job), "--storage", str(storage)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    lines, listening, answer = [], None, None
-    for line in driver.stdout:
-        lines.append(line)
-        found = re.search(r"Ray dashboard: http://127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            listening = dashboard_sockets(port)
-            try:
-                answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status
-            except urllib.error.HTTPError as error:
-                answer = error.code  # 401 under Ray's token authentication: it answers, and guards
-    stdout = "".join(lines)
-    assert driver.wait(timeout=600) == 0, stdout[-3000:] + driver.stderr.read()[-3000:]
-    assert listening == ["127.0.0.1"], f"the dashboard listens on {listening}"
-    assert answer in (200, 401)
+@needs_minilm_and_tweets
+def test_run_decides_every_stage_and_status_reports_it(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    run = tiny_run(base)  # the session's shared run: two stages of two choices, 2 blocks each
+    stdout, dashboard = tiny_run_output(base)
+    assert dashboard["listening"] == ["127.0.0.1"], f"the dashboard listens on {dashboard['listening']}"
+    assert dashboard["answer"] in (200, 401)
     assert "stage 1/2 (grouping) decided:" in stdout
     assert "stage 2/2 (strategy.G1) decided:" in stdout
     assert "discovered design" in stdout
-    run = only_run(storage)
 
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "finished"

@@ -1,18 +1,26 @@
-"""One small real search run, made once per test session and shared by the report, evaluate and
-export tests (tests/test_report.py, test_evaluate.py, test_export.py).
+"""One small real search run, made once per test session and shared by the run, report, evaluate
+and export tests (tests/test_search_run.py, test_report.py, test_evaluate.py, test_export.py).
 
 MiniLM on the bundled tweets task: two stages of two candidates, two designs per choice, 4 steps per
 trial; then a final evaluation of the discovered design against BitFit and a given design (LoRA in
-every group, `final.designs`), 2 TPE tuning trials each (0.5 to 2 times the untuned rate: `relative`), one seed. Two trials at a time. It runs through the CLI in a subprocess (`peft-search run`), so the run's own Ray instance
-ends with it; about 2 minutes on 2 cores.
+every group, `final.designs`), 2 TPE tuning trials each (0.5 to 2 times the untuned rate:
+`relative`), one seed. Two trials at a time. It runs through the CLI in a subprocess (`peft-search
+run`), so the run's own Ray instance ends with it; about 2 minutes on 2 cores. While it runs, the
+Ray dashboard it prints is probed (which addresses listen on its port, what it answers), for
+tests/test_search_run.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,12 +76,46 @@ def tiny_run(base: Path) -> Path:
     job = storage / "tiny.yaml"
     job.write_text(SPEC.replace("DESIGN_FILE", str(design)))
     command = [sys.executable, "-m", "peft_search.cli", "run", str(job), "--storage", str(storage / "runs")]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S,
-                               env={**os.environ, "RAY_DEDUP_LOGS": "0"})
-    (storage / "run.log").write_text(completed.stdout + completed.stderr)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    watchdog = threading.Timer(TIMEOUT_S, driver.kill)
+    watchdog.start()
+    lines, dashboard = [], {}
+    try:
+        for line in driver.stdout:
+            lines.append(line)
+            found = re.search(r"Ray dashboard: http://127\.0\.0\.1:(\d+)", line)
+            if found and not dashboard:
+                dashboard = probe_dashboard(int(found.group(1)))
+        code = driver.wait()
+    finally:
+        watchdog.cancel()
+    output = "".join(lines)
+    (storage / "run.log").write_text(output)
+    (storage / "dashboard.json").write_text(json.dumps(dashboard))
+    assert code == 0, f"exit {code} (killed after {TIMEOUT_S} s if negative)\n{output[-6000:]}"
     runs = [p for p in (storage / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1, runs
-    assert f"report:  {runs[0] / 'report' / 'index.html'}" in completed.stdout
+    assert f"report:  {runs[0] / 'report' / 'index.html'}" in output
     done.write_text(str(runs[0]))
     return runs[0]
+
+
+def tiny_run_output(base: Path) -> tuple[str, dict]:
+    """What `peft-search run` printed for the tiny run, and what its live dashboard showed:
+    {"listening": addresses on its port, "answer": its HTTP status}."""
+    tiny_run(base)
+    storage = base / "tiny-search"
+    return (storage / "run.log").read_text(), json.loads((storage / "dashboard.json").read_text())
+
+
+def probe_dashboard(port: int) -> dict:
+    import psutil
+
+    listening = sorted({c.laddr.ip for c in psutil.net_connections(kind="tcp")
+                        if c.status == "LISTEN" and c.laddr.port == port})
+    try:
+        answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status
+    except urllib.error.HTTPError as error:
+        answer = error.code  # 401 under Ray's token authentication: it answers, and guards
+    return {"port": port, "listening": listening, "answer": answer}
