@@ -16,7 +16,7 @@ import pytest
 from peft_search.cli import main
 from peft_search.errors import InputError
 from peft_search.report import write_report
-from peft_search.report.tables import comparison, paired_differences
+from peft_search.report.tables import comparison, format_mean_std, paired_differences
 from peft_search.search.spec import load_spec
 from peft_search.search.status import run_status
 from peft_search.train.data import hold_out
@@ -100,6 +100,11 @@ def test_final_comparison_is_fair_and_matches_final_parquet(run_dir):
         cell = table[contender]["tasks"]["tweets"]
         assert cell["mean"] == statistics.fmean(scores) and table[contender]["average"] == cell["mean"]
         assert cell["std"] == (statistics.stdev(scores) if len(scores) > 1 else 0.0)
+        # A run that collapsed to one class is counted in its cell, and the report's cell says so.
+        collapsed = sum(r["collapsed"] for r in final if r["contender"] == contender)
+        assert all(r["baseline_score"] is not None for r in final if r["contender"] == contender)
+        assert cell["collapsed"] == collapsed
+        assert format_mean_std(cell).endswith(f"({collapsed} of {len(scores)} collapsed)" if collapsed else f"{cell['std']:.4f}")
     # The paired table: per seed, discovered minus the other contender, on the same seeds.
     paired = {row["contender"]: row for row in paired_differences(rows, spec.tasks)}
     assert sorted(paired) == ["all-lora", "bitfit"]

@@ -19,7 +19,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from peft_search.report.tables import comparison, format_interval, load_run, paired_differences
+from peft_search.report.tables import collapsed_note, comparison, format_interval, load_run, paired_differences
 from peft_search.search.fidelity import spearman
 from peft_search.search.stage.confidence import compare_independent
 from peft_search.space import DesignSpace
@@ -321,7 +321,8 @@ def final() -> str:
     for row in ordered(comparison(run.final_rows, tasks)):
         rates = sorted({row["tasks"][t]["learning_rate"] for t in tasks} - {None})
         cells = [", ".join(f"{rate:.2e}" for rate in rates) or "-"]
-        cells += [("-" if row["tasks"][t]["mean"] is None else f"{row['tasks'][t]['mean']:.3f} ± {row['tasks'][t]['std']:.3f}")
+        cells += [("-" if row["tasks"][t]["mean"] is None
+                   else f"{row['tasks'][t]['mean']:.3f} ± {row['tasks'][t]['std']:.3f}{collapsed_note(row['tasks'][t])}")
                   for t in tasks]
         cells += ["-" if averages[label][row["contender"]] is None else f"{averages[label][row['contender']]:.3f}"
                   for label in groups]

@@ -202,6 +202,9 @@ def comparison(final_rows: list[dict] | tuple[dict, ...], tasks: list[str]) -> l
                 "std": statistics.stdev(scores) if len(scores) > 1 else (0.0 if scores else None),
                 "seeds": len(scores),
                 "failed": len(runs) - len(scores),
+                # Finished runs that predict one class for every dev example: their score is the
+                # majority-class score, so the mean says nothing about what the contender learned.
+                "collapsed": sum(1 for r in runs if r["status"] == "finished" and r.get("collapsed")),
                 "learning_rate": runs[0]["learning_rate"] if runs else None,
                 "realised_params": next((r["realised_params"] for r in runs if r["realised_params"] is not None), None),
             }
@@ -267,4 +270,9 @@ def format_interval(cell: dict) -> str:
 def format_mean_std(cell: dict) -> str:
     if cell["mean"] is None:
         return "failed" if cell["failed"] else "-"
-    return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+    return f"{cell['mean']:.4f} ± {cell['std']:.4f}" + collapsed_note(cell)
+
+
+def collapsed_note(cell: dict) -> str:
+    """' (2 of 3 collapsed)' when some of the cell's finished runs collapsed to one class, else ''."""
+    return f" ({cell['collapsed']} of {cell['seeds']} collapsed)" if cell.get("collapsed") else ""

@@ -118,6 +118,8 @@ FINAL_COLUMNS = [
     ("node", pa.string()),
     ("started_at", pa.string()),
     ("finished_at", pa.string()),
+    ("baseline_score", pa.float64()),  # the dev score of predicting the majority class (or the mean)
+    ("collapsed", pa.bool_()),  # the run ended at that baseline (learned nothing); None in older runs
 ]
 FINAL_SCHEMA = pa.schema(FINAL_COLUMNS)
 
