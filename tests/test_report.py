@@ -1,15 +1,12 @@
 """The HTML report on a real small run: it renders (in headless Chromium when installed), shows one EDF
-plot per decided stage, its decisions table equals a recomputation from results.parquet, it shows
-failed trials, and bad input is refused with exit status 2."""
+plot per decided stage, its decisions table equals a recomputation from results.parquet, and bad
+input is refused with exit status 2. Failed trials in the report: tests/test_search_run.py."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import shutil
 import subprocess
-import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,10 +15,11 @@ import pytest
 from peft_search.cli import main
 from peft_search.report import write_report
 from peft_search.search.stage.decide import decide_stage, derive_seed, trial_scores
-from peft_search.search.stage.plan import plan_path, read_plan, write_plan
+from peft_search.search.stage.plan import plan_path, read_plan
 from peft_search.search.stage.racing import race_state
 from peft_search.search.spec import load_spec
 from peft_search.search.status import choice_cells, run_status
+from report_page import Page, read_page
 from tiny_search_run import needs_minilm_and_tweets, tiny_run
 
 pytestmark = [needs_minilm_and_tweets, pytest.mark.slow]
@@ -35,50 +33,6 @@ def run_dir(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory.getbasetemp())
 
 
-class Page(HTMLParser):
-    """The parts of the report the tests read: images, decisions tables' cells, trial rows, text."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.images: list[dict] = []
-        self.decisions: dict[int, dict[str, dict[str, str]]] = {}  # stage -> choice -> field -> data-value
-        self.decision_lines: dict[int, dict] = {}
-        self.trials: list[dict] = []
-        self.text: list[str] = []
-        self._stage = None
-        self._choice = None
-        self._section_stage = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "section" and "data-stage" in a:
-            self._section_stage = int(a["data-stage"])
-        if tag == "img":
-            self.images.append({**a, "stage": self._section_stage})
-        if tag == "table" and "decisions" in (a.get("class") or ""):
-            self._stage = int(a["data-stage"])
-            self.decisions[self._stage] = {}
-        if tag == "tr" and "data-choice" in a and self._stage is not None:
-            self._choice = a["data-choice"]
-            self.decisions[self._stage][self._choice] = {}
-        if tag == "td" and "data-field" in a and self._choice is not None:
-            self.decisions[self._stage][self._choice][a["data-field"]] = a.get("data-value")
-        if tag == "tr" and "data-trial" in a:
-            self.trials.append(a)
-        if tag == "p" and "data-winner" in a:
-            self.decision_lines[self._section_stage] = a
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._stage, self._choice = None, None
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def read_page(index: Path) -> Page:
-    return Page(index.read_text(encoding="utf-8"))
 
 
 def test_run_ends_with_a_report_of_every_decided_stage(run_dir):
@@ -175,39 +129,6 @@ def test_report_of_a_run_still_going_shows_what_is_decided(run_dir, tmp_path):
     assert set(page.decisions) == {0}
     assert "Not decided yet: 2 of 4 trials recorded (0 failed)." in " ".join(page.text)
     assert sum(1 for t in page.trials if t["data-trial"] in {p.stem for p in trials[:2]}) == 2
-
-
-def test_a_failed_trial_is_shown_and_the_report_still_renders(run_dir, tmp_path):
-    """Replan one trial of stage 1 with a model path that does not exist, resume: it fails for real."""
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "tune", "final*"))
-    plan = read_plan(plan_path(copy, 1))
-    victim = plan.rows[0]
-    broken = victim.__class__(**{**victim.__dict__, "config": replace(victim.config, model=str(tmp_path / "no-such-model"))})
-    write_plan(plan.__class__(**{**plan.__dict__, "rows": (broken, *plan.rows[1:])}), plan_path(copy, 1))
-    (copy / "stages" / "1" / "trials" / f"{victim.trial_id}.json").unlink()
-    state = json.loads((copy / "state.json").read_text())
-    state["status"] = "running"
-    state["stages"][1]["status"] = "running"
-    state["space"] = state["stages"][1]["space"]  # the space stage 1 started from
-    (copy / "state.json").write_text(json.dumps(state))
-    spec = load_spec(copy / "spec.yaml")  # no final evaluation in this copy: it is not what is tested here
-    (copy / "spec.yaml").write_text(spec.__class__.from_dict({**spec.to_dict(), "final": None}).to_yaml())
-
-    resumed = subprocess.run([sys.executable, "-m", "peft_search.cli", "resume", str(copy)],
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    record = json.loads((copy / "stages" / "1" / "trials" / f"{victim.trial_id}.json").read_text())
-    assert record["status"] == "failed" and "no-such-model" in record["error"]
-
-    page = read_page(copy / "report" / "index.html")  # written by resume
-    row = next(t for t in page.trials if t["data-trial"] == victim.trial_id)
-    assert row["data-status"] == "failed" and "failed" in row["class"]
-    assert "no-such-model" in " ".join(page.text)
-    assert float(page.decisions[1][victim.choice]["n_failed_trials"]) == 1
-    assert float(page.decisions[1][victim.choice]["n_failed"]) == 1
-    state = json.loads((copy / "state.json").read_text())
-    assert state["stages"][1]["failed"] == 1 and state["status"] == "finished"
 
 
 def test_bad_input_is_refused_with_exit_status_2(run_dir, tmp_path, capsys):

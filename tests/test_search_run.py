@@ -4,8 +4,6 @@ real local Ray, training real MiniLM trials on the bundled tweets task (tiny fid
 import json
 from dataclasses import replace
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from conftest import needs_minilm
 from drivers import cli, kill_9_when, write_job
+from report_page import read_page
 from tiny_search_run import needs_minilm_and_tweets, tiny_run, tiny_run_output
 
 pytestmark = [needs_minilm, pytest.mark.timeout(900)]
@@ -96,6 +95,7 @@ def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp
     from peft_search.search.controller import Controller, prepare_spec
     from peft_search.search.stage.plan import PlanRow, plan_path, plan_stage, write_plan
     from peft_search.peft import load_backbone, profile_backbone
+    from peft_search.report import write_report
 
     job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle"]}])
     spec = prepare_spec(job, storage=str(tmp_path / "runs"))
@@ -121,6 +121,16 @@ def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp
     import ray
 
     ray.shutdown()
+    # The report renders, shows each failed trial as failed with its error, and counts them per choice.
+    page = read_page(write_report(controller.run_dir))
+    shown = {row["data-trial"]: row for row in page.trials}
+    for planted in rows[:2]:
+        assert shown[planted.trial_id]["data-status"] == records[planted.trial_id]["status"]
+        assert "failed" in shown[planted.trial_id]["class"]  # diverged is shown as failed too: no score
+    assert "no-such-model" in " ".join(page.text)
+    for choice in {row.choice for row in rows}:
+        failed_here = sum(1 for row in rows[:2] if row.choice == choice)
+        assert float(page.decisions[0][choice]["n_failed_trials"]) == failed_here
 
 
 def test_trials_with_two_workers_run_a_torch_trainer_inside_their_tune_trials(tmp_path):
