@@ -2,7 +2,11 @@
 runs it: `peft-search run --storage s3://...` killed with SIGKILL mid-stage, `resume` finishing it
 (the final evaluation included), then `status`, `report` and `export` reading everything back from
 the bucket. Credentials and the endpoint reach every process only through the standard AWS
-environment variables."""
+environment variables.
+
+It is also the suite's check that a SIGKILLed `run` resumes running each trial exactly once: the
+controller keeps its records through one `StoragePath` API for a local directory and a bucket alike,
+and tests/test_joint_search.py and tests/test_cluster.py kill and resume runs on local storage."""
 
 from __future__ import annotations
 
@@ -50,6 +54,9 @@ def test_a_search_on_s3_survives_kill_9_and_every_command_reads_it_back(tmp_path
             planned = set(read_parquet(run / "stages" / "0" / "plan.parquet").column("trial_id").to_pylist())
             assert 2 <= len(before) < len(planned) == 6
             assert json.loads((run / "state.json").read_text())["status"] == "running"
+            interrupted = cli("status", str(run), "--json", env=env)
+            assert interrupted.returncode == 0, interrupted.stderr
+            assert json.loads(interrupted.stdout)["trials_running"] <= 2  # two at a time: at most two were cut off
 
             resumed = cli("resume", str(run), env=env)
             assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -64,6 +71,7 @@ def test_a_search_on_s3_survives_kill_9_and_every_command_reads_it_back(tmp_path
             assert summary["status"] == "finished" and summary["trials_done"] == 6 and summary["trials_running"] == 0
             results = read_parquet(run / "results.parquet").to_pylist()
             assert sorted(r["trial_id"] for r in results) == sorted(planned)
+            assert all(r["status"] == "finished" for r in results)
             final = read_parquet(run / "final.parquet").to_pylist()
             assert {(r["phase"], r["status"]) for r in final} == {("tune", "finished"), ("final", "finished")}
             assert (run / "final" / "weights" / "tweets" / "peft.safetensors").is_file()

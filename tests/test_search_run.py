@@ -4,14 +4,13 @@ real local Ray, training real MiniLM trials on the bundled tweets task (tiny fid
 import json
 from dataclasses import replace
 import os
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import needs_minilm
-from drivers import cli, kill_9_when, write_job
+from drivers import cli, write_job
 from report_page import read_page
 from tiny_search_run import needs_minilm_and_tweets, tiny_run, tiny_run_output
 
@@ -64,31 +63,6 @@ def test_run_decides_every_stage_and_status_reports_it(tmp_path_factory):
     text = cli("status", str(run)).stdout
     assert f"{grouping}: mean" in text and "P(best)" in text and "over 2 blocks" in text  # paired by default
     assert all(r["block"] in (0, 1) for r in results)
-
-
-def test_kill_9_mid_stage_then_resume_runs_each_trial_exactly_once(tmp_path):
-    job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle", "bottleneck"]}])
-    storage = tmp_path / "runs"
-    kill_9_when(["run", str(job), "--storage", str(storage)], lambda: len(list(storage.glob("*/stages/0/trials/*.json"))) >= 2)
-    time.sleep(2)
-    run = only_run(storage)
-    interrupted = cli("status", str(run), "--json")
-    assert interrupted.returncode == 0, interrupted.stderr
-    assert json.loads(interrupted.stdout)["trials_running"] <= 2  # two at a time: at most two were cut off
-    before = {p.name: p.read_text() for p in run.glob("stages/0/trials/*.json")}
-    planned = planned_ids(run)
-    assert 2 <= len(before) < len(planned) == 6
-
-    result = cli("resume", str(run))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    after = {p.name: p.read_text() for p in run.glob("stages/0/trials/*.json")}
-    for name, text in before.items():
-        assert after[name] == text, f"{name} was run again"
-    results = pq.read_table(run / "results.parquet").to_pylist()
-    assert sorted(r["trial_id"] for r in results) == sorted(planned)
-    assert all(r["status"] == "finished" for r in results)
-    assert json.loads((run / "state.json").read_text())["status"] == "finished"
-    assert json.loads(cli("status", str(run), "--json").stdout)["trials_running"] == 0
 
 
 def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp_path):
