@@ -204,6 +204,7 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
             search_alg=OptunaSearch(sampler=sampler, metric="score", mode="max"),
             num_samples=tuning.trials,
             max_concurrent_trials=spec.final_max_concurrent_trials,
+            reuse_actors=True,  # as in a stage: torch and transformers are imported once per actor, not per trial
         ),
         run_config=tune.RunConfig(
             name=f"tune-{task_slug(task)}-{contender.name}-{int(time.time())}",
@@ -271,7 +272,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
         tuner = tune.Tuner(
             tune.with_resources(trial_trainable, trial_resources(spec.final_resources)),
             param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.final_max_concurrent_trials),
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.final_max_concurrent_trials, reuse_actors=True),
             run_config=tune.RunConfig(name=f"runs-{int(time.time())}", storage_path=str(directory / "tune"), verbose=0),
         )
         tuner.fit()
