@@ -163,6 +163,7 @@ def test_evaluate_with_a_final_file_records_it_and_the_report_shows_it(run_dir, 
     records = sorted(p.name for p in (copy / "final").rglob("*.json") if p.name not in ("done.json", "final.json"))
     result = cli("evaluate", str(copy), "--final", str(final_file), timeout=300)  # its own process: its Ray ends with it
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "Ray dashboard" not in result.stdout  # nothing to train, so no Ray was started
     recorded = json.loads((copy / "final" / "final.json").read_text())
     assert recorded["tuning"]["task"] == "tweets" and recorded["seeds"] == spec.final.seeds
     assert sorted(p.name for p in (copy / "final").rglob("*.json") if p.name not in ("done.json", "final.json")) == records

@@ -168,8 +168,10 @@ def final_row(spec: SearchSpec, final: FinalSpec, contender: Contender, task: st
 # ---- the evaluation ---------------------------------------------------------------------------------
 
 
-def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, say) -> dict:
-    """Tune one contender's learning rate on one task; returns best.json's content."""
+def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, say,
+                       start_ray=lambda: None) -> dict:
+    """Tune one contender's learning rate on one task; returns best.json's content. `start_ray` is
+    called before anything trains."""
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -178,6 +180,7 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     best_path = directory / "best.json"
     if best_path.is_file():
         return read_json(best_path)
+    start_ray()
     tuning = final.tuning
     # A template: each tuning trial is this row at the learning rate Optuna samples (its own id).
     template = final_row(spec, final, contender, task, final.seeds[0], None, phase="tune")
@@ -248,17 +251,22 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     directory.mkdir(exist_ok=True)
     (directory / FINAL_DONE_FILE).unlink(missing_ok=True)
     write_json_atomic(directory / FINAL_FILE, final.model_dump(mode="json"))
-    dashboard = init_ray(address)
-    if dashboard:
-        say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
-    quiet_tune_output()
+
+    def start_ray() -> None:
+        # Only when something trains: evaluating a finished evaluation again (to record another final
+        # file, or rewrite final.parquet and the report) reads records and starts no Ray.
+        dashboard = init_ray(address)
+        if dashboard:
+            say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
+        quiet_tune_output()
+
     tasks = list(final.tasks or spec.tasks)
     say(f"final evaluation of {run_dir}: {', '.join(c.name for c in chosen)} on {', '.join(tasks)}, "
         f"seeds {final.seeds}" + (f" (left out: {', '.join(skipped)})" if skipped else ""))
     rows = []
     for task in tasks:
         for contender in chosen:
-            best = tune_learning_rate(run_dir, spec, final, contender, final.tuning.task or task, say)
+            best = tune_learning_rate(run_dir, spec, final, contender, final.tuning.task or task, say, start_ray)
             if best["learning_rate"] is None:
                 skipped[f"{contender.name} on {task}"] = best["error"]
                 continue
@@ -269,6 +277,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     pending = [row for row in rows if not row.record_path(run_dir).is_file()]
     if pending:
         say(f"final: {len(pending)} seeded runs at the tuned learning rates ({len(rows) - len(pending)} already done)")
+        start_ray()
         tuner = tune.Tuner(
             tune.with_resources(trial_trainable, trial_resources(spec.final_resources)),
             param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
