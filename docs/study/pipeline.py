@@ -8,7 +8,7 @@ Resumable: run it again after an interruption and it goes on where it stopped (e
 1. the staged search (jobs/study-minilm-cpu.yaml): run, or resume its run under --storage;
 2. the joint (TPE) and random searches with as many designs as the staged search trained: their
    `joint.trials` must equal that count (the script stops and says so when it does not);
-3. their discovered designs to docs/study/designs/joint.json and docs/study/designs/random.json;
+3. each search's discovered design to docs/study/designs/staged.json, joint.json and random.json;
 4. the final evaluation of the staged run with docs/study/final.yaml;
 5. after each step, the run's committed part to docs/study/<name> (collect.py), its report to
    docs/study/reports/<name>/ (the EDF plots docs/study.md shows) and the tables of docs/study.md
@@ -71,6 +71,13 @@ def collect(run: Path, name: str) -> None:
     subprocess.run([sys.executable, str(STUDY / "tables.py"), "--write"], cwd=ROOT, check=True)
 
 
+def write_design(run: Path, name: str) -> None:
+    design = state(run)["discovered"]["design"]
+    (STUDY / "designs").mkdir(exist_ok=True)
+    (STUDY / "designs" / f"{name}.json").write_text(json.dumps(design, indent=2, sort_keys=True) + "\n")
+    say(f"{name}: discovered design in docs/study/designs/{name}.json")
+
+
 def designs_trained(run: Path) -> int:
     """Designs the staged search trained: its trial records over tasks x seeds."""
     spec = yaml.safe_load((run / "spec.yaml").read_text())
@@ -85,6 +92,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     storage = Path(args.storage).resolve()
     staged = search("staged", storage, args.data_dir)
+    write_design(staged, "staged")
     count = designs_trained(staged)
     for name in ("joint", "random"):
         planned = yaml.safe_load((ROOT / JOBS[name]).read_text())["joint"]["trials"]
@@ -92,11 +100,7 @@ def main(argv: list[str]) -> int:
             say(f"the staged search trained {count} designs: set joint.trials: {count} in {JOBS[name]} (it says {planned})")
             return 1
     for name in ("joint", "random"):
-        run = search(name, storage, args.data_dir)
-        design = state(run)["discovered"]["design"]
-        (STUDY / "designs").mkdir(exist_ok=True)
-        (STUDY / "designs" / f"{name}.json").write_text(json.dumps(design, indent=2, sort_keys=True) + "\n")
-        say(f"{name}: discovered design in docs/study/designs/{name}.json")
+        write_design(search(name, storage, args.data_dir), name)
     command("evaluate", str(staged), "--final", "docs/study/final.yaml")
     collect(staged, "staged")
     say("done: docs/study.md's tables are up to date")
