@@ -334,6 +334,10 @@ def final() -> str:
         cells = [format_interval(row["tasks"][t]) for t in tasks]
         cells += [format_interval(paired[label][row["contender"]]) for label in groups]
         lines.append(f"| {row['contender']} | " + " | ".join(cells) + " |")
+    tuning = [r for r in run.final_rows if r["phase"] == "tune"]
+    trial_hours = sum(r["wall_time_s"] or 0 for r in run.final_rows) / 3600
+    lines += ["", f"Recorded: {len(tuning)} tuning trials and {len(finals)} seeded runs, {trial_hours:.1f} trial-hours, "
+              f"{busy_hours(run.final_rows):.1f} hours with runs going."]
     return "\n".join(lines)
 
 
