@@ -169,7 +169,7 @@ def final_row(spec: SearchSpec, final: FinalSpec, contender: Contender, task: st
 
 
 def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec, contender: Contender, task: str, say,
-                       start_ray=lambda: None) -> dict:
+                       start_ray) -> dict:
     """Tune one contender's learning rate on one task; returns best.json's content. `start_ray` is
     called before anything trains."""
     import optuna
