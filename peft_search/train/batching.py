@@ -82,8 +82,14 @@ def training_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: in
 
 
 def evaluation_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: int):
-    """`batch_size` is the trial's training batch; evaluation batches are EVAL_BATCH_FACTOR times it."""
+    """`batch_size` is the trial's training batch; evaluation batches are EVAL_BATCH_FACTOR times it.
+
+    The loader has a generator of its own although it never shuffles: a DataLoader draws a seed on
+    every pass, from the global RNG when it has no generator, and the global RNG is what dropout
+    draws from. So evaluating between epochs leaves training's dropout masks as they would be
+    without it (tests/test_train_equivalence.py trains step for step against a loop that never
+    evaluates)."""
     return torch.utils.data.DataLoader(
         SplitDataset(split), batch_size=EVAL_BATCH_FACTOR * batch_size, sampler=LengthOrderedSampler(split),
-        collate_fn=DynamicPadding.for_task(tokenizer, task),
+        collate_fn=DynamicPadding.for_task(tokenizer, task), generator=torch.Generator().manual_seed(0),
     )

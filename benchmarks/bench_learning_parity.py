@@ -1,0 +1,186 @@
+"""Learning parity: our LoRA (the `lora` preset, trained by `run_trial`, the path every search trial
+takes) against HF peft's LoRA on the same backbone, trained by a plain torch loop with transformers'
+own linear schedule, on the same training examples in the same order, scored on the same dev set.
+
+Recipe (issue 23's): MiniLM, 2,000 training examples (our seeded stratified subsample, used by both),
+200 optimizer steps at batch 16, max length 64, AdamW without weight decay, 6% warm-up then linear
+decay, gradients clipped at norm 1, learning rate 1e-3, LoRA on query and value at our plan's ranks
+(HF peft's `rank_pattern`; alpha = 2 x rank on both), the head trained. Each side initialises its own
+modules after seeding with the run's seed; dropout draws differ. Scored on every dev example.
+
+First, a step-for-step check on MiniLM + STS-B (tests/test_train_equivalence.py's check on the real
+backbone): our loop and the reference from the same weights and RNG state, 50 steps, the largest
+difference in step loss and in dev predictions.
+
+    .venv/bin/python benchmarks/bench_learning_parity.py --data-dir ../shared/data/glue \
+        [--tasks sst2 stsb mrpc] [--seeds 0 1 2 3 4] [--out benchmarks/data/learning-parity.jsonl]
+
+Every finished run is appended to --out at once; running again skips the runs it holds (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hf_reference import (  # noqa: E402 - tests/ holds the reference, shared with the equivalence test
+    LossRecorder,
+    hf_lora_twin,
+    our_lora_ranks,
+    predict,
+    train_reference,
+    warmup_steps_for,
+)
+from peft_search.train import TrialConfig, run_trial  # noqa: E402
+from peft_search.train.batching import evaluation_loader, training_loader  # noqa: E402
+from peft_search.train.loop import train_worker  # noqa: E402
+from peft_search.train.metrics import compute_metrics  # noqa: E402
+from peft_search.train.prepare import load_model, prepare  # noqa: E402
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def recipe(args, task: str, seed: int, **overrides) -> TrialConfig:
+    values = dict(model="minilm", task=task, data_dir=args.data_dir, preset="lora", max_steps=args.steps,
+                  max_train_examples=args.train_examples, learning_rate=args.lr, batch_size=16, max_length=64,
+                  seed=seed, cache_dir=args.cache_dir)
+    return TrialConfig(**{**values, **overrides})
+
+
+def step_for_step(args) -> dict:
+    """Our loop and the reference, same start, same batches, same RNG: the largest differences."""
+    config = recipe(args, "stsb", 0, max_steps=50, max_eval_examples=400)
+    prepared = prepare(config)
+    reference = hf_lora_twin(load_model(config.model, prepared.data.task), ours=prepared.model)
+    recorder = LossRecorder(prepared.model)
+    torch.manual_seed(1234)
+    outcome = train_worker(config, prepared)
+    recorder.remove()
+    loader = training_loader(prepared.data.train, prepared.tokenizer, prepared.data.task, config.batch_size, config.seed)
+    torch.manual_seed(1234)
+    theirs = train_reference(reference, loader, lr=config.lr, total_steps=config.max_steps,
+                             warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
+    dev = evaluation_loader(prepared.data.validation, prepared.tokenizer, prepared.data.task, config.batch_size)
+    ours_predicted, _ = predict(prepared.model, dev, True)
+    theirs_predicted, _ = predict(reference, dev, True)
+    return {
+        "steps": len(theirs),
+        "max_loss_difference": float(np.max(np.abs(np.array(recorder.losses) - np.array(theirs)))),
+        "max_prediction_difference": float(np.max(np.abs(ours_predicted - theirs_predicted))),
+        "first_loss": theirs[0], "last_loss": theirs[-1], "status": outcome["status"],
+    }
+
+
+def train_hf_peft(config: TrialConfig) -> dict:
+    """HF peft's LoRA on our ranks, trained by the plain loop with transformers' schedule."""
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    prepared = prepare(config)  # our data (the same examples) and our plan's ranks; its model is not trained
+    ranks = our_lora_ranks(prepared.model)
+    task = prepared.data.task
+    set_seed(config.seed)
+    model = hf_lora_twin(load_model(config.model, task), ranks=ranks)
+    loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed)
+    losses = train_reference(model, loader, lr=config.lr, total_steps=config.max_steps, schedule="transformers",
+                             warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
+    dev = evaluation_loader(prepared.data.validation, prepared.tokenizer, task, config.batch_size)
+    predictions, labels = predict(model, dev, task.regression)
+    metrics = compute_metrics(task.metrics, predictions, labels, 1 if task.regression else task.num_labels)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"score": metrics[task.main_metric], "metrics": metrics, "trainable_params": trainable,
+            "train_loss_last20": float(np.mean(losses[-20:])), "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def train_ours(config: TrialConfig) -> dict:
+    result = run_trial(config)
+    if result.status != "finished":
+        raise SystemExit(f"our trial {result.status}: {result.error}")
+    return {"score": result.score, "metrics": result.metrics, "trainable_params": result.realised_params + result.head_params,
+            "train_loss_last20": None, "wall_s": result.wall_time_s}
+
+
+def interval(differences: list[float]) -> tuple[float, float, float]:
+    mean = statistics.mean(differences)
+    if len(differences) < 2:
+        return mean, math.nan, math.nan
+    half = T_975.get(len(differences) - 1, 1.96) * statistics.stdev(differences) / math.sqrt(len(differences))
+    return mean, mean - half, mean + half
+
+
+def table(records: list[dict], tasks, seeds) -> str:
+    lines = ["| task (metric) | seeds | ours: mean +/- std | HF peft: mean +/- std | ours - HF peft, paired: mean [95% CI] |",
+             "|---|---:|---:|---:|---:|"]
+    for task in tasks:
+        by_side = {side: {r["seed"]: r["score"] for r in records if r["task"] == task and r["side"] == side}
+                   for side in ("ours", "hf_peft")}
+        paired = [s for s in seeds if s in by_side["ours"] and s in by_side["hf_peft"]]
+        if not paired:
+            continue
+        ours = [by_side["ours"][s] for s in paired]
+        theirs = [by_side["hf_peft"][s] for s in paired]
+        mean, low, high = interval([a - b for a, b in zip(ours, theirs)])
+        spread = lambda v: f"{statistics.mean(v):.3f} +/- {statistics.stdev(v) if len(v) > 1 else 0:.3f}"  # noqa: E731
+        metric = next(r["metric"] for r in records if r["task"] == task)
+        lines.append(f"| {task} ({metric}) | {len(paired)} | {spread(ours)} | {spread(theirs)} | "
+                     f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="GLUE root (../shared/data/glue)")
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "stsb", "mrpc"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--train-examples", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out", default="benchmarks/data/learning-parity.jsonl")
+    parser.add_argument("--skip-step-check", action="store_true")
+    args = parser.parse_args()
+
+    if not args.skip_step_check:
+        check = step_for_step(args)
+        print(f"step for step, MiniLM + STS-B, {check['steps']} steps: largest loss difference "
+              f"{check['max_loss_difference']:.2e} (loss {check['first_loss']:.3f} -> {check['last_loss']:.3f}), "
+              f"largest dev prediction difference {check['max_prediction_difference']:.2e}", flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    settings = {"steps": args.steps, "train_examples": args.train_examples, "lr": args.lr}
+    records = [r for r in records if r["settings"] == settings]
+    done = {(r["task"], r["seed"], r["side"]) for r in records}
+    for task in args.tasks:
+        for seed in args.seeds:
+            for side, train in (("ours", train_ours), ("hf_peft", train_hf_peft)):
+                if (task, seed, side) in done:
+                    continue
+                config = recipe(args, task, seed)
+                outcome = train(config)
+                from peft_search.train.tasks import get_task
+
+                record = {"task": task, "seed": seed, "side": side, "metric": get_task(task).main_metric,
+                          "settings": settings, **outcome}
+                records.append(record)
+                with out.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(f"{task} seed {seed} {side:<8} {record['metric']} {record['score']:.4f} "
+                      f"({record['trainable_params']:,} trainable, {record['wall_s']:.0f}s)", flush=True)
+    print()
+    print(table(records, args.tasks, args.seeds))
+
+
+if __name__ == "__main__":
+    main()
