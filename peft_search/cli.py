@@ -10,6 +10,7 @@ read the same and no logic hides here (each handler is a few lines over the laye
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -265,8 +266,14 @@ def cmd_resume(args) -> int:
 def _run_controller(controller, address) -> int:
     from peft_search.search.controller import SearchFailed
 
+    def continue_with() -> str:
+        # A finished search stays finished; what was cut short then is its final evaluation.
+        command = "evaluate" if controller.state["status"] == "finished" else "resume"
+        return f"peft-search {command} {controller.run_dir}"
+
     try:
-        state = controller.run(address=address)
+        with interrupted_exits(continue_with):
+            state = controller.run(address=address)
     except SearchFailed as error:
         print(f"peft-search: search failed: {error}", file=sys.stderr)
         return 1
@@ -303,6 +310,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+class Interrupted(SystemExit):
+    """A command stopped by SIGINT or SIGTERM: its exit status is the shell's 128 + the signal."""
+
+
+@contextlib.contextmanager
+def interrupted_exits(continue_with):
+    """SIGINT / SIGTERM end the block's work undecided (search/interrupt.py) and the command with
+    the shell's status and how to continue (`continue_with`: a command, or a function giving it)."""
+    from peft_search.search import interrupt
+
+    with interrupt.interruptible():
+        try:
+            yield
+        except (interrupt.RunInterrupted, KeyboardInterrupt) as stop:
+            name = stop.signal_name if isinstance(stop, interrupt.RunInterrupted) else "a second signal"
+            print(f"\npeft-search: interrupted by {name}; nothing unfinished was decided, and every finished trial "
+                  f"is kept.\ncontinue with: {continue_with() if callable(continue_with) else continue_with}",
+                  file=sys.stderr, flush=True)
+            raise Interrupted(stop.exit_code if isinstance(stop, interrupt.RunInterrupted) else 130) from None
+
+
 def cmd_evaluate(args) -> int:
     from peft_search.report import write_report
     from peft_search.search.final.evaluate import evaluate_run
@@ -312,7 +340,8 @@ def cmd_evaluate(args) -> int:
     final = None
     if args.final:
         final = load_final_file(args.final, load_run_spec(require_run(args.run) / "spec.yaml"))
-    path = evaluate_run(args.run, final=final, address=args.address)
+    with interrupted_exits(f"peft-search evaluate {args.run}"):
+        path = evaluate_run(args.run, final=final, address=args.address)
     print(f"final:  {path}")
     print(f"report: {write_report(args.run)}")
     return 0
@@ -337,7 +366,8 @@ def cmd_fidelity(args) -> int:
         except ValueError:
             raise InputError("--steps", f"comma-separated whole numbers of steps, e.g. 25,50,100; got {args.steps!r}") from None
     spec = prepare_spec(args.job, storage=args.storage, data_dir=args.data_dir, address=args.address)
-    run_fidelity(spec, args.job, lengths=lengths, designs=args.designs, resume=args.resume, address=args.address)
+    with interrupted_exits(f"peft-search fidelity {args.job} --resume (with the same options)"):
+        run_fidelity(spec, args.job, lengths=lengths, designs=args.designs, resume=args.resume, address=args.address)
     return 0
 
 
@@ -463,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except Interrupted as stop:
+        return stop.code
     except InputError as error:
         print(f"peft-search: error: {error}", file=sys.stderr)
         return 2

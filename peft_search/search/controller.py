@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from peft_search.errors import InputError
+from peft_search.search import interrupt
 from peft_search.search.preflight import prepare_spec  # noqa: F401 - the controller's entry point, re-exported
 from peft_search.search.spec import SearchSpec, load_run_spec, spec_diff
 from peft_search.search.stage.decide import Decision, decide_stage, derive_seed, trial_scores
@@ -136,20 +137,31 @@ class Controller:
 
     def run(self, address: str | None = None) -> dict:
         """Run every stage not yet decided, then (when the spec has a `final:` section) the final
-        evaluation; returns the state. SearchFailed when a stage cannot decide. However the search
-        ends early (an error, Ctrl-C), the state says `failed` and why before the error goes on; a
-        run killed outright stays `running` until `resume` continues it."""
-        try:
-            return self._run(address)
-        except BaseException as error:
-            self._mark_failed(error)
-            raise
+        evaluation; returns the state. SearchFailed when a stage cannot decide. SIGINT or SIGTERM
+        (interrupt.py) stop it undecided: the state says `interrupted` and `RunInterrupted` goes on
+        (KeyboardInterrupt after a second signal). An error ends it `failed`, with the reason; a run
+        killed outright stays `running`. `resume` continues any of them."""
+        with interrupt.interruptible():
+            try:
+                return self._run(address)
+            except (interrupt.RunInterrupted, KeyboardInterrupt) as stop:
+                self._mark_ended("interrupted", stop)
+                raise
+            except BaseException as error:
+                self._mark_ended("failed", error)
+                raise
 
-    def _mark_failed(self, error: BaseException) -> None:
+    def _mark_ended(self, status: str, error: BaseException) -> None:
+        """The state as `failed` or `interrupted`, with the reason; a finished search stays finished
+        (what failed after it, the final evaluation, says so itself)."""
         if self.state["status"] == "finished":
-            return  # the search itself finished; what failed after it (the final evaluation) says so itself
+            return
         reason = str(error).strip().splitlines()[0][:500] if str(error).strip() else ""
-        self.state.update(status="failed", error=f"{type(error).__name__}: {reason}".rstrip(": "), failed_at=utc_now())
+        self.state.update(status=status, error=f"{type(error).__name__}: {reason}".rstrip(": "))
+        self.state[f"{status}_at"] = utc_now()
+        for stage_state in self.state["stages"]:
+            if stage_state["status"] == "running":
+                stage_state["status"] = status  # undecided; `resume` runs it again from its records
         try:
             self.save_state()
         except OSError:
@@ -186,6 +198,7 @@ class Controller:
         for index, stage_state in enumerate(self.state["stages"]):
             if stage_state["status"] in ("decided", "skipped"):
                 continue
+            interrupt.check()  # between stages: the next one does not start
             component = stage_state["component"]
             path = plan_path(self.run_dir, index)
             if path.is_file():
@@ -217,6 +230,8 @@ class Controller:
             started = time.monotonic()
             run_stage(self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
                       self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index))
+            stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
+            interrupt.check()  # Tune stopped early: the stage stays undecided, whatever finished
             records = read_records(self.run_dir, index)
             decision = self._decide(index, plan, records)
             stage_state.update(
@@ -225,7 +240,6 @@ class Controller:
                 winner=decision.winner,
                 finished=sum(1 for r in records if r["status"] == "finished"),
                 failed=sum(1 for r in records if r["status"] != "finished"),
-                wall_time_s=round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1),
                 decided_at=utc_now(),
             )
             space = space.clamp(component, space.parse_choice(component, decision.winner))
@@ -257,6 +271,8 @@ class Controller:
             started = time.monotonic()
             profile = profile_backbone(load_backbone(self.spec.backbone, meta=True))
             outcome = run_joint(self.run_dir, self.spec, profile, trial_resources(self.spec.resources), say=self.say)
+            stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
+            interrupt.check()
             records = read_records(self.run_dir, 0)
             decision = decide_joint(self.spec, records, derive_seed(self.spec.seed, 0))
             if decision.winner is None:
@@ -267,8 +283,7 @@ class Controller:
                 status="decided", decision=decision.to_dict(), winner=decision.winner,
                 infeasible_draws=outcome["infeasible"],
                 finished=sum(1 for r in records if r["status"] == "finished"),
-                failed=sum(1 for r in records if r["status"] != "finished"),
-                wall_time_s=round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1), decided_at=utc_now(),
+                failed=sum(1 for r in records if r["status"] != "finished"), decided_at=utc_now(),
             )
             self.state["discovered"] = self._best_design(0, decision, records)
             write_results(self.run_dir)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from peft_search.errors import InputError
+from peft_search.search import interrupt
+from peft_search.search.interrupt import tune_stopper
 from peft_search.search.progress import RecordProgress, quiet_tune_output
 from peft_search.search.spec import Fidelity, SearchSpec, load_run_spec
 from peft_search.search.stage.decide import derive_seed
@@ -177,10 +179,11 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
                 param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
                 tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
                 run_config=tune.RunConfig(name=f"tune-{int(datetime.datetime.now().timestamp())}",
-                                          storage_path=str(run_dir / "fidelity"), verbose=0),
+                                          storage_path=str(run_dir / "fidelity"), stop=tune_stopper(), verbose=0),
             ).fit()
         finally:
             progress.stop()
+        interrupt.check()  # no recommendation from a pilot cut short
     records = [read_json(row.record_path(run_dir)) for row in rows if row.record_path(run_dir).is_file()]
     results = summarize(records, lengths, spec.tasks)
     steps, why = recommend(results)

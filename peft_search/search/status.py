@@ -162,7 +162,8 @@ def decision_summary(decision: Decision) -> str:
 
 
 def format_status(status: dict) -> str:
-    lines = [f"run {status['run_dir']}: {status['status']}"]
+    lines = [f"run {status['run_dir']}: {status['status']}"
+             + (f" (continue with: peft-search resume {status['run_dir']})" if status["status"] in ("interrupted", "failed") else "")]
     lines.append(
         f"trials: {status['trials_done']} done, {status['trials_failed']} failed"
         + (f", {status['trials_running']} running (or interrupted, if the driver is gone: resume reruns them)"

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peft_search.errors import InputError
+from peft_search.search import interrupt
+from peft_search.search.interrupt import tune_stopper
 from peft_search.search.progress import quiet_tune_output
 from peft_search.search.spec import FinalSpec, SearchSpec, load_run_spec
 from peft_search.search.stage.decide import derive_seed
@@ -212,10 +214,12 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
         run_config=tune.RunConfig(
             name=f"tune-{task_slug(task)}-{contender.name}-{int(time.time())}",
             storage_path=str(final_dir(run_dir) / "tune"),
+            stop=tune_stopper(),
             verbose=0,
         ),
     )
     tuner.fit()
+    interrupt.check()  # an interrupted tuning picks no rate: it restarts on resume
     records = [r for r in read_final_records(run_dir) if r["phase"] == "tune" and r["task"] == task and r["contender"] == contender.name]
     scored = [r for r in records if r["status"] == "finished" and r["score"] is not None and math.isfinite(r["score"])]
     if scored:
@@ -282,9 +286,11 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
             tune.with_resources(trial_trainable, trial_resources(spec.final_resources)),
             param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.final_max_concurrent_trials, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"runs-{int(time.time())}", storage_path=str(directory / "tune"), verbose=0),
+            run_config=tune.RunConfig(name=f"runs-{int(time.time())}", storage_path=str(directory / "tune"),
+                                      stop=tune_stopper(), verbose=0),
         )
         tuner.fit()
+        interrupt.check()
     path = write_final(run_dir)
     write_json_atomic(directory / FINAL_DONE_FILE, {"finished_at": utc_now(), "runs": len(rows), "skipped": skipped})
     say(f"final evaluation: {path}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.search import Searcher
 
+from peft_search.search.interrupt import tune_stopper
 from peft_search.search.progress import RecordProgress, quiet_tune_output
 from peft_search.search.stage.plan import StagePlan
 from peft_search.search.stage.racing import RaceState, race_state
@@ -109,6 +110,7 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
             name=name,
             storage_path=str(directory),
             failure_config=tune.FailureConfig(max_failures=retries),
+            stop=tune_stopper(),  # SIGINT / SIGTERM end the experiment; the stage stays undecided
             verbose=0,
         ),
     )

@@ -27,6 +27,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from peft_search.errors import InputError
+from peft_search.search.interrupt import tune_stopper
 from peft_search.search.progress import RecordProgress, quiet_tune_output
 from peft_search.search.stage.decide import Decision, summarize_choice
 from peft_search.search.stage.plan import PlanRow, choice_seed, trial_config
@@ -224,7 +225,7 @@ def run_joint(run_dir: StoragePath, spec, profile, resources: dict, say=print) -
                 max_concurrent_trials=spec.max_concurrent_trials,
                 reuse_actors=True,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=str(directory),
+            run_config=tune.RunConfig(name=name, storage_path=str(directory), stop=tune_stopper(),
                                       failure_config=tune.FailureConfig(max_failures=spec.retries), verbose=0),
         )
         total = spec.joint.trials * len(spec.tasks) * len(spec.seeds)
