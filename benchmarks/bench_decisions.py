@@ -12,14 +12,20 @@ cheaper stages and decides each with:
 - `independent_fixed`: today's old protocol: N designs per choice, each choice's N blocks drawn on
   its own (so its designs share nothing with the other choices'), Behrens-Fisher P(best);
 - `paired_fixed`: N blocks drawn once and shared by every choice, blocked P(best);
-- `paired_racing`: the blocks in a random order, raced exactly as a stage races (`judge_round`,
-  `stop_reason`: min_blocks, then one block per round, dropping choices below 1 - confidence,
-  stopping at confidence or when the reference's blocks run out).
+- `default` and `kn ...`: the blocks in a random order, raced exactly as a stage races
+  (`racing.judge`: the selection procedure, KN with a tie stop, after every block from the first
+  stage on, until it selects, declares a tie, or `max_blocks` blocks ran): `default` with the
+  spec's defaults (`Racing()`), then every setting of the grid below.
 Blocks are drawn without replacement (a block drawn twice would fake agreement). Per method:
-`agreement` (share of resamples whose winner is the reference's full-data winner), `trials_fraction`
-(mean trials used / the reference's trials), `calibration` (among resamples reporting P(best) >= 0.9,
-the share that agree; null when none do), `regret` (mean over resamples of the reference mean of
-the reference winner minus that of the chosen choice), and `confident` (share reporting >= 0.9).
+`agreement` (share of resamples whose kept choice is the reference's full-data winner),
+`trials_fraction` (mean trials used / the reference's trials), `confident` (share of resamples
+making a claim: P(best) >= 0.9 for the fixed-N methods; a selection or a tie for the procedure),
+`calibration` (share of those claims that are right: the chosen choice is the reference winner for
+P(best); for the procedure, a selection's choice is within delta of the reference best's mean
+(KN's guarantee is about that: a correct selection when one choice is delta better, a good one
+otherwise) and a tie's choices all are; null when no claim), `ties` (share declaring a tie; its
+claims are in `calibration` too) and `regret` (mean over resamples of the reference mean of the
+reference winner minus that of the chosen choice).
 """
 
 from __future__ import annotations
@@ -35,25 +41,33 @@ import pyarrow.parquet as pq
 
 from peft_search.search.spec import Racing
 from peft_search.search.stage.confidence import compare_blocks, compare_independent
-from peft_search.search.stage.racing import judge_round, stop_reason
+from peft_search.search.stage.racing import judge
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "benchmarks" / "data" / "decisions-reference.parquet"
 JOB = ROOT / "jobs" / "decisions-reference.yaml"
 KEEP = ["trial_id", "choice", "block", "design_id", "task", "seed", "status", "score", "baseline_score", "collapsed",
-        "wall_time_s", "grouping", "allocation", "tunable_groups", "strategies"]
+        "wall_time_s", "grouping", "allocation", "tunable_groups", "strategies", "metrics_json"]  # every metric, eval loss too
 CONFIDENT = 0.9
+# Racing settings replayed besides the defaults: (min_blocks, max_blocks, delta, confidence).
+GRID = [(2, 3, 0.05, 0.9), (2, 4, 0.05, 0.9), (3, 6, 0.05, 0.9), (5, 6, 0.05, 0.9), (3, 16, 0.05, 0.9),
+        (3, 16, 0.03, 0.9), (3, 16, 0.02, 0.9), (8, 16, 0.05, 0.9), (8, 16, 0.03, 0.9), (8, 16, 0.05, 0.95)]
 
 
 # ---- record -----------------------------------------------------------------------------------------
 
 
-def record(job: Path, out: Path, data_dir: str, storage: str) -> None:
-    command = [sys.executable, "-m", "peft_search.cli", "run", str(job), "--data-dir", data_dir, "--storage", storage]
-    print(" ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    runs = sorted((p for p in Path(storage).iterdir() if (p / "results.parquet").is_file()), key=lambda p: p.stat().st_mtime)
-    table = pq.read_table(runs[-1] / "results.parquet").select(KEEP)
+def record(job: Path, out: Path, data_dir: str, storage: str, run: Path | None = None) -> None:
+    """Run the reference job (or take the finished run `run`: a long one is run, and resumed, with
+    `peft-search run/resume` and kept from here) and keep its trial records."""
+    if run is None:
+        command = [sys.executable, "-m", "peft_search.cli", "run", str(job), "--data-dir", data_dir, "--storage", storage]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True)
+        runs = sorted((p for p in Path(storage).iterdir() if (p / "results.parquet").is_file()), key=lambda p: p.stat().st_mtime)
+        run = runs[-1]
+    table = pq.read_table(run / "results.parquet")
+    table = table.select([name for name in KEEP if name in table.column_names])
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
     print(f"{table.num_rows} trial records -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
@@ -63,14 +77,21 @@ def record(job: Path, out: Path, data_dir: str, storage: str) -> None:
 
 
 def score_table(path: Path) -> tuple[list[str], list[int], np.ndarray, int]:
-    """(choices, blocks, scores[choice, block] with NaN for a failed design, reference trials)."""
+    """(choices, blocks, scores[choice, block] with NaN for a failed design, reference trials). A
+    design's score is the service's (`racing.block_scores`: the mean over tasks of each task's mean
+    over seeds)."""
+    from peft_search.search.stage.racing import block_scores
+
     rows = pq.read_table(path).to_pylist()
-    choices = sorted({r["choice"] for r in rows})
+    tasks = sorted({r["task"] for r in rows})
+    table = block_scores(rows, tasks)
+    choices = sorted(table)
     blocks = sorted({r["block"] for r in rows})
     scores = np.full((len(choices), len(blocks)), np.nan)
-    for r in rows:  # one task and one seed: a design's score is its trial's
-        if r["status"] == "finished" and r["score"] is not None:
-            scores[choices.index(r["choice"]), blocks.index(r["block"])] = r["score"]
+    for i, choice in enumerate(choices):
+        for block, score in table[choice].items():
+            if score is not None:
+                scores[i, blocks.index(block)] = score
     return choices, blocks, scores, len(rows)
 
 
@@ -99,56 +120,79 @@ def paired_fixed(choices, scores, n, rng, seed):
     return winner, comparison.p_best.get(winner), n * len(choices)
 
 
-def paired_racing(choices, scores, racing: Racing, rng, seed):
-    order = rng.permutation(scores.shape[1])
+def procedure(choices, scores, racing: Racing, max_blocks: int, rng):
+    """One resample raced under the selection procedure: (kept choice, claim or None, trials)."""
+    order = [int(b) for b in rng.permutation(scores.shape[1])[:max_blocks]]
     table = as_blocks(choices, scores, order)
-    survivors, trials, count, round_index = list(choices), 0, min(racing.min_blocks, len(order)), 0
-    trials = count * len(choices)
-    while True:
-        in_round = [int(b) for b in order[:count]]
-        survivors, _, winner = judge_round(table, survivors, in_round, racing, round_index, seed)
-        if stop_reason(winner, survivors, count, len(order), racing) is not None:
+    first = min(racing.min_blocks, len(order))
+    for count in range(first, len(order) + 1):
+        verdict = judge(table, choices, order[:count], racing, len(order))
+        if verdict.done:
             break
-        added = min(count + racing.blocks_per_round, len(order)) - count
-        trials += added * len(survivors)
-        count += added
-        round_index += 1
-    ran = [int(k) for k in order[:count]]
-    comparison = compare_blocks({c: {k: table[c][k] for k in ran} for c in survivors}, seed=seed + 10_000)
-    columns = {c: order[:count] for c in choices}
-    winner = winner_of(comparison, choices, scores, columns)
-    return winner, comparison.p_best.get(winner), trials
+    trials = sum(verdict.dropped[c].blocks if c in verdict.dropped else verdict.blocks for c in choices)
+    if verdict.outcome == "tie":
+        from peft_search.search.stage.racing import kept_on_tie
+
+        return kept_on_tie(verdict, racing.on_tie, "replay"), ("tie", verdict.tied), trials
+    claim = ("selected", verdict.survivors) if verdict.outcome == "selected" else None
+    return verdict.leader, claim, trials
 
 
-def replay(path: Path, resamples: int, fixed_n: int, racing: Racing, seed: int) -> dict:
+def replay(path: Path, resamples: int, fixed_n: int, seed: int) -> dict:
     choices, blocks, scores, reference_trials = score_table(path)
     full = compare_blocks(as_blocks(choices, scores, range(len(blocks))), seed=seed)
     reference_means = {c: float(np.nanmean(scores[i])) for i, c in enumerate(choices)}
     reference_winner = max(reference_means, key=lambda c: (reference_means[c], -choices.index(c)))
-    methods = {
-        "independent_fixed": lambda rng, s: independent_fixed(choices, scores, fixed_n, rng, s),
-        "paired_fixed": lambda rng, s: paired_fixed(choices, scores, fixed_n, rng, s),
-        "paired_racing": lambda rng, s: paired_racing(choices, scores, racing, rng, s),
-    }
+    best_mean = reference_means[reference_winner]
+
+    def fixed(method):
+        def run(rng, s):
+            winner, p, trials = method(choices, scores, fixed_n, rng, s)
+            claim = ("p_best", (winner,)) if p is not None and p >= CONFIDENT else None
+            return winner, claim, trials, None
+        return run
+
+    def raced(racing: Racing, max_blocks: int):
+        def run(rng, s):
+            kept, claim, trials = procedure(choices, scores, racing, max_blocks, rng)
+            return kept, claim, trials, racing.delta
+        return run
+
+    methods = {"independent_fixed": fixed(independent_fixed), "paired_fixed": fixed(paired_fixed),
+               "default": raced(Racing(), len(blocks))}
+    settings = {"default": {**Racing().model_dump(), "max_blocks": len(blocks)}}
+    for min_blocks, max_blocks, delta, confidence in GRID:
+        racing = Racing(min_blocks=min_blocks, delta=delta, confidence=confidence)
+        name = f"kn min_blocks={min_blocks} max_blocks={max_blocks} delta={delta:g} confidence={confidence:g}"
+        methods[name] = raced(racing, min(max_blocks, len(blocks)))
+        settings[name] = {**racing.model_dump(), "max_blocks": min(max_blocks, len(blocks))}
+
+    def right(claim, delta) -> bool:
+        kind, named = claim
+        if kind == "p_best":
+            return named[0] == reference_winner
+        return all(reference_means[c] >= best_mean - delta for c in named)
+
     results = {}
     for name, method in methods.items():
         rng = np.random.RandomState(seed)
         outcomes = [method(rng, seed + 1 + r) for r in range(resamples)]
-        agree = [w == reference_winner for w, _, _ in outcomes]
-        confident = [a for (w, p, _), a in zip(outcomes, agree) if p is not None and p >= CONFIDENT]
+        claims = [right(claim, delta) for _, claim, _, delta in outcomes if claim is not None]
         results[name] = {
-            "agreement": float(np.mean(agree)),
-            "trials_fraction": float(np.mean([t for _, _, t in outcomes]) / reference_trials),
-            "calibration": float(np.mean(confident)) if confident else None,
-            "confident": len(confident) / resamples,
-            "regret": float(np.mean([reference_means[reference_winner] - reference_means[w] for w, _, _ in outcomes])),
+            "agreement": float(np.mean([kept == reference_winner for kept, _, _, _ in outcomes])),
+            "trials_fraction": float(np.mean([t for _, _, t, _ in outcomes]) / reference_trials),
+            "calibration": float(np.mean(claims)) if claims else None,
+            "confident": len(claims) / resamples,
+            "ties": sum(claim is not None and claim[0] == "tie" for _, claim, _, _ in outcomes) / resamples,
+            "regret": float(np.mean([best_mean - reference_means[kept] for kept, _, _, _ in outcomes])),
             "resamples": resamples,
+            **({"settings": settings[name]} if name in settings else {}),
         }
     return {
         "reference": {"path": str(path), "trials": reference_trials, "blocks": len(blocks), "choices": choices,
                       "winner": reference_winner, "p_best": full.p_best, "means": reference_means,
                       "collapsed": int(pq.read_table(path).column("collapsed").to_numpy(zero_copy_only=False).sum())},
-        "settings": {"fixed_n": fixed_n, "racing": racing.model_dump(), "confident_at": CONFIDENT, "seed": seed},
+        "settings": {"fixed_n": fixed_n, "confident_at": CONFIDENT, "seed": seed},
         **results,
     }
 
@@ -161,19 +205,18 @@ def main() -> int:
     rec.add_argument("--out", default=str(REFERENCE), help="where its records go")
     rec.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     rec.add_argument("--storage", default="/tmp/peft-search-bench-decisions")
+    rec.add_argument("--from-run", type=Path, help="keep the records of this finished run instead of running the job")
     rep = commands.add_parser("replay", help="resample the reference under cheaper protocols")
     rep.add_argument("reference", nargs="?", default=str(REFERENCE))
     rep.add_argument("--json", dest="out", help="write the result here")
     rep.add_argument("--resamples", type=int, default=400)
     rep.add_argument("--fixed-n", type=int, default=4, help="designs (blocks) per choice of the fixed-N protocols")
-    rep.add_argument("--min-blocks", type=int, default=3)
-    rep.add_argument("--confidence", type=float, default=0.95)
     rep.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.command == "record":
-        record(Path(args.job), Path(args.out), args.data_dir, args.storage)
+        record(Path(args.job), Path(args.out), args.data_dir, args.storage, run=args.from_run)
         return 0
-    result = replay(Path(args.reference), args.resamples, args.fixed_n, Racing(min_blocks=args.min_blocks, confidence=args.confidence), args.seed)
+    result = replay(Path(args.reference), args.resamples, args.fixed_n, args.seed)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

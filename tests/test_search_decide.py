@@ -209,3 +209,27 @@ def test_a_design_repeated_in_every_block_is_scored_per_block():
     stats = {s.choice: s for s in decision.choices}
     assert stats["mix"].blocks == 3 and stats["mix"].mean == pytest.approx(0.7333333)
     assert stats["lora"].diff_mean == pytest.approx(-0.04)  # paired: the mean of -0.04, -0.05, -0.03
+
+
+@pytest.mark.parametrize("outcome, kept, words", [
+    ("tie", "uniform", "tie within 0.05 of uniform, spindle over 3 blocks"),
+    ("selected", "spindle", "selected by KN over 3 blocks (confidence 0.9 if at least 0.05 better"),
+    ("undecided", None, "undecided after 3 blocks (best mean; no guarantee at delta 0.05)"),
+])
+def test_a_finished_race_decides_as_its_selection_procedure_says_and_claims_no_p_best(outcome, kept, words):
+    from peft_search.search.spec import Racing
+    from peft_search.search.stage.racing import RaceState
+    from peft_search.search.status import decision_summary
+
+    trials = paired_trials({"uniform": 0.70, "spindle": 0.72}, [0.0, 0.01, -0.01])
+    race = RaceState(round=1, blocks=3, survivors=("uniform", "spindle") if outcome != "selected" else ("spindle",),
+                     done=True, reason="why", outcome=outcome, tied=("uniform", "spindle") if outcome == "tie" else (),
+                     kept=kept)
+    decision = decide_stage("grouping", ["uniform", "spindle"], trials, ["sst2"], seed=2, race=race,
+                            racing=Racing(confidence=0.9, delta=0.05, on_tie="first"))
+    assert decision.winner == (kept or "spindle")  # undecided: the best mean
+    assert decision.outcome == outcome and decision.win_probability is None
+    assert all(stats.p_best is None for stats in decision.choices)
+    assert decision.stats("uniform").diff_high is not None  # the paired interval to the best stays
+    assert words in decision_summary(decision)
+    assert Decision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision

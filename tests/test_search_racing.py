@@ -1,6 +1,7 @@
 """Racing a stage with a fake trainer: the real planner, `race_state` and the Tune `StageSearcher`
 (its suggest / on_trial_complete, as Tune calls them), with scores that a function of the design
-gives instead of training. Resume is a new searcher over the same records."""
+gives instead of training. Resume is a new searcher over the same records. The selection
+procedure itself is tested on synthetic data in test_search_selection.py."""
 
 import json
 import random
@@ -33,7 +34,7 @@ def make_spec(**changes) -> SearchSpec:
         "designs_per_choice": 12,
         "fidelity": {"max_steps": 20},
         "stages": ["grouping"],
-        "racing": {"min_blocks": 3, "confidence": 0.95},
+        "racing": {"min_blocks": 8, "confidence": 0.95, "delta": 0.05},  # a first stage KN screens after
     }
     return SearchSpec.from_dict({**base, **changes})
 
@@ -81,12 +82,28 @@ def test_a_race_drops_the_clear_losers_and_stops_early(tmp_path, profile):
     trained = drive(searcher, tmp_path)
     state = searcher.state
     assert state.done and trained == len(read_records(tmp_path, 0)) < plan.num_trials
-    assert "spindle" in state.survivors and "bottleneck" in state.eliminated
-    assert state.eliminated["bottleneck"].round == 0 and state.eliminated["bottleneck"].p_best < 0.05
+    assert state.outcome == "selected" and state.survivors == ("spindle",) and state.kept == "spindle"
+    dropped = state.eliminated["bottleneck"]
+    assert dropped.round == 0 and dropped.gap > dropped.allowance >= 0
     # The first round trains min_blocks blocks of every choice; later rounds only the survivors.
     records = read_records(tmp_path, 0)
-    assert {r["block"] for r in records if r["choice"] == "bottleneck"} == {0, 1, 2}
+    assert {r["block"] for r in records if r["choice"] == "bottleneck"} == set(range(8))
     assert searcher.suggest("another") == Searcher.FINISHED
+
+
+def test_choices_within_delta_stop_early_as_a_tie_kept_by_the_specs_rule(tmp_path, profile, monkeypatch):
+    # Every pattern within 0.004 of the others, little noise: a tie within 0.05 long before 12 blocks,
+    # with the default first stage (3 blocks: too few for KN to drop anything, enough for a tie).
+    monkeypatch.setitem(globals(), "TRUE_MEANS", {c: 0.70 + 0.001 * i for i, c in enumerate(TRUE_MEANS)})
+    spec = make_spec(racing={"delta": 0.05, "on_tie": "paper"})
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    searcher = StageSearcher(tmp_path, plan, spec.racing, spec.tasks, seed=7)
+    trained = drive(searcher, tmp_path)
+    state = searcher.state
+    assert state.outcome == "tie" and set(state.tied) == set(TRUE_MEANS) and not state.eliminated
+    assert trained < plan.num_trials  # stopped before its 12 planned blocks
+    assert state.kept == "spindle"  # on_tie: paper (the paper's grouping)
+    assert "tie within 0.05" in state.reason and "kept spindle (paper)" in state.reason
 
 
 def test_without_racing_every_planned_row_runs(tmp_path, profile):

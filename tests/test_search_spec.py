@@ -158,7 +158,10 @@ BAD_SPECS = [
     ({"racing": {"min_blocks": 1}}, "racing.min_blocks", ["greater than or equal to 2"]),
     ({"racing": {"confidence": 1.0}}, "racing.confidence", ["less than 1"]),
     ({"racing": {"confidence": 0.5}}, "racing.confidence", ["greater than 0.5"]),
-    ({"racing": {"max_blocks": 8}}, "racing.max_blocks", ["unknown key", "min_blocks, confidence, blocks_per_round"]),
+    ({"racing": {"max_blocks": 8}}, "racing.max_blocks", ["unknown key", "min_blocks, confidence, delta, on_tie"]),
+    ({"racing": {"delta": 0}}, "racing.delta", ["greater than 0"]),
+    ({"racing": {"delta": 1.5}}, "racing.delta", ["less than or equal to 1"]),
+    ({"racing": {"on_tie": "coin"}}, "racing.on_tie", ["best_mean", "first", "paper"]),
     ({"racing": {"blocks_per_round": 0}}, "racing.blocks_per_round", ["greater than or equal to 1"]),
     ({"racing": "yes"}, "racing", ["Racing"]),
 ]
@@ -290,6 +293,8 @@ def test_a_run_spec_from_before_pairing_keeps_its_protocol(tmp_path):
     [
         ({"racing": {"min_blocks": 1}}, "racing.min_blocks"),
         ({"racing": {"confidence": 2}}, "racing.confidence"),
+        ({"racing": {"delta": -0.1}}, "racing.delta"),
+        ({"racing": {"on_tie": "random"}}, "racing.on_tie"),
         ({"sampling": "random"}, "sampling"),
         ({"sampling": "independent"}, "racing"),
     ],

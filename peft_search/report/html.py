@@ -112,7 +112,9 @@ def _header(run: RunView) -> str:
         f"fidelity {escape(_fidelity_text(spec.fidelity))}.</p>",
         f'<p class="note">Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}. '
         "A design's score is the mean over tasks of each task's main metric; a stage keeps the choice with the "
-        "best mean design score. The interval is a Student-t 95% interval of the mean. P(best) is each choice's "
+        "best mean design score. The interval is a Student-t 95% interval of the mean. A raced stage is decided by "
+        "its selection procedure (KN with a stop for ties: selected, tie within delta, or undecided; docs/design.md, "
+        "Selection procedure) and shows no P(best). Elsewhere P(best) is each choice's "
         "posterior probability of being the best: for paired designs (blocks) from the randomized complete block "
         "model, for independent designs from each choice's own t posterior (docs/design.md, Decisions); "
         "'-' where too few blocks or designs leave the noise unknown.</p>",
@@ -204,15 +206,20 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
                 else f"{decision.method} comparison")
     race = (f" Race: {decision.rounds} rounds, {escape(decision.race_reason or '')}; {decision.trials_run} of "
             f"{decision.trials_planned} planned trials trained." if decision.rounds is not None else "")
+    if decision.outcome is not None:  # decided by the selection procedure: its verdict is the claim
+        claim = (f"Selection procedure (KN, delta {decision.delta:g}, confidence {decision.selection_confidence:g}): "
+                 f"{escape(decision.outcome)}" + (f", tied: {escape(', '.join(decision.tied))}" if decision.tied else "")
+                 + "; no P(best) is claimed (docs/design.md, Selection procedure).")
+    elif probability is not None:
+        claim = (f"{escape(decision.winner)} is the best with probability {probability:.2f} ({evidence}, "
+                 f"{decision.resamples} Monte Carlo draws, seed {decision.seed}).")
+    else:
+        claim = f"P(best) unknown: {evidence} with too few blocks or designs to estimate the noise."
     parts.append(
         f'<p class="decision" data-winner="{escape(decision.winner or "")}" data-runner-up="{escape(decision.runner_up or "")}"'
         + (f' data-win-probability="{probability!r}"' if probability is not None else "")
-        + ">"
-        + (f"{escape(decision.winner)} is the best with probability {probability:.2f} ({evidence}, "
-           f"{decision.resamples} Monte Carlo draws, seed {decision.seed})."
-           if probability is not None else f"P(best) unknown: {evidence} with too few blocks or designs to estimate the noise.")
-        + race
-        + "</p></section>"
+        + (f' data-outcome="{escape(decision.outcome)}"' if decision.outcome is not None else "")
+        + ">" + claim + race + "</p></section>"
     )
     return "\n".join(parts)
 

@@ -303,7 +303,7 @@ class Controller:
         race = race_state(plan, records, self.spec.racing, self.spec.tasks, seed) if self.spec.racing is not None else None
         decision = decide_stage(
             plan.component, list(plan.choices), trial_scores(records), self.spec.tasks, seed=seed, race=race,
-            trials_planned=plan.num_trials,
+            trials_planned=plan.num_trials, racing=self.spec.racing,
         )
         if decision.winner is None:
             self.state["status"] = "failed"

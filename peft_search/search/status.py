@@ -149,7 +149,14 @@ def decision_summary(decision: Decision) -> str:
             text += f", P(beats {decision.runner_up}) = {decision.win_probability:.2f} (bootstrap)"
         return text
     evidence = f"{decision.blocks} blocks" if decision.method == "blocked" else f"{w.n_finished} designs each"
-    if decision.win_probability is None:
+    if decision.outcome is not None:  # decided by the selection procedure (selection.py)
+        text += {
+            "selected": f", selected by KN over {w.blocks} blocks (confidence {decision.selection_confidence:g} if at least "
+                        f"{decision.delta:g} better than the rest)",
+            "tie": f", tie within {decision.delta:g} of {', '.join(decision.tied)} over {w.blocks} blocks",
+            "undecided": f", undecided after {w.blocks} blocks (best mean; no guarantee at delta {decision.delta:g})",
+        }[decision.outcome]
+    elif decision.win_probability is None:
         text += f", P(best) unknown ({evidence}: too few to estimate the noise)"
     else:
         text += f", P(best) {fmt_probability(decision.win_probability)} over {evidence}"

@@ -258,12 +258,17 @@ GUIDE = """
 - `sampling: paired` (default): a stage's designs come in blocks; block k draws every free
   component except the one under study once, and every candidate gets that draw (and the same
   seeds, so the same data order). `designs_per_choice` is then the number of blocks a stage plans.
-- `racing` (default `{min_blocks: 3, confidence: 0.95, blocks_per_round: 1}`): every choice first
-  runs `min_blocks` blocks; after each round, a choice whose probability of being the best is
-  below 1 - `confidence` is dropped, and the stage stops when one choice reaches `confidence`, one
-  is left, or all `designs_per_choice` blocks ran. `racing: null` trains every planned design.
-  Racing needs `sampling: paired`; `sampling: independent` with `racing: null` is the paper's
-  protocol.
+- `racing` (default `{min_blocks: 3, confidence: 0.95, delta: 0.05, on_tie: best_mean,
+  blocks_per_round: 1}`): a stage runs its blocks in rounds under a selection procedure with a
+  stated guarantee (docs/design.md, "Selection procedure"): Kim and Nelson's KN on the paired
+  blocks. Every choice first runs `min_blocks` blocks (the first stage); after each round a choice
+  that has fallen behind another by more than KN's allowance is dropped (only with a first stage of
+  at least 8 blocks), and the stage stops when one choice is left (*selected*: the best with
+  probability >= `confidence` whenever it is at least `delta` better than every other), when every
+  remaining choice is within `delta` of the best with that confidence (a *tie*, which keeps a
+  choice by `on_tie`), or when all `designs_per_choice` blocks ran (*undecided*: the best mean,
+  no guarantee). `racing: null` trains every planned design. Racing needs `sampling: paired`;
+  `sampling: independent` with `racing: null` is the paper's protocol.
 - `fidelity`: too short a training length makes trials end at the constant prediction (the
   majority class; Matthews 0), which status and the report count as *collapsed* and warn about
   above 20% of a stage. `peft-search fidelity JOB [--steps 25,50,100] [--designs 8]` trains the

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from peft_search.errors import InputError
 from peft_search.search.spec.errors import SpecError, spec_error
+from peft_search.search.stage.selection import DEFAULT_DELTA, KN_MIN_FIRST_STAGE
 from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
 from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
 from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE
@@ -170,17 +171,29 @@ class Resources(_Strict):
 
 
 class Racing(_Strict):
-    """Racing: a stage runs its blocks in rounds and drops choices that are confidently not the best."""
+    """Racing: a stage runs its blocks in rounds and stops as its selection procedure says (Kim and
+    Nelson's KN on paired blocks, with a stop for ties; docs/design.md, "Selection procedure")."""
 
     min_blocks: int = Field(
         3, ge=2, le=MAX_DESIGNS,
-        description="blocks every choice runs before anything is dropped (at least 2: one block says nothing about "
-        "the noise); a stage with fewer planned blocks runs them all"
+        description="the first stage: blocks every choice runs before anything is decided (at least 2: one block says "
+        f"nothing about the noise); choices are dropped only with a first stage of at least {KN_MIN_FIRST_STAGE} blocks "
+        "(below that a stage stops early only for a tie); a stage with fewer planned blocks runs them all"
     )
     confidence: float = Field(
         0.95, gt=0.5, lt=1,
-        description="stop once one choice is the best with at least this posterior probability; drop a choice whose "
-        "probability of being the best falls below 1 - confidence; in (0.5, 1)",
+        description="the probability of selecting the best choice when it is at least delta better than every other "
+        "(KN's guarantee), and of not calling a difference of delta or more a tie; in (0.5, 1)",
+    )
+    delta: float = Field(
+        DEFAULT_DELTA, gt=0, le=1,
+        description="the smallest difference in design score worth finding (scores are accuracy, F1 or correlations, "
+        "on a scale of 1): choices closer than this are a tie; in (0, 1]",
+    )
+    on_tie: Literal["best_mean", "first", "paper"] = Field(
+        "best_mean",
+        description="which tied choice a tie keeps: best_mean, the first listed candidate, or the paper's pattern when "
+        "a candidate is it (spindle, uniform, all groups, S4's strategies; else the best mean)",
     )
     blocks_per_round: int = Field(
         1, ge=1, le=MAX_DESIGNS, description="blocks added to every remaining choice per round after the first"

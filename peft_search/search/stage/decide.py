@@ -79,6 +79,12 @@ class Decision:
     trials_run: int = 0
     trials_planned: int = 0  # with racing, what fixed N would have trained
     collapsed_trials: int = 0
+    # The selection procedure's verdict in a raced stage (selection.py): selected | tie | undecided;
+    # None for stages decided before it (their P(best) is the claim) and unraced ones.
+    outcome: str | None = None
+    tied: tuple[str, ...] = ()
+    delta: float | None = None  # racing.delta
+    selection_confidence: float | None = None  # racing.confidence
 
     def stats(self, choice: str) -> ChoiceStats:
         for stats in self.choices:
@@ -100,7 +106,7 @@ class Decision:
             for c in data["choices"]
         )
         designs = tuple(DesignScore(**d) for d in data.get("designs", ()))  # absent in state files before 0.2
-        return cls(**{**data, "choices": choices, "designs": designs})
+        return cls(**{**data, "choices": choices, "designs": designs, "tied": tuple(data.get("tied", ()))})
 
     def best_design(self, choice: str) -> DesignScore | None:
         """The best-scoring design of `choice` (ties: the smaller design id)."""
@@ -166,10 +172,12 @@ def decide_stage(
     race=None,
     draws: int = DRAWS,
     trials_planned: int | None = None,
+    racing=None,
 ) -> Decision:
     """Decide a stage from its trials (every choice in `choices` is reported, also one without a
     scored design). Paired designs (trials with a block) are compared block by block, others
-    independently; `race` (a `racing.RaceState`) limits who can win to the race's survivors."""
+    independently; `race` (a `racing.RaceState`) limits who can win to the race's survivors, and a
+    finished race's verdict (with `racing`, the spec's settings) makes the decision."""
     trials = list(trials)
     unknown = sorted({t.choice for t in trials} - set(choices))
     if unknown:
@@ -187,8 +195,23 @@ def decide_stage(
                            eliminated_round=eliminated.round if eliminated is not None else None)
         stats.append(summary)
     decision = _decision(component, stats, designs, race, seed, draws, CONFIDENCE)
+    if race is not None and _raced(designs) and race.done and race.outcome != "running":
+        decision = _procedure_verdict(decision, race, racing)
     return _replace(decision, trials_run=len(trials), trials_planned=trials_planned or len(trials),
                     collapsed_trials=sum(1 for t in trials if t.collapsed))
+
+
+def _procedure_verdict(decision: Decision, race, racing) -> Decision:
+    """A raced stage's decision as its selection procedure made it: the choice it kept (the selected
+    one, a tie's by `on_tie`; undecided: the best mean), and no P(best): the blocked posterior
+    overstates its certainty at a few heavy-tailed blocks, and the procedure's guarantee replaces it."""
+    winner = race.kept or decision.winner
+    others = sorted((s for s in decision.choices if s.scored and s.choice != winner and s.choice in race.survivors),
+                    key=lambda s: -s.mean)
+    return _replace(decision, winner=winner, runner_up=others[0].choice if others else None, win_probability=None,
+                    choices=tuple(_replace(s, p_best=None) for s in decision.choices), outcome=race.outcome,
+                    tied=tuple(race.tied), delta=getattr(racing, "delta", None),
+                    selection_confidence=getattr(racing, "confidence", None))
 
 
 def decide_trials(component: str, choices: Sequence[str], trials: Iterable[TrialScore], tasks: Sequence[str],

@@ -66,9 +66,8 @@ class StageSearcher(Searcher):
             return  # fixed N: no rounds, no drops, nothing to announce
         for choice, out in self.state.eliminated.items():
             if choice not in before.eliminated:
-                p = "n/a" if out.p_best is None else f"{out.p_best:.3f}"
                 self.say(f"stage {self.plan.stage + 1}: round {out.round + 1} ({out.blocks} blocks): dropped {choice} "
-                         f"(P(best) {p})")
+                         f"({out.gap:.4f} behind {out.behind}, more than KN's allowance {out.allowance:.4f})")
         if self.state.round != before.round and not self.state.done:
             self.say(f"stage {self.plan.stage + 1}: round {self.state.round + 1}: {len(self.state.survivors)} choices "
                      f"left, {self.state.blocks} blocks each")

@@ -1,16 +1,16 @@
 """Racing a stage: which blocks run, which choices are dropped, when the stage stops.
 
-A paired stage plans `designs_per_choice` blocks. Racing (DESIGN.md section 2, "Racing") runs them
-in rounds: round 0 is the first `min_blocks` blocks of every choice; after each round the blocked
-comparison (`confidence.compare_blocks`) over the round's blocks gives each remaining choice its
-posterior probability of being the best; choices below 1 - confidence are dropped; the stage stops
-when one choice reaches `confidence`, when one choice is left, or when every block has run.
+A paired stage plans `designs_per_choice` blocks. Racing runs them in rounds: round 0 is the first
+`min_blocks` blocks of every choice (the selection procedure's first stage); after each round the
+selection procedure (`selection.select`: KN on the paired block scores, with a stop for ties;
+docs/design.md, "Selection procedure") drops the choices it can and says whether the stage is
+done: one choice selected, a tie within `delta`, or every planned block run (undecided).
 Otherwise the next round adds `blocks_per_round` blocks to every remaining choice.
 
-The race is a pure function of (plan, trial records, racing settings, seed): `race_state` replays
-it from the records every time, so a resumed stage continues exactly where the race stopped, and a
+The race is a pure function of (plan, trial records, racing settings): `race_state` replays it
+from the records every time, so a resumed stage continues exactly where the race stopped, and a
 run interrupted and resumed decides as an uninterrupted one. Without racing (`racing: null`) the
-"race" is one round of every planned row. Pure: numpy through `confidence`; never ray.
+"race" is one round of every planned row. Pure: numpy through `selection`; never ray.
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from peft_search.search.stage.confidence import compare_blocks, race_step
 from peft_search.search.stage.plan import PlanRow, StagePlan
 from peft_search.search.stage.scores import design_scores, trial_scores
+from peft_search.search.stage.selection import RUNNING, SELECTED, TIE, UNDECIDED, Selection, select
 
 
 @dataclass(frozen=True)
 class Elimination:
     round: int  # the round after which the choice was dropped (0-based)
     blocks: int  # blocks the choice had run by then
-    p_best: float | None  # its probability of being the best at that moment
+    p_best: float | None = None  # kept for state files written before the selection procedure
+    behind: str | None = None  # the choice it fell behind
+    gap: float | None = None  # by how much (mean difference), against ...
+    allowance: float | None = None  # ... KN's allowance W at that moment
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class RaceState:
     pending: tuple[PlanRow, ...] = ()  # rows of this round without a record
     done: bool = False
     reason: str = ""  # why the race stopped, once done
+    outcome: str = RUNNING  # selected | tie | undecided once done (selection.py)
+    tied: tuple[str, ...] = ()  # the tied choices, when the outcome is a tie
+    kept: str | None = None  # the choice the procedure keeps: the selected one, or a tie's by `on_tie`
 
     @property
     def needed(self) -> int:
@@ -55,54 +61,93 @@ def block_scores(records: Sequence[dict], tasks: Sequence[str]) -> dict[str, dic
     return table
 
 
-def judge_round(scores: dict[str, dict[int, float | None]], survivors: Sequence[str], blocks: Sequence[int], racing,
-                round_index: int, seed: int) -> tuple[list[str], dict[str, Elimination], str | None]:
-    """One round's verdict over `blocks`: (survivors after it, the choices dropped, a winner or None)."""
-    comparison = compare_blocks({c: {b: scores.get(c, {}).get(b) for b in blocks} for c in survivors}, seed=seed + round_index)
-    dropped, winner = race_step(comparison, racing.confidence)
-    eliminated = {c: Elimination(round_index, len(blocks), comparison.p_best.get(c)) for c in survivors if c in dropped}
-    return [c for c in survivors if c not in dropped], eliminated, winner
+def round_of(blocks: int, racing) -> int:
+    """The round (0-based) in which a choice's `blocks`-th block ran."""
+    return max(0, -(-(blocks - racing.min_blocks) // racing.blocks_per_round))
 
 
-def stop_reason(winner: str | None, survivors: Sequence[str], count: int, total: int, racing) -> str | None:
-    """Why the race stops after a round, or None when it goes on."""
-    if winner is not None:
-        return f"{winner} is the best with probability >= {racing.confidence:g}"
-    if len(survivors) <= 1:
-        return "one choice left"
-    if count >= total:
-        return f"every planned block ran ({total})"
+def stop_reason(selection: Selection, racing, planned_blocks: int) -> str:
+    """Why a race that is done stopped, in words."""
+    if selection.outcome == SELECTED:
+        return (f"{selection.survivors[0]} selected after {selection.blocks} blocks (KN: the best with probability "
+                f">= {racing.confidence:g} if at least {racing.delta:g} better than the rest)")
+    if selection.outcome == TIE:
+        return f"tie within {racing.delta:g} of {', '.join(selection.tied)} after {selection.blocks} blocks"
+    return f"every planned block ran ({planned_blocks}) without a selection or a tie within {racing.delta:g}"
+
+
+def paper_choice(component: str) -> str | None:
+    """The paper's pattern for a component (the S4 design found for T5: spindle grouping, uniform
+    allocation, every group tuned, its strategies per group), as a stage's choice reads it."""
+    from peft_search.space.components import (ALLOCATION, GROUPING, STRATEGY_PREFIX, TUNABLE_GROUPS, format_group_set,
+                                              format_strategy_set)
+    from peft_search.train.presets import PRESET_DESIGNS
+
+    paper = PRESET_DESIGNS["s4-t5"]
+    if component == GROUPING:
+        return paper.grouping
+    if component == ALLOCATION:
+        return paper.allocation
+    if component == TUNABLE_GROUPS:
+        return format_group_set(paper.tunable_groups)
+    if component.startswith(STRATEGY_PREFIX):
+        group = int(component.removeprefix(STRATEGY_PREFIX))
+        return format_strategy_set(paper.strategies[group - 1]) if group <= len(paper.strategies) else None
     return None
 
 
-def race_state(plan: StagePlan, records: Sequence[dict], racing, tasks: Sequence[str], seed: int) -> RaceState:
-    """Where the race of `plan` stands given its trial records (see the module docstring)."""
+def kept_on_tie(selection: Selection, on_tie: str, component: str) -> str:
+    """Which tied choice a tie keeps (racing.on_tie): the best mean, the first listed, or the paper's."""
+    if on_tie == "first":
+        return selection.tied[0]
+    if on_tie == "paper" and paper_choice(component) in selection.tied:
+        return paper_choice(component)
+    return selection.leader
+
+
+def judge(scores, choices: Sequence[str], blocks: Sequence[int], racing, planned_blocks: int) -> Selection:
+    """The selection procedure over the blocks run so far (in order), with the spec's settings."""
+    return select(scores, choices, blocks, delta=racing.delta, confidence=racing.confidence,
+                  first_stage=min(racing.min_blocks, planned_blocks), planned_blocks=planned_blocks)
+
+
+def race_state(plan: StagePlan, records: Sequence[dict], racing, tasks: Sequence[str], seed: int = 0) -> RaceState:
+    """Where the race of `plan` stands given its trial records (see the module docstring). `seed`
+    is unused (the procedure draws nothing) and kept for callers written before it."""
     recorded = {r["trial_id"] for r in records}
     choices = tuple(c for c in plan.choices if any(row.choice == c for row in plan.rows))  # infeasible ones plan nothing
     if racing is None or not plan.rows or plan.rows[0].block is None:
         pending = tuple(row for row in plan.rows if row.trial_id not in recorded)
         blocks = len({row.block if row.block is not None else row.sample for row in plan.rows})
-        return RaceState(0, blocks, choices, pending=pending, done=not pending, reason="every planned design ran")
+        return RaceState(0, blocks, choices, pending=pending, done=not pending, reason="every planned design ran",
+                         outcome=UNDECIDED if not pending else RUNNING)
     all_blocks = sorted({row.block for row in plan.rows})
     scores = block_scores(records, tasks)
     survivors = list(choices)
     eliminated: dict[str, Elimination] = {}
     count = min(racing.min_blocks, len(all_blocks))
-    round_index = 0
     while True:
+        round_index = round_of(count, racing)
         in_round = all_blocks[:count]
         pending = tuple(
             row for row in plan.rows if row.choice in survivors and row.block in in_round and row.trial_id not in recorded
         )
         if pending:
             return RaceState(round_index, count, tuple(survivors), eliminated, pending)
-        survivors, dropped, winner = judge_round(scores, survivors, in_round, racing, round_index, seed)
-        eliminated.update(dropped)
-        reason = stop_reason(winner, survivors, count, len(all_blocks), racing)
-        if reason is not None:
-            return RaceState(round_index, count, tuple(survivors), eliminated, done=True, reason=reason)
+        selection = judge(scores, choices, in_round, racing, len(all_blocks))
+        eliminated = {c: Elimination(round_of(out.blocks, racing), out.blocks, None, out.by, out.gap, out.allowance)
+                      for c, out in selection.dropped.items()}
+        survivors = list(selection.survivors)
+        if selection.done:
+            kept = (selection.survivors[0] if selection.outcome == SELECTED
+                    else kept_on_tie(selection, racing.on_tie, plan.component) if selection.outcome == TIE else None)
+            reason = stop_reason(selection, racing, len(all_blocks))
+            if selection.outcome == TIE:
+                reason += f"; kept {kept} ({racing.on_tie})"
+            return RaceState(round_index, count, tuple(survivors), eliminated, done=True, reason=reason,
+                             outcome=selection.outcome, tied=selection.tied, kept=kept)
         count = min(count + racing.blocks_per_round, len(all_blocks))
-        round_index += 1
 
 
-__all__ = ["Elimination", "RaceState", "block_scores", "judge_round", "race_state", "stop_reason"]
+__all__ = ["Elimination", "RaceState", "block_scores", "judge", "kept_on_tie", "paper_choice", "race_state", "round_of",
+           "stop_reason"]

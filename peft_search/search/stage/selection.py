@@ -1,0 +1,181 @@
+"""Selecting a stage's best choice with a stated guarantee (docs/design.md, "Selection procedure").
+
+The procedure is Kim and Nelson's fully sequential indifference-zone procedure for paired
+(common-random-number) data, KN (Kim & Nelson 2001, "A fully sequential procedure for
+indifference-zone selection in simulation", ACM TOMACS 11(3):251-273), with an equivalence stop
+for ties (two one-sided tests, Schuirmann 1987).
+
+Data: k choices; block j gives every choice one design score X_ij, the designs of a block sharing
+every other random draw (paired). The user states `delta`, the smallest difference in score worth
+finding, and the confidence 1 - alpha.
+
+KN. The first n0 blocks (the first stage) are run for every choice. Then
+    eta = ((2 alpha / (k - 1)) ** (-2 / (n0 - 1)) - 1) / 2,   h2 = 2 eta (n0 - 1),
+and for every pair (i, l) S2_il is the sample variance of X_ij - X_lj over the first n0 blocks.
+After r >= n0 blocks, with W_il(r) = max(0, delta / (2 r) * (h2 S2_il / delta**2 - r)), a choice i
+is eliminated when mean_i(r) < mean_l(r) - W_il(r) for some surviving l; one more block per
+survivor, and again, until one choice is left. Guarantee (KN's theorem, for normally distributed
+block scores, unknown and unequal variances, any correlation between choices): if the best
+choice's mean exceeds every other by at least delta, it is selected with probability >= 1 - alpha.
+A pair's region closes at r = h2 S2_il / delta**2 blocks (W = 0); before then only a difference
+large against the noise eliminates.
+
+Ties. When the survivors are within delta of each other, KN would go on until the regions close.
+The stage instead stops as soon as, for every survivor i and the leader L (the survivors' best
+mean), the paired-t interval of mean_i - mean_L lies inside (-delta, delta), over at least n0
+blocks: a tie within delta, kept by the spec's `on_tie` rule. Each interval is two one-sided tests
+at alpha / ((m - 1) x looks) (m survivors; looks: the blocks at which the test can be made, from
+n0 to the planned number): Bonferroni over the pairs and over the repeated looks, so that a
+difference of delta or more is called a tie with probability at most alpha. The tie test comes
+before KN's screening at each block: a stage whose choices are all within delta says so instead of
+picking among them by noise.
+
+KN screens only with a first stage of at least KN_MIN_FIRST_STAGE blocks: its normal theory takes
+the variances from the first stage, and stage scores are heavy-tailed (see the constant). With a
+smaller first stage (the default, n0 = 3) a stage stops early only for a tie.
+
+When the planned blocks run out first, the stage keeps the survivors' best mean and claims
+nothing ("undecided": no guarantee).
+
+Failed designs: a pair's statistics use the blocks where both choices have a score, in block order.
+Pure: numpy and math only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from peft_search.search.stage.confidence import t_quantile
+
+SELECTED, TIE, UNDECIDED, RUNNING = "selected", "tie", "undecided", "running"
+DEFAULT_DELTA = 0.05  # on a score of scale 1: what CPU-scale stages can resolve (docs/benchmarks.md, "Decisions")
+# KN drops choices only after a first stage of at least this many blocks. Its variances come from
+# the first stage and assume normal scores; stage scores are heavy-tailed (a trial that collapses to
+# the majority class moves its block by 0.2 to 0.3). On the decisive reference (one choice collapses
+# in 6 of 16 blocks) KN's selections were right 3-6% of the time with first stages of 3 and 5
+# blocks and 98% with 8 (docs/benchmarks.md).
+KN_MIN_FIRST_STAGE = 8
+
+
+def kn_h2(choices: int, alpha: float, first_stage: int) -> float:
+    """KN's h^2 for k choices, error alpha and n0 first-stage blocks."""
+    if choices < 2:
+        return 0.0
+    eta = ((2 * alpha / (choices - 1)) ** (-2 / (first_stage - 1)) - 1) / 2
+    return 2 * eta * (first_stage - 1)
+
+
+def blocks_to_close(h2: float, variance: float, delta: float) -> int:
+    """Blocks after which a pair's continuation region is closed (W = 0)."""
+    return math.ceil(h2 * variance / delta**2)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    blocks: int  # blocks of the choice when it was dropped
+    by: str  # the survivor it fell behind
+    gap: float  # mean_by - mean_dropped at that moment
+    allowance: float  # W at that moment: the gap had to exceed it
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Where the procedure stands after the blocks seen so far."""
+
+    outcome: str  # running | selected | tie | undecided
+    survivors: tuple[str, ...]
+    dropped: dict[str, Dropped] = field(default_factory=dict)
+    blocks: int = 0  # blocks screened (complete for the survivors)
+    tied: tuple[str, ...] = ()  # the choices within delta of each other, when outcome == tie
+    leader: str | None = None  # the survivors' best mean
+
+    @property
+    def done(self) -> bool:
+        return self.outcome != RUNNING
+
+
+def _pairs(scores: Mapping[str, Mapping[int, float | None]], i: str, l: str, blocks: Sequence[int]) -> np.ndarray:
+    """X_i - X_l over the blocks (in the given order) where both have a score."""
+    own, other = scores.get(i, {}), scores.get(l, {})
+    return np.array([own[b] - other[b] for b in blocks
+                     if own.get(b) is not None and other.get(b) is not None], dtype=np.float64)
+
+
+def _mean(scores: Mapping[int, float | None], blocks: Sequence[int]) -> float:
+    values = [scores[b] for b in blocks if scores.get(b) is not None]
+    return float(np.mean(values)) if values else -math.inf
+
+
+def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[str], blocks: Sequence[int], *,
+           delta: float, confidence: float, first_stage: int, planned_blocks: int) -> Selection:
+    """Replay KN and the tie stop over `blocks` (in the order they ran; each one complete, or as
+    complete as failures allow, for the choices still in at that point) and return where it stands.
+
+    scores[choice][block] is a design score (None: failed). `planned_blocks` is how many blocks the
+    stage can run at most: once they all ran, a stage still undecided ends `undecided`."""
+    alpha = 1 - confidence
+    screening = first_stage >= KN_MIN_FIRST_STAGE  # below it, only the tie stop
+    survivors = [c for c in choices if any(v is not None for v in scores.get(c, {}).values())]
+    if len(survivors) <= 1:
+        return Selection(SELECTED if survivors else UNDECIDED, tuple(survivors), blocks=len(blocks),
+                         leader=survivors[0] if survivors else None)
+    h2 = kn_h2(len(survivors), alpha, first_stage) if screening else 0.0
+    first = list(blocks[:first_stage])
+    variance = {}
+    for i in survivors:
+        for l in survivors:
+            if i != l:
+                d = _pairs(scores, i, l, first)
+                variance[i, l] = float(np.var(d, ddof=1)) if len(d) >= 2 else math.inf
+    dropped: dict[str, Dropped] = {}
+    first_stage = max(first_stage, 2)  # one block says nothing about the noise: a 1-block stage just runs
+    looks = max(1, planned_blocks - first_stage + 1)  # the tie test may be made once per block from n0 on
+    for r in range(first_stage, len(blocks) + 1):
+        seen = list(blocks[:r])
+        means = {c: _mean(scores.get(c, {}), seen) for c in survivors}
+        leader = max(survivors, key=lambda c: (means[c], -survivors.index(c)))
+        if _tied(scores, survivors, leader, seen, delta, alpha / looks, first_stage):
+            return Selection(TIE, tuple(survivors), dropped, r, tied=tuple(survivors), leader=leader)
+        out = {}
+        if not screening:
+            continue
+        for i in survivors:
+            for l in survivors:
+                if i == l or not math.isfinite(variance[i, l]):
+                    continue
+                allowance = max(0.0, delta / (2 * r) * (h2 * variance[i, l] / delta**2 - r))
+                gap = means[l] - means[i]
+                if gap > allowance and i not in out:  # the best mean is never behind: one always survives
+                    out[i] = Dropped(r, l, gap, allowance)
+        dropped.update(out)
+        survivors = [c for c in survivors if c not in out]
+        if len(survivors) == 1:
+            return Selection(SELECTED, tuple(survivors), dropped, r, leader=survivors[0])
+    seen = list(blocks)
+    means = {c: _mean(scores.get(c, {}), seen) for c in survivors}
+    leader = max(survivors, key=lambda c: (means[c], -survivors.index(c)))
+    outcome = UNDECIDED if len(blocks) >= planned_blocks else RUNNING
+    return Selection(outcome, tuple(survivors), dropped, len(blocks), leader=leader)
+
+
+def _tied(scores, survivors: Sequence[str], leader: str, blocks: Sequence[int], delta: float, alpha: float,
+          first_stage: int) -> bool:
+    """Every survivor's paired interval to the leader inside (-delta, delta) (TOST, Bonferroni)."""
+    others = [c for c in survivors if c != leader]
+    level_tail = alpha / len(others)  # one-sided, per comparison
+    for c in others:
+        d = _pairs(scores, c, leader, blocks)
+        if len(d) < max(2, first_stage):
+            return False
+        half = t_quantile(1 - level_tail, len(d) - 1) * float(np.std(d, ddof=1)) / math.sqrt(len(d))
+        mean = float(np.mean(d))
+        if not (-delta < mean - half and mean + half < delta):
+            return False
+    return True
+
+
+__all__ = ["RUNNING", "SELECTED", "TIE", "UNDECIDED", "Dropped", "Selection", "blocks_to_close", "kn_h2", "select"]
