@@ -8,6 +8,12 @@ decay, gradients clipped at norm 1, learning rate 1e-3, LoRA on query and value 
 (HF peft's `rank_pattern`; alpha = 2 x rank on both), the head trained. Each side initialises its own
 modules after seeding with the run's seed; dropout draws differ. Scored on every dev example.
 
+A third side, `hf_own_data`, shares nothing with peft_search but the task's file and field names:
+the GLUE TSV read with `csv`, a uniformly random sample of the training examples drawn with the
+seed, the tokenizer called directly, transformers' DataCollatorWithPadding, HF peft's LoRA at
+r = 12, alpha = 24 on query and value (as issue 23's measurement), the same plain loop and schedule.
+It checks that our data path (subsample, tokenisation, collation, labels) handicaps neither side.
+
 First, a step-for-step check on MiniLM + STS-B (tests/test_train_equivalence.py's check on the real
 backbone): our loop and the reference from the same weights and RNG state, 50 steps, the largest
 difference in step loss and in dev predictions.
@@ -102,6 +108,68 @@ def train_hf_peft(config: TrialConfig) -> dict:
             "train_loss_last20": float(np.mean(losses[-20:])), "wall_s": round(time.perf_counter() - started, 1)}
 
 
+def train_hf_own_data(config: TrialConfig) -> dict:
+    """HF peft's LoRA on a data path of its own (see the module docstring)."""
+    import csv
+
+    from accelerate.utils import set_seed
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from peft_search.peft import resolve_model
+    from peft_search.train.metrics import compute_metrics
+    from peft_search.train.tasks import get_task
+
+    started = time.perf_counter()
+    task = get_task(config.task)
+    directory = Path(config.data_dir) / task.glue_dir
+
+    def read(name: str) -> list[tuple]:
+        with open(directory / name, encoding="utf-8-sig", newline="") as handle:  # MRPC starts with a BOM
+            rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+        header = rows[0]
+        columns = [header.index(field) for field in (*task.text_fields, task.label_field)]
+        return [tuple(row[i] for i in columns) for row in rows[1:] if len(row) == len(header)]
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
+    label = (lambda value: float(value)) if task.regression else (lambda value: task.labels.index(value))
+
+    def encode(rows):
+        texts = [[row[i] for row in rows] for i in range(len(task.text_fields))]
+        encoded = tokenizer(*texts, truncation=True, max_length=config.max_length)
+        return [{**{k: v[i] for k, v in encoded.items()}, "labels": label(rows[i][-1])} for i in range(len(rows))]
+
+    train_rows, dev_rows = read("train.tsv"), read("dev.tsv")
+    sample = np.random.default_rng(config.seed).choice(len(train_rows), config.max_train_examples, replace=False)
+    collate = DataCollatorWithPadding(tokenizer)
+    set_seed(config.seed)
+    model = load_model(config.model, task)
+    import peft
+
+    model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=12, lora_alpha=24,
+                                                       target_modules=["query", "value"]))
+    loader = torch.utils.data.DataLoader(encode([train_rows[i] for i in sample]), batch_size=config.batch_size, shuffle=True,
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(config.seed))
+    train_reference(model, _float_labels(loader) if task.regression else loader, lr=config.lr, total_steps=config.max_steps,
+                    schedule="transformers", warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
+    dev = torch.utils.data.DataLoader(encode(dev_rows), batch_size=2 * config.batch_size, collate_fn=collate)
+    predictions, labels = predict(model, _float_labels(dev) if task.regression else dev, task.regression)
+    metrics = compute_metrics(task.metrics, predictions, labels, 1 if task.regression else len(task.labels))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"score": metrics[task.main_metric], "metrics": metrics, "trainable_params": trainable,
+            "train_loss_last20": None, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def _float_labels(loader):
+    """The collator makes integer labels of 5.0; a regression's MSE wants floats."""
+    class FloatLabels:
+        def __iter__(self):
+            for batch in loader:
+                batch["labels"] = batch["labels"].float()
+                yield batch
+
+    return FloatLabels()
+
+
 def train_ours(config: TrialConfig) -> dict:
     result = run_trial(config)
     if result.status != "finished":
@@ -118,22 +186,26 @@ def interval(differences: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+SIDES = {"hf_peft": "HF peft, our data", "hf_own_data": "HF peft, its own data path"}
+
+
 def table(records: list[dict], tasks, seeds) -> str:
-    lines = ["| task (metric) | seeds | ours: mean +/- std | HF peft: mean +/- std | ours - HF peft, paired: mean [95% CI] |",
-             "|---|---:|---:|---:|---:|"]
+    """Per task and reference side: both sides' mean +/- std over seeds and ours minus theirs, paired by seed."""
+    lines = ["| task (metric) | reference | seeds | ours: mean +/- std | reference: mean +/- std | "
+             "ours - reference, paired: mean [95% CI] |", "|---|---|---:|---:|---:|---:|"]
+    spread = lambda v: f"{statistics.mean(v):.3f} +/- {statistics.stdev(v) if len(v) > 1 else 0:.3f}"  # noqa: E731
     for task in tasks:
-        by_side = {side: {r["seed"]: r["score"] for r in records if r["task"] == task and r["side"] == side}
-                   for side in ("ours", "hf_peft")}
-        paired = [s for s in seeds if s in by_side["ours"] and s in by_side["hf_peft"]]
-        if not paired:
-            continue
-        ours = [by_side["ours"][s] for s in paired]
-        theirs = [by_side["hf_peft"][s] for s in paired]
-        mean, low, high = interval([a - b for a, b in zip(ours, theirs)])
-        spread = lambda v: f"{statistics.mean(v):.3f} +/- {statistics.stdev(v) if len(v) > 1 else 0:.3f}"  # noqa: E731
-        metric = next(r["metric"] for r in records if r["task"] == task)
-        lines.append(f"| {task} ({metric}) | {len(paired)} | {spread(ours)} | {spread(theirs)} | "
-                     f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
+        ours = {r["seed"]: r["score"] for r in records if r["task"] == task and r["side"] == "ours"}
+        for side, name in SIDES.items():
+            theirs = {r["seed"]: r["score"] for r in records if r["task"] == task and r["side"] == side}
+            paired = [s for s in seeds if s in ours and s in theirs]
+            if not paired:
+                continue
+            mine, other = [ours[s] for s in paired], [theirs[s] for s in paired]
+            mean, low, high = interval([a - b for a, b in zip(mine, other)])
+            metric = next(r["metric"] for r in records if r["task"] == task)
+            lines.append(f"| {task} ({metric}) | {name} | {len(paired)} | {spread(mine)} | {spread(other)} | "
+                         f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
     return "\n".join(lines)
 
 
@@ -164,7 +236,7 @@ def main() -> None:
     done = {(r["task"], r["seed"], r["side"]) for r in records}
     for task in args.tasks:
         for seed in args.seeds:
-            for side, train in (("ours", train_ours), ("hf_peft", train_hf_peft)):
+            for side, train in (("ours", train_ours), ("hf_peft", train_hf_peft), ("hf_own_data", train_hf_own_data)):
                 if (task, seed, side) in done:
                     continue
                 config = recipe(args, task, seed)
