@@ -341,7 +341,47 @@ def final() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"pilot": pilot, "staged": staged, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
+def redecided(name: str = "staged", deltas=(0.05, 0.02)) -> str:
+    """Each stage re-decided from its committed records by today's selection procedure (KN with a
+    stop for ties; docs/design.md, "Selection procedure"), at the stage's own racing settings and
+    each delta: where its race would stand. The procedure may want blocks the old race never ran
+    (it dropped choices after 2 blocks by P(best)); such a stage reads "needs N more trials"."""
+    from peft_search.search.stage.plan import plan_path, read_plan
+    from peft_search.search.stage.racing import race_state
+
+    directory = STUDY / name
+    if not (directory / "state.json").is_file():
+        return f"(no {name} run committed yet)"
+    run = load_run(directory)
+    header = " | ".join(f"delta {delta:g}" for delta in deltas)
+    lines = [f"| stage | component | recorded decision (P(best)) | {header} |", "|---|---|---|" + "---|" * len(deltas)]
+    for view in run.stages:
+        if view.decision is None:
+            continue
+        plan = read_plan(plan_path(directory, view.stage))
+        cells = []
+        for delta in deltas:
+            racing = run.spec.racing.model_copy(update={"delta": delta})
+            race = race_state(plan, list(view.records), racing, run.spec.tasks)
+            if not race.done:
+                cells.append(f"needs {len(race.pending)} more trials (block {race.blocks}; not recorded)")
+            elif race.outcome == "tie":
+                cells.append(f"tie of {', '.join(race.tied)} after {race.blocks} blocks: keeps {race.kept}")
+            elif race.outcome == "selected":
+                cells.append(f"selects {race.kept} after {race.blocks} blocks")
+            else:
+                leader = max((s for s in view.decision.choices if s.choice in race.survivors and s.mean is not None),
+                             key=lambda s: s.mean).choice
+                cells.append(f"undecided after {race.blocks} blocks (best mean: {leader})")
+        lines.append(f"| {view.stage + 1} | {view.component} | {view.decision.winner} ({_p(view.decision.win_probability)}) | "
+                     + " | ".join(cells) + " |")
+    lines += ["", f"Racing settings: min_blocks {run.spec.racing.min_blocks}, confidence {run.spec.racing.confidence:g}, "
+              f"at most {run.spec.designs_per_choice} blocks; a first stage under 8 blocks lets the procedure stop for a "
+              "tie but drop nothing."]
+    return "\n".join(lines)
+
+
+SECTIONS = {"pilot": pilot, "staged": staged, "redecided": redecided, "joint": lambda: staged("joint"), "random": lambda: staged("random"),
             "searches": searches, "marginals": marginals, "plots": plots, "tasks": per_task, "patterns": patterns, "final": final}
 
 
