@@ -51,13 +51,14 @@ def test_the_run_starts_from_the_plan_preflight_checked_and_records_why_it_faile
         raise RuntimeError("no Ray today")
 
     monkeypatch.setattr(connect, "init_ray", no_ray)
-    for error in (RuntimeError, KeyboardInterrupt):
+    # An error ends the run `failed`; Ctrl+C ends it `interrupted` (resumable, never decided).
+    for error, status in ((RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")):
         if error is KeyboardInterrupt:
             monkeypatch.setattr(connect, "init_ray", lambda address: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(error):
             controller.run()
         state = json.loads((controller.run_dir / "state.json").read_text())
-        assert state["status"] == "failed" and state["error"].startswith(error.__name__)
+        assert state["status"] == status and state["error"].startswith(error.__name__)
     assert "no Ray today" not in state["error"]  # the latest reason, not the first
 
 
