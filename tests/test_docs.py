@@ -36,3 +36,23 @@ def test_study_tables_are_computed_from_the_committed_data():
     assert tables.refresh(page) == page, "docs/study.md is stale: run .venv/bin/python docs/study/tables.py --write"
     assert len(tables.pilot().splitlines()) == 2 + 4 * 3  # header, rule, 4 tasks x 3 lengths
     assert tables.main(["nonsense"]) == 2
+
+
+def test_the_code_cites_sections_that_exist_in_docs_design_md():
+    """Docstrings cite docs/design.md by section name ("docs/design.md, "Budget""); each cited name is
+    a section heading there (or a bold rule inside one), and no citation points outside the repo."""
+    import re
+
+    root = DOCS.parent
+    design = (DOCS / "design.md").read_text()
+    names = set(re.findall(r"^##+ (.+)$", design, re.M)) | set(re.findall(r"\*\*(.+?)\*\*", design))
+    cited = {}
+    for path in sorted((root / "peft_search").rglob("*.py")):
+        text = path.read_text()
+        assert not re.search(r"\b(DESIGN|FACTS|STYLE)\.md", text), f"{path} cites a file outside the repo"
+        for citation in re.finditer(r'docs/design\.md,[ \t]*((?:"[^"\n]+"(?:[ \t]*(?:and|,)[ \t]*)?)+)', text):
+            for name in re.findall(r'"([^"\n]+)"', citation.group(1)):
+                cited.setdefault(name, []).append(path.relative_to(root).as_posix())
+    assert cited, "no citation found: the pattern no longer matches how the code cites docs/design.md"
+    missing = {name: paths for name, paths in cited.items() if name not in names}
+    assert not missing, f"cited sections missing from docs/design.md: {missing}"

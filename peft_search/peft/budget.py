@@ -1,6 +1,6 @@
 """Budget realisation: from a design and a budget fraction to integer module sizes per block.
 
-DESIGN.md section 2. B = budget_fraction x backbone parameters (task head excluded). Each tuned block
+docs/design.md, "Budget". B = budget_fraction x backbone parameters (task head excluded). Each tuned block
 gets b_l = B w_l / sum(w). BitFit has a fixed cost; the rest of b_l is split equally among the block's
 other strategies and turned into integer sizes by each module's exact per-unit cost. A block that
 cannot absorb its share hands the excess to the other tuned blocks in proportion to their weights;

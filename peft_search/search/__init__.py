@@ -1,4 +1,4 @@
-"""The staged search, by concern (DESIGN.md section 3):
+"""The staged search, by concern (docs/design.md, "Module map"):
 
 - `spec/`      the job spec: models, YAML loading, error formatting (pure: space, pydantic, yaml)
 - `storage/`   run storage: the run directory's layout, atomic writes, trial records, results and

@@ -1,4 +1,4 @@
-"""The four components of a PEFT design space and their choices (DESIGN.md section 1-2).
+"""The four components of a PEFT design space and their choices (docs/design.md, "The method" and "Designs").
 
 Pure Python: this module must not import torch, transformers or ray.
 """
@@ -42,7 +42,7 @@ def strategy_group(component: str, num_groups: int) -> int:
 
 
 def grouping_weights(pattern: str, num_groups: int) -> tuple[int, ...]:
-    """Weight vector of a named grouping pattern; for G=4 exactly DESIGN.md's (1,2,3,4), (2,1,1,2), ..."""
+    """Weight vector of a named grouping pattern; for G=4 exactly docs/design.md's (1,2,3,4), (2,1,1,2), ..."""
     if pattern == "increasing":
         return tuple(range(1, num_groups + 1))
     if pattern == "uniform":

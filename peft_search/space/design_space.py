@@ -3,7 +3,7 @@
 The unconstrained space S0 has every component free. A refinement stage clamps one component to
 each of its candidate choices in turn (`clamp`) and samples designs from each clamped space, either
 independently (`sample`) or in paired blocks that share every other free draw (`sample_blocks`,
-common random numbers, DESIGN.md section 2 "Blocks").
+common random numbers, docs/design.md, "Decisions: paired designs, racing, a selection procedure").
 Pure Python: no torch, no ray. Sampling is deterministic in its arguments.
 """
 
@@ -117,7 +117,7 @@ class DesignSpace:
         return tuple(c for c in self.components() if self.choice(c) is None)
 
     def candidates(self, component: str) -> list:
-        """The candidate choices a refinement stage of this component compares (DESIGN.md section 1)."""
+        """The candidate choices a refinement stage of this component compares (docs/design.md, "The method")."""
         if component == GROUPING:
             return list(GROUPING_PATTERNS)
         if component == ALLOCATION:

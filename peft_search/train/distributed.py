@@ -1,6 +1,6 @@
 """Multi-worker trials: the same per-worker loop (`loop.train_worker`) on a Ray Train `TorchTrainer`.
 
-Ray is imported here only, lazily. Traps this module handles (FACTS.md):
+Ray is imported here only, lazily. Traps this module handles (seen with Ray 2.60):
 - Ray 2.60 runs Train V2. Accelerate inside a Train worker picks up Ray's process group (gloo on
   CPU, DDP-wrapped model, sharded loader), so Ray's `prepare_model` is never called.
 - On CPU every worker asks for half a CPU: on a 2-CPU machine, 2 workers plus the Tune trial that

@@ -102,8 +102,8 @@ def constant_prediction_metrics(names, labels: np.ndarray, num_classes: int) -> 
 def is_collapsed(score: float, baseline_score: float, predictions: np.ndarray) -> bool:
     """Whether an evaluation learned nothing: it predicts one value for every example (one class,
     whichever: a model stuck on a minority class scores below the baseline but is as collapsed), or
-    its main metric equals the constant prediction's within COLLAPSE_TOLERANCE (DESIGN.md's rule,
-    which also catches e.g. Matthews 0 from predictions unrelated to the labels)."""
+    its main metric equals the constant prediction's within COLLAPSE_TOLERANCE (docs/design.md,
+    "Collapsed trials"; it also catches e.g. Matthews 0 from predictions unrelated to the labels)."""
     predictions = np.asarray(predictions)
     one_value = len(predictions) == 0 or bool(np.all(predictions == predictions.flat[0]))
     return one_value or abs(score - baseline_score) <= COLLAPSE_TOLERANCE

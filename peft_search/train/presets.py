@@ -4,18 +4,18 @@
 - `adapter`, `prefix`, `bitfit`, `lora`: that one strategy on every block, uniform grouping,
   uniform allocation, all groups tunable. BitFit has a fixed size (the blocks' biases) and so
   realises less than the budget; it is the one design allowed to miss the budget.
-- `s4-t5`: the paper's S4 design found for T5 (DESIGN.md section 1): spindle grouping, uniform
+- `s4-t5`: the paper's S4 design found for T5 (docs/design.md, "The method"): spindle grouping, uniform
   allocation, all groups, G1 {adapter, lora}, G2 {adapter, prefix}, G3 {adapter, prefix, bitfit},
   G4 {prefix, bitfit, lora}.
 
-Learning rates: PEFT modules train well only far above full fine-tuning's rates (FACTS.md: LoRA at
+Learning rates: PEFT modules train well only far above full fine-tuning's rates (measured here: LoRA at
 5e-4 stays at chance on SST-2 in one short epoch, 5e-3 reaches 0.80), and not all at the same rate:
 on MiniLM + SST-2 (2,000 examples, one epoch, seed 0; docs/benchmarks.md) prefix tuning wanted 3e-2
 (dev accuracy 0.53 / 0.64 / 0.73 at 5e-3 / 1e-2 / 3e-2) and BitFit about 1e-2, LoRA and adapters
 5e-3. So a trial's learning rate is a base rate (5e-3 for every design and PEFT preset; 5e-5 for
 full fine-tuning) and each strategy's parameters train at base x STRATEGY_LEARNING_RATE_SCALE (the
 head at the base rate): one learning rate per job, and a mixed design's prefix and BitFit parts are
-not starved by it (DESIGN.md section 2). `--lr` sets the base rate.
+not starved by it (docs/design.md, "Learning rates"). `--lr` sets the base rate.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Task registry: what a task's examples look like (text fields, label field, label names or
 regression), where its data lives (GLUE TSV layout, Hub id), and how it is scored.
 
-Main metrics follow DESIGN.md section 2: accuracy; F1 for MRPC and QQP; Matthews correlation for
+Main metrics follow docs/design.md, "Scores and metrics": accuracy; F1 for MRPC and QQP; Matthews correlation for
 CoLA; Spearman for STS-B; matched accuracy for MNLI (its validation split is dev_matched).
 
 Three kinds of task:

@@ -1,5 +1,5 @@
 """Connecting to Ray: a cluster at an address, or Ray started in this process with its dashboard on
-127.0.0.1 only (DESIGN.md section 4, "Local by default"); what such a local Ray can ever offer a trial
+127.0.0.1 only (docs/design.md, "Service rules"); what such a local Ray can ever offer a trial
 (`local_capacity`), so that a job asking for more is refused before Ray starts instead of waiting
 forever.
 

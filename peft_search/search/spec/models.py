@@ -131,7 +131,7 @@ class Fidelity(_Strict):
 
 
 class Hyperparameters(_Strict):
-    """Optimisation settings shared by every trial of the search (DESIGN.md section 2)."""
+    """Optimisation settings shared by every trial of the search (docs/design.md, "Learning rates" and "Training loop and its reference")."""
 
     learning_rate: float | None = Field(
         None, gt=0, le=1, description="peak learning rate, in (0, 1]; null = the trial layer's default for each design's "
@@ -223,7 +223,7 @@ class Tuning(_Strict):
     )
     relative: bool = Field(
         False, description="false: learning_rate_min and learning_rate_max are learning rates, one range for every "
-        "contender; true: they are factors of the rate each contender trains at untuned (training.learning_rate, "
+        "contender; true: they are factors of the rate each contender trains at untuned (hyperparameters.learning_rate, "
         f"else its default: {FULL_LEARNING_RATE:g} for full fine-tuning, {DESIGN_LEARNING_RATE:g} for designs and PEFT "
         "presets), so every contender searches the same neighbourhood of its own rate (full fine-tuning and PEFT train "
         "well about two decades apart)",
@@ -313,7 +313,7 @@ class FinalSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """A staged search over a PEFT design space (DESIGN.md sections 1-3; issue 4)."""
+    """A staged search over a PEFT design space (docs/design.md, "The method" and "Search")."""
 
     name: str | None = Field(
         None, description="a label for the run and the start of its directory's name under storage: letters, digits and "

@@ -1,4 +1,4 @@
-"""How sure a stage is of its decision (DESIGN.md section 2, "Blocks" and "Racing").
+"""How sure a stage is of its decision (docs/design.md, "Decisions: paired designs, racing, a selection procedure").
 
 A stage compares C choices of one component. Its designs come in blocks: block k holds one design
 per choice, and they share every other random draw, the training seed and the data order. A design's

@@ -1,4 +1,4 @@
-"""How a stage decides, and how sure it is (DESIGN.md section 2, "Decision", "Blocks", "Racing").
+"""How a stage decides, and how sure it is (docs/design.md, "Decisions: paired designs, racing, a selection procedure").
 
 - Design scores come from `scores.py` (mean over tasks of each task's mean over finished seeds).
 - The decision is the choice with the best mean design score (the paper's rule) among the choices

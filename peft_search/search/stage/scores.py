@@ -1,4 +1,4 @@
-"""Scores: a trial's, and a design's (DESIGN.md section 2, "Score").
+"""Scores: a trial's, and a design's (docs/design.md, "Scores and metrics").
 
 - A trial's score is its task's main metric; a trial that failed or diverged (no score, or NaN) is
   excluded and counted.

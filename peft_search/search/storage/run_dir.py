@@ -1,4 +1,4 @@
-"""The run directory: its layout (DESIGN.md section 3), atomic file writes and the run's clock.
+"""The run directory: its layout (docs/design.md, "Module map"), atomic file writes and the run's clock.
 
     <run>/spec.yaml                 the canonical spec that ran
     <run>/state.json                the controller's state (stages, decisions, current space)
