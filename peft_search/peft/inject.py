@@ -81,13 +81,12 @@ def apply_plan(model, plan: BudgetPlan) -> InjectionReport:
             setattr(site.ffn_parent, site.ffn_output, AdaptedLinear(output_layer, block_plan.adapter_size))
         for attention in site.attentions:
             if block_plan.lora_rank:
-                for projection in (attention.query, attention.value):
+                for projection in attention.lora_projections:
                     setattr(attention.module, projection, LoraLinear(attention.projection(projection), block_plan.lora_rank))
             if block_plan.prefix_length:
-                kv_dim = attention.projection(attention.key).out_features
                 attention.module.peft_prefix = Prefix(
                     attention.num_heads,
-                    kv_dim // attention.num_heads,
+                    attention.key_dim // attention.num_heads,
                     block_plan.prefix_length,
                     device=weight.device,
                     dtype=weight.dtype,

@@ -15,6 +15,18 @@ LORA_SCALING = 2.0
 PREFIX_INIT_STD = 0.02
 
 
+def linear_features(layer: nn.Module) -> tuple[int, int]:
+    """(in, out) of a projection: an `nn.Linear`, or transformers' `Conv1D` (gpt2), which computes
+    x @ W + b with W stored as (in, out), the transpose of a Linear's (HF peft's `fan_in_fan_out`)."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(layer, Conv1D):
+        return layer.weight.shape[0], layer.weight.shape[1]
+    raise TypeError(f"not a projection: {type(layer).__name__}")
+
+
 class Adapter(nn.Module):
     """Sequential bottleneck adapter: h + up(relu(down(h))); up is zero-initialised (starts as identity)."""
 
@@ -59,7 +71,7 @@ class AdaptedLinear(WrappedLinear):
     def __init__(self, base_layer: nn.Linear, bottleneck: int):
         super().__init__(base_layer)
         weight = base_layer.weight
-        self.adapter = Adapter(base_layer.out_features, bottleneck, device=weight.device, dtype=weight.dtype)
+        self.adapter = Adapter(linear_features(base_layer)[1], bottleneck, device=weight.device, dtype=weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.base_layer(x))
@@ -72,8 +84,9 @@ class LoraLinear(WrappedLinear):
         super().__init__(base_layer)
         weight = base_layer.weight
         factory = {"device": weight.device, "dtype": weight.dtype}
-        self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False, **factory)
-        self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False, **factory)
+        in_features, out_features = linear_features(base_layer)
+        self.lora_A = nn.Linear(in_features, rank, bias=False, **factory)
+        self.lora_B = nn.Linear(rank, out_features, bias=False, **factory)
         self.scaling = LORA_SCALING
         if weight.device.type != "meta":
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
@@ -87,8 +100,8 @@ class LoraLinear(WrappedLinear):
         return self.base_layer(x) + self.lora_B(self.lora_A(x)) * self.scaling
 
     @staticmethod
-    def param_count(linear: nn.Linear, rank: int) -> int:
-        return rank * (linear.in_features + linear.out_features)
+    def param_count(linear: nn.Module, rank: int) -> int:
+        return rank * sum(linear_features(linear))
 
 
 class Prefix(nn.Module):

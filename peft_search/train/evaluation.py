@@ -79,9 +79,9 @@ def evaluate_saved(config, saved_dir: str | Path) -> dict:
     tokenizer = load_tokenizer(config.model)
     data = load_data(config, tokenizer)
     if config.preset == FULL:
-        model = load_model(str(saved_dir), data.task)
+        model = load_model(str(saved_dir), data.task, tokenizer=tokenizer)
     else:
-        model = load_model(config.model, data.task)
+        model = load_model(config.model, data.task, tokenizer=tokenizer)
         load_peft(model, saved_dir)
     loader = evaluation_loader(data.validation, tokenizer, data.task, config.batch_size)
     accelerator = make_accelerator()

@@ -24,9 +24,14 @@ def load_tokenizer(model: str):
 
     source = resolve_model(model)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise InputError("model", f"cannot load a tokenizer from {model!r}: {str(error).splitlines()[0][:200]}") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Decoder-only tokenizers (gpt2, llama) have no padding token: pad with end-of-sequence, as
+        # transformers' own examples do; the model is told the same id (load_model).
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_data(config, tokenizer) -> TaskData:
@@ -48,14 +53,16 @@ def problem_type(task: Task) -> str:
     return "regression" if task.regression else "single_label_classification"
 
 
-def load_model(model: str, task: Task, meta: bool = False):
-    """The backbone with a head for `task`, without transformers' per-trial progress bar."""
+def load_model(model: str, task: Task, meta: bool = False, tokenizer=None):
+    """The backbone with a head for `task`, without transformers' per-trial progress bar; a decoder
+    without a padding token is given `tokenizer`'s (the id the batches are padded with)."""
     from transformers.utils import logging
 
     was_enabled = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
     try:
-        return load_backbone(model, num_labels=task.num_labels, problem_type=problem_type(task), meta=meta)
+        return load_backbone(model, num_labels=task.num_labels, problem_type=problem_type(task), meta=meta,
+                             pad_token_id=getattr(tokenizer, "pad_token_id", None))
     finally:
         if was_enabled:
             logging.enable_progress_bar()
@@ -97,7 +104,7 @@ def prepare(config, log=None) -> Prepared:
         f"({source}, {time.perf_counter() - started:.1f}s)")
     # Seed before building the model: the task head and the PEFT modules are initialised at random.
     set_seed(config.seed)
-    model = load_model(config.model, data.task)
+    model = load_model(config.model, data.task, tokenizer=tokenizer)
     fit = check_fit(config, model)
     counts = fit.counts()
     report = None
