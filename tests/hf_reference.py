@@ -23,11 +23,12 @@ def our_lora_ranks(model) -> dict[str, int]:
     return {name: module.rank for name, module in model.named_modules() if isinstance(module, LoraLinear)}
 
 
-def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None):
+def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None, fan_in_fan_out: bool = False):
     """HF peft's LoRA on `bare_model` (modified in place) on exactly the projections our injected
     model `ours` wraps, rank for rank, with alpha = rank x our LORA_SCALING (same scale), no LoRA
     dropout, the task head trained (`task_type="SEQ_CLS"`). With `ours`, its LoRA A and B and its
     head are copied in, so both models start equal; with only `ranks`, HF peft initialises its own.
+    `fan_in_fan_out` for projections that store their weight transposed (gpt2's Conv1D).
     """
     import peft
 
@@ -43,6 +44,7 @@ def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None):
         rank_pattern={name: rank for name, rank in ranks.items() if rank != common_rank},
         alpha_pattern={name: rank * LORA_SCALING for name, rank in ranks.items() if rank != common_rank},
         lora_dropout=0.0,
+        fan_in_fan_out=fan_in_fan_out,
     )
     twin = peft.get_peft_model(bare_model, config)
     if ours is not None:
@@ -50,8 +52,9 @@ def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None):
     return twin
 
 
-def copy_into_twin(ours, twin) -> None:
-    """Our LoRA A/B and head weights into HF peft's twin (names differ only by peft's wrapping)."""
+def copy_into_twin(ours, twin, head: bool = True) -> None:
+    """Our LoRA A/B and (with `head`) head weights into HF peft's twin (names differ only by peft's
+    wrapping). Without `head` the twin keeps its own head: built from the same bare model, it is equal."""
     theirs = dict(twin.named_parameters())
     head_names = {n for n, p in ours.named_parameters() if p.requires_grad and "lora_" not in n}
     with torch.no_grad():
@@ -60,7 +63,7 @@ def copy_into_twin(ours, twin) -> None:
                 theirs[f"base_model.model.{name}.lora_A.default.weight"].copy_(module.lora_A.weight)
                 theirs[f"base_model.model.{name}.lora_B.default.weight"].copy_(module.lora_B.weight)
         for name, parameter in ours.named_parameters():
-            if name in head_names:
+            if head and name in head_names:
                 module, rest = name.split(".", 1)  # `classifier.weight`: peft keeps a trained copy
                 theirs[f"base_model.model.{module}.modules_to_save.default.{rest}"].copy_(parameter)
 

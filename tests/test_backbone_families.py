@@ -123,3 +123,28 @@ def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_decoder(a
     again = evaluate_saved(config, tmp_path / "saved")
     assert again["score"] == pytest.approx(result.score, abs=1e-6)
     assert again["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=1e-5)
+
+
+@needs_minilm
+def test_a_small_search_runs_on_a_tiny_llama_with_every_strategy(tmp_path):
+    """`peft-search run` end to end (the local Ray, real trials) on a tiny random-init Llama saved as
+    a checkpoint without a padding token: one stage whose two choices between them use all four
+    strategies, decided, with every strategy present in its trained designs."""
+    import pyarrow.parquet as pq
+
+    from drivers import cli, write_job
+
+    checkpoint = tiny_checkpoint(tmp_path / "tiny-llama", "llama", with_padding_token=False)
+    job = write_job(tmp_path, backbone=checkpoint, budget_fraction=0.02, racing=None,
+                    stages=[{"component": "strategy.G1", "candidates": ["adapter+prefix", "bitfit+lora"]}],
+                    storage=str(tmp_path / "runs"))
+    result = cli("run", str(job), timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stage 1/1 (strategy.G1) decided:" in result.stdout
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = pq.read_table(run / "results.parquet").to_pylist()
+    assert rows and all(row["status"] == "finished" for row in rows)
+    # Each row's design, e.g. "G1:adapter+prefix G2:- G3:bitfit G4:lora+prefix".
+    used = {strategy for row in rows for group in row["strategies"].split()
+            for strategy in group.split(":")[1].split("+") if strategy != "-"}
+    assert used == {"adapter", "prefix", "bitfit", "lora"}, used

@@ -34,8 +34,8 @@ def one_training_step(model, inputs, lr=1e-2):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("strategies", [("adapter",), ("lora",), ("adapter", "lora")])
-def test_adapter_and_lora_start_as_the_identity_and_leave_the_backbone_frozen(arch, strategies):
+@pytest.mark.parametrize("strategies", [("adapter",), ("lora",), ("bitfit",), ("adapter", "bitfit", "lora")])
+def test_every_strategy_but_prefix_starts_as_the_identity_and_leaves_the_backbone_frozen(arch, strategies):
     bare = build(arch)
     model = copy.deepcopy(bare)
     inputs = batch(arch, pad_last=3)
@@ -48,9 +48,10 @@ def test_adapter_and_lora_start_as_the_identity_and_leave_the_backbone_frozen(ar
     for name, parameter in model.named_parameters():
         if name in frozen_before:
             assert torch.equal(parameter, frozen_before[name]), f"{name} moved"
-    # LoRA's B (and the adapter's up) start at zero, so after one step at least those moved.
+    # LoRA's B, the adapter's up and the biases start at their identity values; one step moves them.
     moved = [n for n, p in model.named_parameters() if n in trained_before and not torch.equal(p, trained_before[n])]
-    assert any("lora_B" in n or "adapter.up" in n for n in moved)
+    assert any("lora_B" in n or "adapter.up" in n or (n.endswith("bias") and n.startswith(model.base_model_prefix))
+               for n in moved), moved
 
 
 @needs_minilm
@@ -67,50 +68,29 @@ def lora_only_budget(profile, rank):
     return (total + 0.25) / profile.backbone_params
 
 
-# HF peft's names for the projections our LoRA adapts (the same modules: query and value, or gpt2's
-# fused c_attn, which HF peft adapts with fan_in_fan_out since Conv1D stores its weight transposed).
-HF_LORA_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "t5": ["q", "v"],
-                   "bart": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
-                   **{arch: ["q_proj", "v_proj"] for arch in ("llama", "qwen2", "qwen3", "mistral")}}
-
-
-# t5 and bart: their decoder blocks hold two attentions, so one budget share buys two ranks and HF
-# peft's single rank has no twin here; their LoRA is the same module class on the same projections.
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("t5", "bart")])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_lora_matches_hf_peft_count_and_outputs(arch):
-    """Our LoRA and HF peft's, same rank and alpha, the same A and B copied in (B random, so the
-    update is live): the same trainable count and the same logits on a padded batch."""
-    peft = pytest.importorskip("peft")
-    from peft_search.peft.modules import LoraLinear
+    """Our LoRA and HF peft's on the same projections (query and value; gpt2's fused c_attn, which
+    HF peft adapts with fan_in_fan_out), rank for rank (t5 and bart decoder blocks hold two
+    attentions, so their ranks differ from the encoder's: HF peft's rank_pattern), alpha = 2r, the
+    same A, B (random, so the update is live) and head: the same trainable count and logits."""
+    pytest.importorskip("peft")
+    from hf_reference import copy_into_twin, hf_lora_twin, our_lora_ranks
 
-    rank = 4
     bare = build(arch)
-    ours, theirs = copy.deepcopy(bare), copy.deepcopy(bare)
-    profile = profile_backbone(bare)
-    report = inject(ours, everywhere("lora"), lora_only_budget(profile, rank))
-    assert {block.lora_rank for block in report.plan.blocks} == {rank}
-
-    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=HF_LORA_TARGETS[arch], lora_dropout=0.0,
-                             task_type="SEQ_CLS", fan_in_fan_out=arch == "gpt2")
-    theirs = peft.get_peft_model(theirs, config)
+    ours = copy.deepcopy(bare)
+    report = inject(ours, everywhere("lora"), lora_only_budget(profile_backbone(bare), 4))
+    torch.manual_seed(1)
+    for module in ours.modules():
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B.weight, std=0.1)
+    theirs = hf_lora_twin(copy.deepcopy(bare), ranks=our_lora_ranks(ours), fan_in_fan_out=arch == "gpt2")
+    copy_into_twin(ours, theirs, head=False)  # both heads come from `bare`
     their_lora = sum(p.numel() for n, p in theirs.named_parameters() if p.requires_grad and "lora_" in n)
     assert report.realised_params == their_lora
-
-    # Same LoRA weights: each of our LoraLinear modules and HF peft's at the same path.
-    torch.manual_seed(1)
-    their_modules = dict(theirs.named_modules())
-    copied = 0
-    for name, mine in ours.named_modules():
-        if not isinstance(mine, LoraLinear):
-            continue
-        torch.nn.init.normal_(mine.lora_B.weight, std=0.1)
-        (their_name,) = [n for n in their_modules if n.endswith("." + name)]
-        with torch.no_grad():
-            their_modules[their_name].lora_A["default"].weight.copy_(mine.lora_A.weight)
-            their_modules[their_name].lora_B["default"].weight.copy_(mine.lora_B.weight)
-        copied += 1
-    assert copied == sum(1 for m in their_modules.values() if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict))
     inputs = batch(arch, pad_last=2)
+    if arch in ("t5", "bart"):
+        inputs["use_cache"] = False
     assert (logits(ours, inputs) - logits(bare, inputs)).abs().max() > 1e-4  # the update is live
     assert (logits(ours, inputs) - logits(theirs, inputs)).abs().max() <= 1e-5
 

@@ -39,6 +39,8 @@ def test_shipped_jobs_validate_and_round_trip(job):
 def test_shipped_jobs_match_their_purpose():
     quick = load_spec(JOBS / "quickstart.yaml")
     assert quick.backbone == "minilm" and quick.tasks == ["tweets"] and quick.data.source == "bundled"
+    decoder = load_spec(JOBS / "glue-qwen2.5-0.5b.yaml")
+    assert decoder.backbone.startswith("Qwen/") and decoder.data.source == "hub" and decoder.resources.gpus >= 1
     paper = load_spec(JOBS / "glue-t5-base.yaml")
     assert paper.tasks == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
     assert (paper.budget_fraction, paper.designs_per_choice, paper.fidelity.epochs) == (0.005, 100, 3)
