@@ -87,6 +87,8 @@ def test_final_comparison_is_fair_and_matches_final_parquet(run_dir):
         assert [r["seed"] for r in runs] == spec.final.seeds
         for r in runs:
             assert r["learning_rate"] == best["learning_rate"]
+            # The optimiser's rates: the tuned base for the head, x each strategy's scale.
+            assert json.loads(r["learning_rates_json"])["head"] == pytest.approx(best["learning_rate"])
             assert "holdout_fraction" not in json.loads(r["config_json"]) or json.loads(r["config_json"])["holdout_fraction"] is None
             assert r["status"] == "finished" and 0 <= r["score"] <= 1
     assert rates["discovered"] == rates["bitfit"] == rates["all-lora"]

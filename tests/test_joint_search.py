@@ -52,6 +52,7 @@ def test_a_joint_search_trains_whole_designs_survives_kill_9_and_decides(tmp_pat
         choices = record["joint_choices"]
         assert choices["grouping"] in ("uniform", "spindle", "bottleneck") and choices["strategy.G1"] in ("adapter", "lora")
         assert record["grouping"] == choices["grouping"] and record["strategies"].startswith(f"G1:{choices['strategy.G1']} ")
+        assert record["learning_rate"] == 5e-3 and json.loads(record["learning_rates_json"])["head"] == 5e-3
     best = max((r for r in records if r["status"] == "finished"), key=lambda r: (r["score"], r["design_id"]))
     assert state["discovered"]["design_id"] == best["design_id"]
     status = cli("status", str(run))

@@ -54,6 +54,13 @@ def test_run_decides_every_stage_and_status_reports_it(tmp_path_factory):
     assert all(r["status"] == "finished" and 0 <= r["score"] <= 1 for r in results)
     assert all(abs(r["realised_params"] - r["target_params"]) <= 0.02 * r["target_params"] for r in results)
     assert (run / "spec.yaml").is_file() and (run / "stages/0/tune").is_dir()
+    # `learning_rate: null` in the spec: each record says what the trial actually trained at (the
+    # designs' default base rate) and each strategy's rate as the optimiser had it.
+    for r in results:
+        assert r["learning_rate"] == 5e-3
+        rates = json.loads(r["learning_rates_json"])
+        assert rates["head"] == 5e-3 and set(rates) <= {"adapter", "prefix", "bitfit", "lora", "head"}
+        assert rates.get("prefix", 3e-2) == pytest.approx(3e-2) and rates.get("bitfit", 1e-2) == pytest.approx(1e-2)
 
     status = cli("status", str(run), "--json")
     assert status.returncode == 0, status.stderr

@@ -25,7 +25,7 @@ def test_the_corpus_is_complete():
 
 @pytest.fixture
 def in_repo(monkeypatch):
-    """Relative paths in the corpus (tests/specs/models/gpt2) are relative to the repository; and a
+    """Relative paths in the corpus (tests/specs/models/opt) are relative to the repository; and a
     case that passed every check would start a run: make that a failure instead."""
     from peft_search.search.controller import Controller
 

@@ -85,6 +85,10 @@ def trial_record(row: TrialRow, result: dict, started_at: str, finished_at: str)
         "baseline_score": result.get("baseline_score"),
         "collapsed": bool(result.get("collapsed")),
         "metrics_json": json.dumps(result.get("metrics") or {}, sort_keys=True),
+        # The rate it trained at: the row's, or the default for its design or preset when the spec
+        # left it null; and each strategy's (the base x its scale), as the optimiser had them.
+        "learning_rate": row.config.lr,
+        "learning_rates_json": json.dumps(result["learning_rates"], sort_keys=True) if result.get("learning_rates") else None,
         "realised_params": result.get("realised_params"),
         "target_params": result.get("target_params"),
         "head_params": result.get("head_params"),

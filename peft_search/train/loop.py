@@ -58,24 +58,30 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
 
 def parameter_groups(model, weight_decay: float, base_lr: float, injected: bool):
     """AdamW groups: no decay on biases and normalisation weights (the usual BERT recipe); on an
-    injected model each strategy's parameters at base_lr x its STRATEGY_LEARNING_RATE_SCALE."""
+    injected model each strategy's parameters at base_lr x its STRATEGY_LEARNING_RATE_SCALE. Each
+    group is named (`name`: the strategy, `head`, or `all` for full fine-tuning)."""
     names = {id(p): n for n, p in model.named_parameters()}
 
-    def split(parameters, lr):
+    def split(parameters, lr, name):
         decay = [p for p in parameters if not (p.ndim < 2 or "norm" in names[id(p)].lower())]
         no_decay = [p for p in parameters if p.ndim < 2 or "norm" in names[id(p)].lower()]
         return [
-            {"params": group, "weight_decay": wd, "lr": lr}
+            {"params": group, "weight_decay": wd, "lr": lr, "name": name}
             for group, wd in ((decay, weight_decay), (no_decay, 0.0))
             if group
         ]
 
     if not injected:  # full fine-tuning: one rate for everything
-        return split([p for p in model.parameters() if p.requires_grad], base_lr)
+        return split([p for p in model.parameters() if p.requires_grad], base_lr, "all")
     groups = []
     for strategy, parameters in trainable_parameters_by_strategy(model).items():
-        groups += split(parameters, base_lr * STRATEGY_LEARNING_RATE_SCALE[strategy])
+        groups += split(parameters, base_lr * STRATEGY_LEARNING_RATE_SCALE[strategy], strategy)
     return groups
+
+
+def peak_learning_rates(groups: list[dict]) -> dict[str, float]:
+    """What each named group trained at (the peak of its schedule): {"lora": 5e-3, "head": 5e-3, ...}."""
+    return {group["name"]: group["lr"] for group in groups}
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -116,9 +122,9 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
     model = prepared.model
     train_loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed)
     eval_loader = evaluation_loader(prepared.data.validation, prepared.tokenizer, task, config.batch_size)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay, config.lr, injected=prepared.report is not None), lr=config.lr
-    )
+    groups = parameter_groups(model, config.weight_decay, config.lr, injected=prepared.report is not None)
+    learning_rates = peak_learning_rates(groups)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -206,6 +212,7 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
         "train_samples_per_s": round(samples / train_time, 3) if train_time > 0 and samples else None,
         "baseline_score": None if evaluation is None else evaluation.baseline_score,
         "collapsed": evaluation is not None and evaluation.collapsed,
+        "learning_rates": learning_rates,
     }
 
 

@@ -155,7 +155,9 @@ class TrialResult:
     the same validation examples (None when nothing was evaluated). collapsed: the finished trial
     learned nothing: it predicts one class (one value) for every example, or scores the baseline
     within 1e-9 (`metrics.is_collapsed`). A real outcome, counted like any other. Records written
-    before these two existed read as None / False."""
+    before these two existed read as None / False. learning_rates: the rate each parameter group
+    trained at, at the schedule's peak (the base rate x the strategy's scale; `all` for full
+    fine-tuning); None when training never started."""
 
     status: str
     score: float | None
@@ -172,6 +174,7 @@ class TrialResult:
     design_id: str
     baseline_score: float | None = None
     collapsed: bool = False
+    learning_rates: dict | None = None  # each parameter group's peak rate: {"lora": 5e-3, "head": 5e-3}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -228,4 +231,5 @@ def run_trial(
         design_id=config.design_id,
         baseline_score=outcome.get("baseline_score"),
         collapsed=status == "finished" and bool(outcome.get("collapsed")),
+        learning_rates=outcome.get("learning_rates"),
     )

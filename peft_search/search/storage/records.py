@@ -34,6 +34,8 @@ RESULT_COLUMNS = [
     ("baseline_score", pa.float64()),  # the constant prediction's score on the same examples
     ("collapsed", pa.bool_()),  # the trial ended at that baseline (learned nothing)
     ("metrics_json", pa.string()),
+    ("learning_rate", pa.float64()),  # the base rate it trained at (null for runs before 0.4)
+    ("learning_rates_json", pa.string()),  # each strategy's rate, {"lora": ..., "head": ...}
     ("realised_params", pa.int64()),
     ("target_params", pa.int64()),
     ("head_params", pa.int64()),
@@ -120,6 +122,7 @@ FINAL_COLUMNS = [
     ("finished_at", pa.string()),
     ("baseline_score", pa.float64()),  # the dev score of predicting the majority class (or the mean)
     ("collapsed", pa.bool_()),  # the run ended at that baseline (learned nothing); None in older runs
+    ("learning_rates_json", pa.string()),  # each strategy's rate (the base x its scale); None in older runs
 ]
 FINAL_SCHEMA = pa.schema(FINAL_COLUMNS)
 
