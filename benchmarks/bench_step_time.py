@@ -34,7 +34,7 @@ def make_variants(rank: int):
     bare = load_backbone("minilm")
     profile = profile_backbone(bare)
     # The budget at which every block's share buys exactly `rank`: our LoRA then equals HF peft's.
-    budget = (rank * sum(b.lora_unit for b in profile.blocks) + 0.25) / profile.backbone_params
+    budget = (rank * sum(b.unit("lora") for b in profile.blocks) + 0.25) / profile.backbone_params
 
     full = copy.deepcopy(bare)
     ours = copy.deepcopy(bare)

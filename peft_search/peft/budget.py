@@ -16,27 +16,28 @@ from dataclasses import asdict, dataclass
 
 from peft_search.errors import InputError
 from peft_search.peft.backbones import backbone_blocks
-from peft_search.peft.modules import Adapter, LoraLinear, Prefix, bitfit_param_count, linear_features
+from peft_search.peft.strategies import STRATEGY_REGISTRY
 from peft_search.space import Design
 
 FEASIBLE_RELATIVE_ERROR = 0.02
-ELASTIC = ("adapter", "prefix", "lora")  # strategies whose size the budget sets
-SIZE_FIELD = {"adapter": "adapter_size", "prefix": "prefix_length", "lora": "lora_rank"}
 
 
 @dataclass(frozen=True)
 class BlockProfile:
-    """What each strategy costs in one block of one backbone."""
+    """What each strategy costs in one block of one backbone (`Strategy.fixed_cost` / `unit_cost`):
+    `fixed_costs` at any size (BitFit: all of it; an adapter: its up-projection's bias), and
+    `unit_costs` per unit of size for the strategies the budget sizes (adapter bottleneck dimension,
+    prefix position over all the block's attentions, LoRA rank over all its projections)."""
 
     name: str
-    bitfit_params: int
-    adapter_fixed: int  # the adapter's up-projection bias
-    adapter_unit: int  # per bottleneck dimension
-    prefix_unit: int  # per prefix position, over all the block's attentions
-    lora_unit: int  # per rank, over LoRA's projections (query and value) of all its attentions
+    fixed_costs: dict[str, int]
+    unit_costs: dict[str, int]
+
+    def fixed(self, strategy: str) -> int:
+        return self.fixed_costs[strategy]
 
     def unit(self, strategy: str) -> int:
-        return {"adapter": self.adapter_unit, "prefix": self.prefix_unit, "lora": self.lora_unit}[strategy]
+        return self.unit_costs[strategy]
 
 
 @dataclass(frozen=True)
@@ -54,27 +55,23 @@ class BackboneProfile:
     def smallest_design_params(self) -> int:
         """The fewest trainable parameters a design can plan: one unit of the cheapest strategy in the
         cheapest block (a budget below it makes every design infeasible)."""
-        return min(
-            min(b.adapter_fixed + b.adapter_unit, b.prefix_unit, b.lora_unit, b.bitfit_params or b.lora_unit)
-            for b in self.blocks
-        )
+        costs = [
+            block.fixed(name) + (block.unit(name) if strategy.elastic else 0)
+            for block in self.blocks
+            for name, strategy in STRATEGY_REGISTRY.items()
+        ]
+        return min(cost for cost in costs if cost > 0)
 
 
 def profile_backbone(model) -> BackboneProfile:
     """Per-block unit costs measured off the (un-injected) model; works on a meta-device model."""
     blocks = []
     for site in backbone_blocks(model):
-        hidden = linear_features(site.ffn_output_layer())[1]
-        prefix_unit = sum(Prefix.param_count(a.key_dim, 1) for a in site.attentions)
-        lora_unit = sum(LoraLinear.param_count(a.projection(name), 1) for a in site.attentions for name in a.lora_projections)
         blocks.append(
             BlockProfile(
                 name=site.name,
-                bitfit_params=bitfit_param_count(site.module),
-                adapter_fixed=Adapter.param_count(hidden, 0),
-                adapter_unit=Adapter.param_count(hidden, 1) - Adapter.param_count(hidden, 0),
-                prefix_unit=prefix_unit,
-                lora_unit=lora_unit,
+                fixed_costs={name: s.fixed_cost(site) for name, s in STRATEGY_REGISTRY.items()},
+                unit_costs={name: s.unit_cost(site) for name, s in STRATEGY_REGISTRY.items() if s.elastic},
             )
         )
     backbone_params = sum(p.numel() for p in model.base_model.parameters())
@@ -89,6 +86,9 @@ def profile_backbone(model) -> BackboneProfile:
 
 @dataclass(frozen=True)
 class BlockPlan:
+    """One tuned block's plan: its strategies and each one's size (`Strategy.size_field`; 0 when the
+    block does not use it). These fields are stored in every saved design.json: keep their names."""
+
     block: int  # 0-based position among all blocks
     name: str
     group: int  # 1-based
@@ -156,11 +156,9 @@ def plan_budget(profile: BackboneProfile, design: Design, budget_fraction: float
         return design.strategies[groups[i] - 1]
 
     def fixed_cost(i: int) -> int:
-        chosen = strategies_of(i)
-        block = profile.blocks[i]
-        return (block.bitfit_params if "bitfit" in chosen else 0) + (block.adapter_fixed if "adapter" in chosen else 0)
+        return sum(profile.blocks[i].fixed(s) for s in strategies_of(i))
 
-    elastic = {i: [s for s in strategies_of(i) if s in ELASTIC] for i in tuned}
+    elastic = {i: [s for s in strategies_of(i) if STRATEGY_REGISTRY[s].elastic] for i in tuned}
     active = [i for i in tuned if elastic[i]]
     share = {i: target * weights[i] / total_weight for i in tuned}
 
@@ -201,19 +199,12 @@ def plan_budget(profile: BackboneProfile, design: Design, budget_fraction: float
     for i in tuned:
         chosen = strategies_of(i)
         block = profile.blocks[i]
-        size_fields = {SIZE_FIELD[s]: sizes[(i, s)] for s in elastic[i]}
+        # An elastic strategy's size is its units; a fixed one's is its parameter count (BitFit's).
+        size_fields = {
+            STRATEGY_REGISTRY[s].size_field: sizes[(i, s)] if STRATEGY_REGISTRY[s].elastic else block.fixed(s) for s in chosen
+        }
         params = fixed_cost(i) + sum(sizes[(i, s)] * block.unit(s) for s in elastic[i])
-        blocks.append(
-            BlockPlan(
-                block=i,
-                name=block.name,
-                group=groups[i],
-                strategies=chosen,
-                bitfit_params=block.bitfit_params if "bitfit" in chosen else 0,
-                params=params,
-                **size_fields,
-            )
-        )
+        blocks.append(BlockPlan(block=i, name=block.name, group=groups[i], strategies=chosen, params=params, **size_fields))
     return BudgetPlan(
         design=design,
         budget_fraction=budget_fraction,

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peft_search.peft.attention import use_prefix_attention
 from peft_search.peft.backbones import backbone_blocks
 from peft_search.peft.budget import BudgetPlan, plan_budget, profile_backbone
-from peft_search.peft.modules import AdaptedLinear, LoraLinear, Prefix, add_missing_biases
+from peft_search.peft.strategies import injection_order
 from peft_search.space import Design
 
 
@@ -67,33 +66,13 @@ def apply_plan(model, plan: BudgetPlan) -> InjectionReport:
             parameter.requires_grad_(True)
 
     sites = backbone_blocks(model)
-    uses_prefix = False
+    used = {}
     for block_plan in plan.blocks:
-        site = sites[block_plan.block]
-        weight = site.ffn_output_layer().weight
-        if "bitfit" in block_plan.strategies:
-            add_missing_biases(site.module)
-            for name, parameter in site.module.named_parameters():
-                if name.split(".")[-1] == "bias":
-                    parameter.requires_grad_(True)
-        if block_plan.adapter_size:
-            output_layer = getattr(site.ffn_parent, site.ffn_output)
-            setattr(site.ffn_parent, site.ffn_output, AdaptedLinear(output_layer, block_plan.adapter_size))
-        for attention in site.attentions:
-            if block_plan.lora_rank:
-                for projection in attention.lora_projections:
-                    setattr(attention.module, projection, LoraLinear(attention.projection(projection), block_plan.lora_rank))
-            if block_plan.prefix_length:
-                attention.module.peft_prefix = Prefix(
-                    attention.num_heads,
-                    attention.key_dim // attention.num_heads,
-                    block_plan.prefix_length,
-                    device=weight.device,
-                    dtype=weight.dtype,
-                )
-                uses_prefix = True
-    if uses_prefix:
-        use_prefix_attention(model)
+        for strategy in injection_order(block_plan.strategies):
+            strategy.inject(sites[block_plan.block], getattr(block_plan, strategy.size_field))
+            used[strategy.name] = strategy
+    for strategy in used.values():
+        strategy.activate(model)
 
     realised = sum(p.numel() for p in base_model.parameters() if p.requires_grad)
     head = sum(p.numel() for p in model.parameters() if p.requires_grad) - realised
@@ -103,30 +82,3 @@ def apply_plan(model, plan: BudgetPlan) -> InjectionReport:
             "the budget's cost model and the PEFT modules disagree"
         )
     return InjectionReport(plan=plan, backbone_params=backbone_params, realised_params=realised, head_params=head)
-
-
-def trainable_parameters_by_strategy(model) -> dict[str, list]:
-    """The trainable parameters of an injected model, by what they belong to: `adapter`, `prefix`,
-    `lora` (found by module type), `bitfit` (the other trainable backbone tensors: biases) and
-    `head` (everything outside the backbone). The trainer uses it to give each its learning rate."""
-    groups: dict[str, list] = {"adapter": [], "prefix": [], "lora": [], "bitfit": [], "head": []}
-    claimed: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, AdaptedLinear):
-            strategy, parameters = "adapter", module.adapter.parameters()
-        elif isinstance(module, LoraLinear):
-            strategy, parameters = "lora", [module.lora_A.weight, module.lora_B.weight]
-        elif isinstance(module, Prefix):
-            strategy, parameters = "prefix", module.parameters()
-        else:
-            continue
-        for parameter in parameters:
-            if parameter.requires_grad and id(parameter) not in claimed:
-                groups[strategy].append(parameter)
-                claimed.add(id(parameter))
-    backbone = {id(p) for p in model.base_model.parameters()}
-    for parameter in model.parameters():
-        if parameter.requires_grad and id(parameter) not in claimed:
-            groups["bitfit" if id(parameter) in backbone else "head"].append(parameter)
-            claimed.add(id(parameter))
-    return groups

@@ -24,12 +24,11 @@ import torch
 
 from peft_search.errors import InputError
 from peft_search.peft import save_peft
-from peft_search.peft.inject import trainable_parameters_by_strategy
+from peft_search.peft.strategies import learning_rate_scale, trainable_parameters_by_strategy
 from peft_search.train.batching import evaluation_loader, training_loader
 from peft_search.train.device import is_oom, make_accelerator, peak_memory_mb
 from peft_search.train.evaluation import evaluate_model
 from peft_search.train.prepare import Prepared, prepare
-from peft_search.train.presets import STRATEGY_LEARNING_RATE_SCALE
 
 MAX_GRAD_NORM = 1.0
 LOG_EVERY_S = 10.0
@@ -58,7 +57,7 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
 
 def parameter_groups(model, weight_decay: float, base_lr: float, injected: bool):
     """AdamW groups: no decay on biases and normalisation weights (the usual BERT recipe); on an
-    injected model each strategy's parameters at base_lr x its STRATEGY_LEARNING_RATE_SCALE. Each
+    injected model each strategy's parameters at base_lr x its `learning_rate_scale` (the head's: 1). Each
     group is named (`name`: the strategy, `head`, or `all` for full fine-tuning)."""
     names = {id(p): n for n, p in model.named_parameters()}
 
@@ -75,7 +74,7 @@ def parameter_groups(model, weight_decay: float, base_lr: float, injected: bool)
         return split([p for p in model.parameters() if p.requires_grad], base_lr, "all")
     groups = []
     for strategy, parameters in trainable_parameters_by_strategy(model).items():
-        groups += split(parameters, base_lr * STRATEGY_LEARNING_RATE_SCALE[strategy], strategy)
+        groups += split(parameters, base_lr * learning_rate_scale(strategy), strategy)
     return groups
 
 

@@ -13,15 +13,16 @@ Learning rates: PEFT modules train well only far above full fine-tuning's rates 
 on MiniLM + SST-2 (2,000 examples, one epoch, seed 0; docs/benchmarks.md) prefix tuning wanted 3e-2
 (dev accuracy 0.53 / 0.64 / 0.73 at 5e-3 / 1e-2 / 3e-2) and BitFit about 1e-2, LoRA and adapters
 5e-3. So a trial's learning rate is a base rate (5e-3 for every design and PEFT preset; 5e-5 for
-full fine-tuning) and each strategy's parameters train at base x STRATEGY_LEARNING_RATE_SCALE (the
-head at the base rate): one learning rate per job, and a mixed design's prefix and BitFit parts are
-not starved by it (docs/design.md, "Learning rates"). `--lr` sets the base rate.
+full fine-tuning) and each strategy's parameters train at base x its `learning_rate_scale` (its
+module in `peft_search.peft.strategies`; the head at the base rate): one learning rate per job, and
+a mixed design's prefix and BitFit parts are not starved by it (docs/design.md, "Learning rates").
+`--lr` sets the base rate.
 """
 
 from __future__ import annotations
 
 from peft_search.errors import InputError
-from peft_search.space import Design
+from peft_search.space import STRATEGIES, Design
 
 FULL = "full"
 ALL_GROUPS = (1, 2, 3, 4)
@@ -33,10 +34,7 @@ def _single(strategy: str) -> Design:
 
 PRESET_DESIGNS: dict[str, Design | None] = {
     FULL: None,
-    "adapter": _single("adapter"),
-    "prefix": _single("prefix"),
-    "bitfit": _single("bitfit"),
-    "lora": _single("lora"),
+    **{strategy: _single(strategy) for strategy in STRATEGIES},  # each strategy alone
     "s4-t5": Design(
         grouping="spindle",
         allocation="uniform",
@@ -47,8 +45,6 @@ PRESET_DESIGNS: dict[str, Design | None] = {
 
 DESIGN_LEARNING_RATE = 5e-3
 FULL_LEARNING_RATE = 5e-5
-# Each strategy's rate relative to the base rate, from the single-strategy sweep above.
-STRATEGY_LEARNING_RATE_SCALE = {"adapter": 1.0, "lora": 1.0, "prefix": 6.0, "bitfit": 2.0, "head": 1.0}
 PRESETS = tuple(PRESET_DESIGNS)
 
 

@@ -28,10 +28,11 @@ from peft_search.search.spec.errors import SpecError, spec_error
 from peft_search.search.stage.selection import DEFAULT_DELTA, KN_MIN_FIRST_STAGE
 from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
 from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
-from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE
+from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE, PRESETS
 
-# Contenders of the final evaluation: the discovered design and the baseline presets of the trial layer.
-CONTENDERS: tuple[str, ...] = ("discovered", "full", "adapter", "prefix", "bitfit", "lora", "s4-t5")
+# Contenders of the final evaluation: the discovered design and the baseline presets of the trial
+# layer (full fine-tuning, each strategy alone, the paper's S4).
+CONTENDERS: tuple[str, ...] = ("discovered", *PRESETS)
 # Registry names (sst2) and the trial layer's generic file tasks (file:text=review,label=stars).
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=,+\-]*$")
 # A run's name is one path component under the storage: it can never point elsewhere.
