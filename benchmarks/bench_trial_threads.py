@@ -28,7 +28,7 @@ def train(task: str, data_dir: str, steps: int, threads: int) -> float:
     import torch
 
     torch.set_num_threads(threads)
-    from peft_search.train.trial import TrialConfig, run_trial
+    from peft_search.train import TrialConfig, run_trial
 
     config = TrialConfig(model="minilm", task=task, data_dir=data_dir, preset="s4-t5", seed=0, epochs=None,
                          max_steps=steps, max_train_examples=1000, max_eval_examples=300, batch_size=16, max_length=64)

@@ -14,7 +14,8 @@ import pytest
 
 from peft_search.cli import main
 from peft_search.report import write_report
-from peft_search.search.stage.decide import decide_stage, derive_seed, trial_scores
+from peft_search.search.seeds import derive_seed
+from peft_search.search.stage.decide import decide_stage, trial_scores
 from peft_search.search.stage.plan import plan_path, read_plan
 from peft_search.search.stage.racing import race_state
 from peft_search.search.spec import load_spec

@@ -24,7 +24,8 @@ from peft_search.errors import InputError
 from peft_search.search import interrupt
 from peft_search.search.preflight import prepare_spec  # noqa: F401 - the controller's entry point, re-exported
 from peft_search.search.spec import SearchSpec, load_run_spec, spec_diff
-from peft_search.search.stage.decide import Decision, decide_stage, derive_seed, trial_scores
+from peft_search.search.seeds import derive_seed
+from peft_search.search.stage.decide import Decision, decide_stage, trial_scores
 from peft_search.search.stage.plan import StagePlan, plan_path, plan_stage, read_plan, write_plan
 from peft_search.search.storage.records import read_records, write_results
 from peft_search.search.storage.paths import StoragePath
@@ -35,7 +36,6 @@ from peft_search.search.storage.run_dir import (
     require_run,
     storage_root,
     utc_now,
-    write_atomic,
     write_json_atomic,
 )
 from peft_search.search.trials import trial_resources
@@ -83,7 +83,7 @@ class Controller:
         """A new run directory with the spec and a fresh state; `first_plan` (stage 0's plan, made by
         `preflight` on the same spec) is written as the plan the run starts from."""
         run_dir.mkdir(parents=True, exist_ok=False)
-        write_atomic(run_dir / SPEC_FILE, spec.to_yaml().encode())
+        (run_dir / SPEC_FILE).write_text(spec.to_yaml())
         if first_plan is not None:
             write_plan(first_plan, plan_path(run_dir, 0))
         state = {
@@ -122,7 +122,7 @@ class Controller:
                 )
             if differences:
                 spec = new_spec.with_storage(spec.storage)
-                write_atomic(run_dir / SPEC_FILE, spec.to_yaml().encode())
+                (run_dir / SPEC_FILE).write_text(spec.to_yaml())
         return cls(run_dir, spec, state, out)
 
     def save_state(self) -> None:

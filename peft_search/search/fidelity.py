@@ -26,11 +26,11 @@ from peft_search.search import interrupt
 from peft_search.search.interrupt import tune_stopper
 from peft_search.search.progress import RecordProgress, quiet_tune_output
 from peft_search.search.spec import Fidelity, SearchSpec, load_run_spec
-from peft_search.search.stage.decide import derive_seed
+from peft_search.search.seeds import derive_seed
 from peft_search.search.stage.plan import trial_config
 from peft_search.search.stage.scores import design_scores, trial_scores
 from peft_search.search.storage.paths import StoragePath
-from peft_search.search.storage.run_dir import SPEC_FILE, read_json, storage_root, write_atomic, write_json_atomic
+from peft_search.search.storage.run_dir import SPEC_FILE, read_json, storage_root, write_json_atomic
 from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
 
 MIN_CORRELATION = 0.8
@@ -161,7 +161,7 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
     profile = profile_backbone(load_backbone(spec.backbone, meta=True))
     rows = pilot_rows(spec, lengths, designs, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / SPEC_FILE, spec.to_yaml().encode())
+    (run_dir / SPEC_FILE).write_text(spec.to_yaml())
     pending = [row for row in rows if not row.record_path(run_dir).is_file()]
     say(f"fidelity pilot: {designs} designs x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) at {', '.join(map(str, lengths))} "
         f"steps: {len(rows)} trials ({len(rows) - len(pending)} already done) in {run_dir}")

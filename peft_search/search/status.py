@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peft_search.search.final.evaluate import FINAL_FILE, evaluated_final
+from peft_search.search.final.evaluate import FINAL_SUMMARY_FILE, evaluated_final
 from peft_search.search.spec import load_run_spec
 from peft_search.search.stage.decide import ChoiceStats, Decision
 from peft_search.search.storage.paths import StoragePath
@@ -69,7 +69,7 @@ def run_status(path: str | Path) -> dict:
 def final_status(run_dir: StoragePath) -> dict | None:
     """The final evaluation's progress (None before it starts): seeded runs recorded against those its
     final section plans, tuning trials, and whether it ran to its end."""
-    if not (run_dir / FINAL_DIR / FINAL_FILE).is_file():
+    if not (run_dir / FINAL_DIR / FINAL_SUMMARY_FILE).is_file():
         return None
     final = evaluated_final(run_dir, load_run_spec(run_dir / "spec.yaml"))
     records = read_final_records(run_dir)

@@ -114,7 +114,7 @@ def ray_node_id() -> str | None:
 
 def run_row(run_dir: StoragePath, row: TrialRow, on_epoch=None) -> tuple[dict, bool]:
     """Train `row` unless it has a record; returns (its record, whether it was already there)."""
-    from peft_search.train.trial import run_trial
+    from peft_search.train.run import run_trial
 
     path = row.record_path(run_dir)
     if path.is_file():

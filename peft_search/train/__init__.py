@@ -6,7 +6,8 @@ datasets), data.py (labels, subsample, tokens and their cache), presets.py (name
 learning rates), fit.py (whether a design fits a backbone at a budget), prepare.py (tokenizer, data
 and the injected model of a trial), batching.py, device.py, loop.py (the training loop),
 evaluation.py (`evaluate_model`, `evaluate_saved`), metrics.py, distributed.py (Ray Train),
-trial.py (`TrialConfig`, `run_trial`, `TrialResult`: the interface the search calls).
+trial.py (`TrialConfig`, `TrialResult`: the interface the search calls), run.py (`run_trial`:
+one worker here or several on Ray Train).
 
 Imports peft, space, datasets, accelerate, torch and transformers; ray only lazily, inside
 `distributed.py`. Never imports search or report. Importing this package loads none of the heavy
@@ -16,7 +17,8 @@ ones: what it exports below imports them when called.
 from peft_search.train.fit import FIXED_SIZE_PRESETS, Fit, plan_fit
 from peft_search.train.presets import PRESETS, default_learning_rate, preset_design
 from peft_search.train.tasks import TASKS, Task, get_task
-from peft_search.train.trial import TrialConfig, TrialResult, run_trial
+from peft_search.train.run import run_trial
+from peft_search.train.trial import TrialConfig, TrialResult
 
 
 _LAZY = {"evaluate_saved": "peft_search.train.evaluation"}  # imports torch: loaded on first use

@@ -25,6 +25,7 @@ import time
 import uuid
 
 from peft_search.train.prepare import check_inputs
+from peft_search.train.trial import TrialConfig
 
 CPU_PER_WORKER = 0.5
 POLL_S = 0.2
@@ -37,7 +38,6 @@ def _worker_main(loop_config: dict) -> None:
     from peft_search.errors import InputError
     from peft_search.train.loop import train_worker
     from peft_search.train.prepare import prepare
-    from peft_search.train.trial import TrialConfig
 
     config = TrialConfig.from_dict(loop_config["config"])
     queue = loop_config["queue"]

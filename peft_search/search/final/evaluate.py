@@ -47,7 +47,7 @@ from peft_search.search import interrupt
 from peft_search.search.interrupt import tune_stopper
 from peft_search.search.progress import quiet_tune_output
 from peft_search.search.spec import FinalSpec, SearchSpec, load_run_spec
-from peft_search.search.stage.decide import derive_seed
+from peft_search.search.seeds import derive_seed
 from peft_search.search.stage.plan import trial_config
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import FINAL_DIR, FINAL_DONE_FILE, read_final_records, write_final
@@ -56,7 +56,7 @@ from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
 from peft_search.space import Design
 
 DISCOVERED = "discovered"
-FINAL_FILE = "final.json"
+FINAL_SUMMARY_FILE = "final.json"  # the comparison (FinalComparison); each run's record is in final.parquet
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def open_final(path: str | Path, final: FinalSpec | None = None) -> tuple[Storag
 
 def evaluated_final(run_dir: StoragePath, spec: SearchSpec) -> FinalSpec | None:
     """The final section a run was last evaluated with (`--final FILE` included), else its spec's."""
-    path = final_dir(run_dir) / FINAL_FILE
+    path = final_dir(run_dir) / FINAL_SUMMARY_FILE
     if not path.is_file():
         return spec.final
     return spec.with_final(read_json(path)).final
@@ -254,7 +254,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     directory = final_dir(run_dir)
     directory.mkdir(exist_ok=True)
     (directory / FINAL_DONE_FILE).unlink(missing_ok=True)
-    write_json_atomic(directory / FINAL_FILE, final.model_dump(mode="json"))
+    write_json_atomic(directory / FINAL_SUMMARY_FILE, final.model_dump(mode="json"))
 
     def start_ray() -> None:
         # Only when something trains: evaluating a finished evaluation again (to record another final

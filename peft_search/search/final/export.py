@@ -65,7 +65,7 @@ def export_run(path: str | Path, out: str | Path, say=print) -> StoragePath:
 
 
 def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None:
-    from peft_search.train.trial import TrialConfig, run_trial
+    from peft_search.train import TrialConfig, run_trial
 
     design = Design.from_dict(found["design"])
     final = evaluated_final(run_dir, spec)

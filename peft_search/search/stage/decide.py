@@ -16,13 +16,11 @@
   it stopped, and trials run versus planned (what racing saved over fixed N).
 
 Monte Carlo draws use numpy's legacy `RandomState` seeded with SHA-256 of the search seed and the
-stage (`derive_seed`): the same scores give the same numbers anywhere. Pure: numpy only.
+stage (`search.seeds.derive_seed`): the same scores give the same numbers anywhere. Pure: numpy only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -112,11 +110,6 @@ class Decision:
         """The best-scoring design of `choice` (ties: the smaller design id)."""
         scored = [d for d in self.designs if d.choice == choice and d.score is not None]
         return max(scored, key=lambda d: (d.score, d.design_id)) if scored else None
-
-
-def derive_seed(*parts) -> int:
-    """A 32-bit seed from any JSON-able parts, stable across runs and Python versions."""
-    return int.from_bytes(hashlib.sha256(json.dumps(list(parts)).encode()).digest()[:4], "big")
 
 
 def summarize_choice(choice: str, scores: Sequence[float | None], failed_trials: int = 0,
@@ -290,7 +283,6 @@ __all__ = [
     "decide",
     "decide_stage",
     "decide_trials",
-    "derive_seed",
     "design_scores",
     "summarize_choice",
     "trial_scores",

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from peft_search.errors import InputError
 from peft_search.search.spec import Fidelity, SearchSpec
-from peft_search.search.stage.decide import derive_seed
+from peft_search.search.seeds import derive_seed
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_parquet, write_parquet
 from peft_search.search.trials import TrialRow, canonical_json, row_id

@@ -97,7 +97,7 @@ def write_results(run_dir: StoragePath) -> StoragePath:
 
 FINAL_DIR = "final"
 FINAL_DONE_FILE = "done.json"  # written when the final evaluation ran to its end
-FINAL_FILE = "final.parquet"
+FINAL_RECORDS_FILE = "final.parquet"
 FINAL_COLUMNS = [
     ("trial_id", pa.string()),
     ("phase", pa.string()),  # tune (scored on the held-back training slice) | final (scored on dev)
@@ -159,12 +159,12 @@ def write_final(run_dir: StoragePath) -> StoragePath:
     """`final.parquet`, rebuilt (atomically) from the final evaluation's records."""
     records = read_final_records(run_dir)
     table = pa.Table.from_pydict({name: [r.get(name) for r in records] for name, _ in FINAL_COLUMNS}, schema=FINAL_SCHEMA)
-    return write_parquet(run_dir / FINAL_FILE, table)
+    return write_parquet(run_dir / FINAL_RECORDS_FILE, table)
 
 
 def read_final(run_dir: StoragePath) -> list[dict]:
     """The rows of `final.parquet`; empty when the run has no final evaluation yet."""
-    path = run_dir / FINAL_FILE
+    path = run_dir / FINAL_RECORDS_FILE
     if not path.is_file():
         return []
     rows = read_parquet(path).to_pylist()

@@ -51,12 +51,9 @@ def trials_dir(run_dir: StoragePath, stage: int) -> StoragePath:
     return stage_dir(run_dir, stage) / "trials"
 
 
-def write_atomic(path: StoragePath | str | Path, data: bytes) -> None:
-    StoragePath.parse(path).write_bytes(data)
-
-
 def write_json_atomic(path: StoragePath | str | Path, value) -> None:
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    """Atomic on every storage (`StoragePath.write_bytes`)."""
+    StoragePath.parse(path).write_bytes((json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: StoragePath) -> dict:
