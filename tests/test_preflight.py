@@ -37,7 +37,7 @@ def test_a_run_directory_is_one_level_inside_the_storage(tmp_path, stem):
 
 @needs_minilm
 def test_the_run_starts_from_the_plan_preflight_checked_and_records_why_it_failed(tmp_path, monkeypatch):
-    from peft_search.search.cluster import connect
+    from peft_search import ray_session
     from peft_search.search.controller import Controller, new_run_dir
     from peft_search.search.preflight import preflight
     from peft_search.search.stage.plan import plan_path, read_plan
@@ -50,11 +50,11 @@ def test_the_run_starts_from_the_plan_preflight_checked_and_records_why_it_faile
     def no_ray(address):
         raise RuntimeError("no Ray today")
 
-    monkeypatch.setattr(connect, "init_ray", no_ray)
+    monkeypatch.setattr(ray_session, "init_ray", no_ray)
     # An error ends the run `failed`; Ctrl+C ends it `interrupted` (resumable, never decided).
     for error, status in ((RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")):
         if error is KeyboardInterrupt:
-            monkeypatch.setattr(connect, "init_ray", lambda address: (_ for _ in ()).throw(KeyboardInterrupt()))
+            monkeypatch.setattr(ray_session, "init_ray", lambda address: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(error):
             controller.run()
         state = json.loads((controller.run_dir / "state.json").read_text())
@@ -130,7 +130,7 @@ def test_the_pymp_dirs_of_rays_dashboard_are_removed_at_exit(monkeypatch):
     and `ray.shutdown` kills the dashboard so that the directory stays. A child doing the same
     stands in for the dashboard here, and killing it for `ray.shutdown`."""
     pytest.importorskip("psutil")
-    from peft_search.search.cluster import connect
+    from peft_search import ray_session as connect
 
     code = (
         "import multiprocessing as mp, sys, time\n"

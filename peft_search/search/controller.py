@@ -168,15 +168,13 @@ class Controller:
             pass  # the storage itself failed: the original error says more than this one would
 
     def _run(self, address: str | None) -> dict:
-        from peft_search.search.cluster.connect import init_ray
+        from peft_search.search.ray_tune import start_ray
 
         if self.state["status"] != "running":  # a resumed run that had failed
             self.state["status"] = "running"
             self.state.pop("error", None)
             self.save_state()
-        dashboard = init_ray(address)
-        if dashboard:
-            self.say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
+        start_ray(address, self.say)
         if self.spec.joint is not None:
             self.run_joint()
         else:

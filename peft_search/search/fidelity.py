@@ -23,15 +23,14 @@ import numpy as np
 
 from peft_search.errors import InputError
 from peft_search.search import interrupt
-from peft_search.search.interrupt import tune_stopper
-from peft_search.search.progress import RecordProgress, quiet_tune_output
+from peft_search.search.progress import RecordProgress
 from peft_search.search.spec import Fidelity, SearchSpec, load_run_spec
 from peft_search.search.seeds import derive_seed
 from peft_search.search.stage.plan import trial_config
 from peft_search.search.stage.scores import design_scores, trial_scores
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import SPEC_FILE, read_json, storage_root, write_json_atomic
-from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
+from peft_search.search.trials import TrialRow, trial_resources
 
 MIN_CORRELATION = 0.8
 DEFAULT_DESIGNS = 8
@@ -140,10 +139,8 @@ def format_table(results: list[LengthResult]) -> str:
 def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: int = DEFAULT_DESIGNS,
                  resume: str | Path | None = None, address: str | None = None, say=print) -> dict:
     """Train the pilot (or finish it, with `resume`), print and return the summary."""
-    from ray import tune
-
     from peft_search.peft import load_backbone, profile_backbone
-    from peft_search.search.cluster.connect import init_ray
+    from peft_search.search.ray_tune import run_experiment, start_ray
 
     lengths = tuple(sorted(set(lengths or default_lengths(spec))))
     if len(lengths) < 2 or any(steps < 1 for steps in lengths):
@@ -166,23 +163,13 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
     say(f"fidelity pilot: {designs} designs x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) at {', '.join(map(str, lengths))} "
         f"steps: {len(rows)} trials ({len(rows) - len(pending)} already done) in {run_dir}")
     if pending:
-        dashboard = init_ray(address)
-        if dashboard:
-            say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
-        quiet_tune_output()
+        start_ray(address, say)
+        directory = run_dir / "fidelity"
         progress = RecordProgress("fidelity pilot", lambda: [read_json(row.record_path(run_dir)) for row in rows
                                                              if row.record_path(run_dir).is_file()], len(rows))
-        progress.start()
-        try:
-            tune.Tuner(
-                tune.with_resources(trial_trainable, trial_resources(spec.resources)),
-                param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
-                run_config=tune.RunConfig(name=f"tune-{int(datetime.datetime.now().timestamp())}",
-                                          storage_path=str(run_dir / "fidelity"), stop=tune_stopper(), verbose=0),
-            ).fit()
-        finally:
-            progress.stop()
+        run_experiment(directory, f"tune-{int(datetime.datetime.now().timestamp())}", resources=trial_resources(spec.resources),
+                       max_concurrent=spec.max_concurrent_trials, retries=spec.retries, progress=progress,
+                       run_dir=run_dir, rows=pending)
         interrupt.check()  # no recommendation from a pilot cut short
     records = [read_json(row.record_path(run_dir)) for row in rows if row.record_path(run_dir).is_file()]
     results = summarize(records, lengths, spec.tasks)

@@ -65,10 +65,9 @@ def _worker_main(loop_config: dict) -> None:
 def _ensure_ray():
     import ray
 
-    if not ray.is_initialized():
-        # Progress comes back through the queue; worker logs would only add Ray's own noise. A local
-        # Ray always (address="local"): a bare init would join whatever cluster `ray start` recorded.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from peft_search.ray_session import init_local_ray_without_dashboard
+
+    init_local_ray_without_dashboard()
     return ray
 
 

@@ -44,15 +44,14 @@ from pathlib import Path
 
 from peft_search.errors import InputError
 from peft_search.search import interrupt
-from peft_search.search.interrupt import tune_stopper
-from peft_search.search.progress import quiet_tune_output
+from peft_search.search.progress import RecordProgress
 from peft_search.search.spec import FinalSpec, SearchSpec, load_run_spec
 from peft_search.search.seeds import derive_seed
 from peft_search.search.stage.plan import trial_config
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import FINAL_DIR, FINAL_DONE_FILE, read_final_records, write_final
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run, task_slug, utc_now, write_json_atomic
-from peft_search.search.trials import TrialRow, trial_resources, trial_trainable
+from peft_search.search.trials import TrialRow, trial_resources
 from peft_search.space import Design
 
 DISCOVERED = "discovered"
@@ -178,6 +177,8 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from peft_search.search.ray_tune import run_experiment
+
     directory = final_dir(run_dir) / "tuning" / task_slug(task) / contender.name
     best_path = directory / "best.json"
     if best_path.is_file():
@@ -194,33 +195,24 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     directory.remove_tree()  # an interrupted tuning restarts: every contender gets the same trials
     directory.mkdir(parents=True)
     # One sampler seed per task, the same for every contender: they start from the same random rates.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line says what its study does
     sampler = optuna.samplers.TPESampler(
         seed=derive_seed(spec.seed, "final-tuning", task), n_startup_trials=min(10, max(2, tuning.trials // 2))
     )
     say(f"final: tuning {contender.name} on {task} ({tuning.trials} TPE trials, lr in "
         f"[{low:.3g}, {high:.3g}], {tuning.holdout_fraction:g} of train held back)")
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_trainable, run_dir=str(run_dir), row=template.to_dict()), trial_resources(spec.final_resources)
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"learning_rate": tune.loguniform(low, high)},
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(sampler=sampler, metric="score", mode="max"),
-            num_samples=tuning.trials,
-            max_concurrent_trials=spec.final_max_concurrent_trials,
-            reuse_actors=True,  # as in a stage: torch and transformers are imported once per actor, not per trial
-        ),
-        run_config=tune.RunConfig(
-            name=f"tune-{task_slug(task)}-{contender.name}-{int(time.time())}",
-            storage_path=str(final_dir(run_dir) / "tune"),
-            stop=tune_stopper(),
-            verbose=0,
-        ),
-    )
-    tuner.fit()
+
+    def tuned() -> list[dict]:  # this tuning's records, for the progress line and the pick below
+        return [r for r in read_final_records(run_dir)
+                if r["phase"] == "tune" and r["task"] == task and r["contender"] == contender.name]
+
+    run_experiment(final_dir(run_dir) / "tune", f"tune-{task_slug(task)}-{contender.name}-{int(time.time())}",
+                   resources=trial_resources(spec.final_resources), max_concurrent=spec.final_max_concurrent_trials,
+                   retries=spec.retries, progress=RecordProgress(f"final: tuning {contender.name} on {task}", tuned, tuning.trials),
+                   run_dir=run_dir, template=template, param_space={"learning_rate": tune.loguniform(low, high)},
+                   searcher=OptunaSearch(sampler=sampler, metric="score", mode="max"), num_samples=tuning.trials)
     interrupt.check()  # an interrupted tuning picks no rate: it restarts on resume
-    records = [r for r in read_final_records(run_dir) if r["phase"] == "tune" and r["task"] == task and r["contender"] == contender.name]
+    records = tuned()
     scored = [r for r in records if r["status"] == "finished" and r["score"] is not None and math.isfinite(r["score"])]
     if scored:
         top = max(scored, key=lambda r: (r["score"], -r["learning_rate"]))
@@ -240,9 +232,7 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
 
 def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str | None = None, say=print) -> StoragePath:
     """Run (or finish) the final evaluation of a run; returns the path of final.parquet."""
-    from ray import tune
-
-    from peft_search.search.cluster.connect import init_ray
+    from peft_search.search.ray_tune import run_experiment, start_ray as start_ray_once
 
     run_dir, spec, final, discovered = open_final(path, final)
     if address is None:
@@ -259,10 +249,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     def start_ray() -> None:
         # Only when something trains: evaluating a finished evaluation again (to record another final
         # file, or rewrite final.parquet and the report) reads records and starts no Ray.
-        dashboard = init_ray(address)
-        if dashboard:
-            say(f"Ray dashboard: {dashboard} (local only, 127.0.0.1)")
-        quiet_tune_output()
+        start_ray_once(address, say)
 
     tasks = list(final.tasks or spec.tasks)
     say(f"final evaluation of {run_dir}: {', '.join(c.name for c in chosen)} on {', '.join(tasks)}, "
@@ -282,14 +269,11 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     if pending:
         say(f"final: {len(pending)} seeded runs at the tuned learning rates ({len(rows) - len(pending)} already done)")
         start_ray()
-        tuner = tune.Tuner(
-            tune.with_resources(trial_trainable, trial_resources(spec.final_resources)),
-            param_space={"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.final_max_concurrent_trials, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"runs-{int(time.time())}", storage_path=str(directory / "tune"),
-                                      stop=tune_stopper(), verbose=0),
-        )
-        tuner.fit()
+        progress = RecordProgress("final: seeded runs", lambda: [read_json(row.record_path(run_dir)) for row in rows
+                                                                 if row.record_path(run_dir).is_file()], len(rows))
+        run_experiment(directory / "tune", f"runs-{int(time.time())}", resources=trial_resources(spec.final_resources),
+                       max_concurrent=spec.final_max_concurrent_trials, retries=spec.retries, progress=progress,
+                       run_dir=run_dir, rows=pending)
         interrupt.check()
     path = write_final(run_dir)
     write_json_atomic(directory / FINAL_DONE_FILE, {"finished_at": utc_now(), "runs": len(rows), "skipped": skipped})

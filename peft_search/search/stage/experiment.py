@@ -8,20 +8,18 @@ never repeats a finished trial. Our progress line replaces Tune's tables on the 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from ray import tune
 from ray.tune.search import Searcher
 
-from peft_search.search.interrupt import tune_stopper
-from peft_search.search.progress import RecordProgress, quiet_tune_output
+from peft_search.search.progress import RecordProgress
+from peft_search.search.ray_tune import experiment_name, run_experiment
 from peft_search.search.stage.plan import StagePlan
 from peft_search.search.stage.racing import RaceState, race_state
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_records
 from peft_search.search.storage.run_dir import stage_dir
-from peft_search.search.trials import record_failure, trial_trainable
+from peft_search.search.trials import record_failure
 
 EXPERIMENT = "tune"
 
@@ -91,34 +89,11 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     if searcher.state.done:
         return
     directory = stage_dir(run_dir, plan.stage)
-    quiet_tune_output()
-    name = EXPERIMENT if not (directory / EXPERIMENT).exists() else f"{EXPERIMENT}-{int(time.time())}"
     unrecorded = len({row.trial_id for row in plan.rows} - {r["trial_id"] for r in read_records(run_dir, plan.stage)})
-    tuner = tune.Tuner(
-        tune.with_resources(trial_trainable, resources),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=unrecorded,  # an upper bound: a race usually needs fewer
-            max_concurrent_trials=max_concurrent,
-            # One actor runs trial after trial: torch and transformers are imported once, not per trial.
-            reuse_actors=True,
-            trial_name_creator=lambda trial: trial.config["row"]["trial_id"],
-            trial_dirname_creator=lambda trial: trial.config["row"]["trial_id"],
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(directory),
-            failure_config=tune.FailureConfig(max_failures=retries),
-            stop=tune_stopper(),  # SIGINT / SIGTERM end the experiment; the stage stays undecided
-            verbose=0,
-        ),
-    )
     limit = "at most " if racing is not None else ""
     finished: dict[str, dict] = {}  # every 2 s the progress line lists the records; each finished one is read once
     progress = RecordProgress(f"stage {plan.stage + 1}/{num_stages} ({plan.component})",
                               lambda: read_records(run_dir, plan.stage, finished=finished), f"{limit}{plan.num_trials}")
-    progress.start()
-    try:
-        tuner.fit()
-    finally:
-        progress.stop()
+    run_experiment(directory, experiment_name(directory, EXPERIMENT), resources=resources, max_concurrent=max_concurrent,
+                   retries=retries, progress=progress, searcher=searcher,
+                   num_samples=unrecorded)  # an upper bound: a race usually needs fewer

@@ -1,18 +1,20 @@
 """A joint search (`joint:` in the spec): every component at once instead of stage by stage, as one
 Ray Tune experiment whose searcher proposes whole designs. The baseline a staged search is measured
-against (issue 13): the same components and candidates (the spec's stages), the same trial layer,
-the same records; decided and reported like a stage (stage 0, component `joint`).
+against: the same components and candidates (the spec's stages), the same trial layer and
+trainable, the same records; decided and reported like a stage (stage 0, component `joint`).
 
-- `JointSearcher` wraps Ray's `OptunaSearch` (Optuna's TPE sampler, or its RandomSampler for the
-  random-design baseline) over one categorical parameter per component. Each suggestion is realised
-  into a design on the driver (a free component left out of the stages is drawn with a seed from
-  the suggestion); a design that cannot meet the budget is told to Optuna as failed and another is
-  asked for, so `joint.trials` counts trained designs.
-- One Tune trial trains its design on every task and seed (`design_trainable`): one record per task
-  and seed, as stage trials write them, then the design's score (mean over tasks) is reported.
-- Resume: the designs already recorded are given back to a fresh `OptunaSearch` as evaluated
-  points (`points_to_evaluate` / `evaluated_rewards`), and only the missing designs are trained; a
-  design suggested again is replayed from its records, never trained twice.
+- `JointSearcher` asks an Optuna study (its TPE sampler, or its RandomSampler for the random-design
+  baseline) for one categorical value per component, through Optuna's ask-and-tell interface (as
+  Ray's `OptunaSearch` does inside). Each answer is realised into a design on the driver (a free
+  component left out of the stages is drawn with a seed from the answer); a design that cannot
+  meet the budget is told to Optuna as failed and another is asked for, so `joint.trials` counts
+  trained designs.
+- A design's rows (one per task and seed) are Tune trials of the one trainable
+  (`trials.trial_trainable`), as a stage's are; when the last of them is recorded the design's score
+  (mean over tasks) is told to Optuna.
+- Resume: the designs already recorded are added to a fresh study as finished trials, and only the
+  missing designs (or the missing rows of a design cut off mid-way) are trained; nothing with a
+  record is trained twice.
 - The decision: the best design by score. How sure the search is of it is not estimated (one
   draw per design): the decision says so instead of printing a P(best).
 """
@@ -21,21 +23,19 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
-from ray import tune
 from ray.tune.search import Searcher
 
 from peft_search.errors import InputError
-from peft_search.search.interrupt import tune_stopper
-from peft_search.search.progress import RecordProgress, quiet_tune_output
+from peft_search.search.progress import RecordProgress
+from peft_search.search.ray_tune import experiment_name, run_experiment
 from peft_search.search.stage.decide import Decision, summarize_choice
 from peft_search.search.stage.plan import PlanRow, choice_seed, trial_config
 from peft_search.search.stage.scores import design_scores, trial_scores
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_records
 from peft_search.search.storage.run_dir import stage_dir
-from peft_search.search.trials import TrialRow, row_id, run_row
+from peft_search.search.trials import TrialRow, record_failure, row_id
 from peft_search.space.components import STRATEGY_PREFIX, strategy_group
 
 JOINT = "joint"
@@ -54,64 +54,90 @@ def joint_candidates(spec) -> dict[str, list[str]]:
 
 
 class JointSearcher(Searcher):
-    """Hands out whole designs proposed by Optuna; see the module docstring."""
+    """Hands out the rows of whole designs proposed by Optuna; see the module docstring."""
 
     def __init__(self, run_dir: StoragePath, spec, profile, say=None):
         import optuna
         from optuna.distributions import CategoricalDistribution
-        from ray.tune.search.optuna import OptunaSearch
 
         super().__init__(metric="score", mode="max")
         self.run_dir, self.spec, self.profile = run_dir, spec, profile
         self.say = say or (lambda line: None)
         self.candidates = joint_candidates(spec)
-        space = {parameter(c): CategoricalDistribution(choices) for c, choices in self.candidates.items()}
-        seed = choice_seed(spec.seed, STAGE, JOINT, spec.joint.sampler)
-        sampler = (optuna.samplers.TPESampler(seed=seed % 2**32) if spec.joint.sampler == "tpe"
-                   else optuna.samplers.RandomSampler(seed=seed % 2**32))
-        done = recorded_designs(read_records(run_dir, STAGE), spec.tasks)
-        scored = [(d["choices"], d["score"]) for d in done.values() if d["choices"] is not None and d["score"] is not None]
-        self.inner = OptunaSearch(
-            space=space, sampler=sampler, metric="score", mode="max",
-            points_to_evaluate=[{parameter(c): v for c, v in choices.items()} for choices, _ in scored] or None,
-            evaluated_rewards=[score for _, score in scored] or None,
-        )
+        self.distributions = {parameter(c): CategoricalDistribution(choices) for c, choices in self.candidates.items()}
+        seed = choice_seed(spec.seed, STAGE, JOINT, spec.joint.sampler) % 2**32
+        sampler = optuna.samplers.TPESampler(seed=seed) if spec.joint.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(direction="maximize", sampler=sampler)
+        records = read_records(run_dir, STAGE)
+        done = recorded_designs(records, spec.tasks, spec.seeds)
         for d in done.values():
-            if d["choices"] is not None and d["score"] is None:
-                self.inner.add_evaluated_point({parameter(c): v for c, v in d["choices"].items()}, 0.0, error=True)
+            if d["choices"] is not None:
+                self.study.add_trial(optuna.trial.create_trial(
+                    params={parameter(c): v for c, v in d["choices"].items()}, distributions=self.distributions,
+                    value=d["score"], state=optuna.trial.TrialState.COMPLETE if d["score"] is not None else optuna.trial.TrialState.FAIL,
+                ))
         self.scores: dict[str, float | None] = {design_id: d["score"] for design_id, d in done.items()}
-        self.designs_done = len(done)
+        # Designs cut off mid-way (some rows recorded): trained first, their missing rows only.
+        self.designs_done = len(done) + len({r["design_id"] for r in records} - set(done))
         self.infeasible = 0
-        self.in_flight: dict[str, tuple[str, str]] = {}  # Tune's trial id -> (the inner searcher's, design id)
+        self.queue: list[TrialRow] = []  # rows of designs asked for, not handed to Tune yet
+        # design id -> {"trial": Optuna's (None for a resumed design), "choices", "rows": its rows not yet ended}
+        self.designs: dict[str, dict] = {}
+        self.in_flight: dict[str, tuple[str, str]] = {}  # Tune's trial id -> (design id, row id)
+        for design_id in {r["design_id"] for r in records} - set(done):
+            self._resume_design(design_id, [r for r in records if r["design_id"] == design_id])
 
     def suggest(self, trial_id: str):
-        """A design not trained yet. Suggestions that miss the budget, or repeat a design already
-        trained or training, are told to Optuna (failed, or the design's recorded score) and another
-        is asked for; after MAX_SUGGESTIONS_PER_DESIGN such suggestions in a row the search ends (a
-        small space can be exhausted before `joint.trials`)."""
-        for attempt in range(MAX_SUGGESTIONS_PER_DESIGN):
-            inner_id = f"{trial_id}-{attempt}"
-            params = self.inner.suggest(inner_id)
-            choices = {c: params[parameter(c)] for c in self.candidates}
+        """The next row of a design being trained, or the first of a new design. Answers that miss
+        the budget, or repeat a design already trained or training, are told to Optuna (failed, or
+        the design's recorded score) and another is asked for; after MAX_SUGGESTIONS_PER_DESIGN such
+        answers in a row the search ends (a small space can be exhausted before `joint.trials`)."""
+        if not self.queue:
+            if self.designs_done >= self.spec.joint.trials:
+                return Searcher.FINISHED if not self.in_flight else None
+            if not self.ask_design():
+                return Searcher.FINISHED
+        row = self.queue.pop(0)
+        self.in_flight[trial_id] = (row.fields["design_id"], row.trial_id)
+        return {"run_dir": str(self.run_dir), "row": row.to_dict()}
+
+    def ask_design(self) -> bool:
+        """Queue the rows of a new design Optuna proposes; False when none can be found."""
+        for _ in range(MAX_SUGGESTIONS_PER_DESIGN):
+            trial = self.study.ask(self.distributions)
+            choices = {c: trial.params[parameter(c)] for c in self.candidates}
             design = self.design(choices)
             if design is None:
                 self.infeasible += 1
-                self.inner.on_trial_complete(inner_id, None, error=True)
+                self.study.tell(trial, state=self._fail())
             elif design.design_id in self.scores:
                 score = self.scores[design.design_id]
-                self.inner.on_trial_complete(inner_id, {"score": score} if score is not None else None, error=score is None)
+                self.study.tell(trial, score) if score is not None else self.study.tell(trial, state=self._fail())
             else:
                 self.scores[design.design_id] = None  # training: a repeat is not trained twice
-                self.in_flight[trial_id] = (inner_id, design.design_id)
                 rows = self.rows(design, choices, sample=self.designs_done)
+                self.designs[design.design_id] = {"trial": trial, "choices": choices, "rows": {row.trial_id: row for row in rows}}
+                self.queue += rows
                 self.designs_done += 1
-                return {"run_dir": str(self.run_dir), "rows": [r.to_dict() for r in rows]}
+                return True
         if self.designs_done == 0:
             raise InputError(JOINT, f"{MAX_SUGGESTIONS_PER_DESIGN} designs in a row missed the budget "
                              f"{self.spec.budget_fraction:g} on this backbone; try another budget_fraction")
         self.say(f"joint search: {MAX_SUGGESTIONS_PER_DESIGN} suggestions in a row were trained already or missed the "
                  f"budget; the space is exhausted after {self.designs_done} designs")
-        return Searcher.FINISHED
+        return False
+
+    def _resume_design(self, design_id: str, recorded: list[dict]) -> None:
+        """Queue the missing rows of a design an interrupted search had started (the same choices
+        realise the same design); Optuna learns its score when they are recorded."""
+        choices = recorded[0]["joint_choices"]
+        design = self.design(choices)
+        rows = [row for row in self.rows(design, choices, sample=recorded[0].get("sample", 0))
+                if not row.record_path(self.run_dir).is_file()]
+        self.scores[design_id] = None
+        self.designs[design_id] = {"trial": None, "choices": choices, "rows": {row.trial_id: row for row in rows}}
+        self.queue += rows
 
     def design(self, choices: dict[str, str]):
         """The design `choices` realises (a free component not among the stages drawn with a seed from
@@ -161,13 +187,36 @@ class JointSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.in_flight:
             return
-        inner_id, design_id = self.in_flight.pop(trial_id)
-        score = (result or {}).get("score")
-        if error or score is None or not math.isfinite(score):
-            self.inner.on_trial_complete(inner_id, None, error=True)
+        design_id, row_id = self.in_flight.pop(trial_id)
+        design = self.designs[design_id]
+        row = design["rows"].pop(row_id)
+        if error:  # raised past its retries: recorded as failed, so the design still gets a score
+            record_failure(self.run_dir, row, "the trial raised past its retries (see the Tune logs)")
+        if design["rows"]:
+            return
+        mine = [r for r in read_records(self.run_dir, STAGE) if r["design_id"] == design_id]
+        (scored,) = design_scores(trial_scores(mine), list(self.spec.tasks))
+        score = scored.score if scored.score is not None and math.isfinite(scored.score) else None
+        self.scores[design_id] = score
+        self._tell(design, score)
+
+    def _tell(self, design: dict, score: float | None) -> None:
+        import optuna
+
+        if design["trial"] is None:  # a design resumed mid-way: Optuna learns it as a finished trial
+            self.study.add_trial(optuna.trial.create_trial(
+                params={parameter(c): v for c, v in design["choices"].items()}, distributions=self.distributions,
+                value=score, state=optuna.trial.TrialState.COMPLETE if score is not None else self._fail()))
+        elif score is None:
+            self.study.tell(design["trial"], state=self._fail())
         else:
-            self.scores[design_id] = score
-            self.inner.on_trial_complete(inner_id, {"score": score})
+            self.study.tell(design["trial"], score)
+
+    @staticmethod
+    def _fail():
+        import optuna
+
+        return optuna.trial.TrialState.FAIL
 
     def save(self, checkpoint_path: str) -> None:
         from pathlib import Path
@@ -179,30 +228,15 @@ class JointSearcher(Searcher):
         pass
 
 
-def design_trainable(config: dict) -> None:
-    """Ray Tune function trainable of a joint search: train one design on every task and seed
-    (`config["rows"]`, one TrialRow dict each; recorded as they finish), report the design's score."""
-    run_dir = StoragePath.parse(config["run_dir"])
-    records = []
-    for data in config["rows"]:
-        row = TrialRow.from_dict(data)
-        record, _ = run_row(run_dir, row)
-        records.append(record)
-    (design,) = design_scores(trial_scores(records), list(dict.fromkeys(r["task"] for r in records)))
-    score = design.score if design.score is not None else float("nan")
-    tune.report({"score": score, "design_id": design.design_id,
-                 "trials_failed": sum(1 for r in records if r["status"] != "finished")})
-
-
-def recorded_designs(records: list[dict], tasks) -> dict[str, dict]:
+def recorded_designs(records: list[dict], tasks, seeds) -> dict[str, dict]:
     """design_id -> {choices, score} for every design with a record for each task and seed."""
     by_design: dict[str, list[dict]] = {}
     for record in records:
         by_design.setdefault(record["design_id"], []).append(record)
     done = {}
     for design_id, mine in by_design.items():
-        if {r["task"] for r in mine} != set(tasks):
-            continue  # cut off mid-design: its missing rows run again when it is suggested again
+        if {(r["task"], r["seed"]) for r in mine} != {(task, seed) for task in tasks for seed in seeds}:
+            continue  # cut off mid-design: its missing rows run first when the search resumes
         (score,) = design_scores(trial_scores(mine), list(tasks))
         done[design_id] = {"choices": mine[0].get("joint_choices"), "score": score.score}
     return done
@@ -212,32 +246,18 @@ def run_joint(run_dir: StoragePath, spec, profile, resources: dict, say=print) -
     """Train the joint search's designs still missing as one Tune experiment under `stages/0/tune`
     (`tune-<time>` when resumed); returns what the stage state records (designs, infeasible draws)."""
     searcher = JointSearcher(run_dir, spec, profile, say=say)
-    remaining = spec.joint.trials - searcher.designs_done
-    if remaining > 0:
+    rows_per_design = len(spec.tasks) * len(spec.seeds)
+    to_train = (spec.joint.trials - searcher.designs_done) * rows_per_design + len(searcher.queue)
+    if to_train > 0:
         directory = stage_dir(run_dir, STAGE)
-        quiet_tune_output()
-        name = "tune" if not (directory / "tune").exists() else f"tune-{int(time.time())}"
-        tuner = tune.Tuner(
-            tune.with_resources(design_trainable, resources),
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=remaining,
-                max_concurrent_trials=spec.max_concurrent_trials,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=str(directory), stop=tune_stopper(),
-                                      failure_config=tune.FailureConfig(max_failures=spec.retries), verbose=0),
-        )
-        total = spec.joint.trials * len(spec.tasks) * len(spec.seeds)
         finished: dict[str, dict] = {}  # each finished record is read once, not every 2 s
         progress = RecordProgress(f"joint search ({spec.joint.sampler})",
-                                  lambda: read_records(run_dir, STAGE, finished=finished), str(total))
-        progress.start()
-        try:
-            tuner.fit()
-        finally:
-            progress.stop()
-    return {"designs": len(recorded_designs(read_records(run_dir, STAGE), spec.tasks)), "infeasible": searcher.infeasible}
+                                  lambda: read_records(run_dir, STAGE, finished=finished), str(spec.joint.trials * rows_per_design))
+        run_experiment(directory, experiment_name(directory, "tune"), resources=resources,
+                       max_concurrent=spec.max_concurrent_trials, retries=spec.retries, progress=progress,
+                       searcher=searcher, num_samples=to_train)  # at most: an exhausted space ends sooner
+    return {"designs": len(recorded_designs(read_records(run_dir, STAGE), spec.tasks, spec.seeds)),
+            "infeasible": searcher.infeasible}
 
 
 def decide_joint(spec, records: list[dict], seed: int) -> Decision:
@@ -256,4 +276,4 @@ def decide_joint(spec, records: list[dict], seed: int) -> Decision:
     )
 
 
-__all__ = ["JOINT", "JointSearcher", "decide_joint", "design_trainable", "joint_candidates", "recorded_designs", "run_joint"]
+__all__ = ["JOINT", "JointSearcher", "decide_joint", "joint_candidates", "recorded_designs", "run_joint"]
