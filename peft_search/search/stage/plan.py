@@ -34,6 +34,7 @@ import pyarrow as pa
 from peft_search.errors import InputError
 from peft_search.search.spec import Fidelity, SearchSpec
 from peft_search.search.seeds import derive_seed
+from peft_search.search.storage.columns import schema
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_parquet, write_parquet
 from peft_search.search.trials import TrialRow, canonical_json, row_id
@@ -290,23 +291,11 @@ def _paired_designs(spec: SearchSpec, stage: int, space: DesignSpace, num_blocks
 
 # ---- the plan file ----------------------------------------------------------------------------------
 
-PLAN_SCHEMA = pa.schema(
-    [
-        ("trial_id", pa.string()),
-        ("stage", pa.int32()),
-        ("component", pa.string()),
-        ("choice", pa.string()),
-        ("choice_index", pa.int32()),
-        ("sample", pa.int32()),
-        ("block", pa.int32()),  # null with independent sampling (and in plans written before 0.2)
-        ("design_id", pa.string()),
-        ("design_json", pa.string()),
-        ("task", pa.string()),
-        ("seed", pa.int64()),
-        ("planned_params", pa.int64()),
-        ("config_json", pa.string()),  # JSON: its nullable, mixed-type fields stay exact
-    ]
+PLAN_COLUMNS = (  # one row per planned trial; storage.columns says what each holds
+    "trial_id", "stage", "component", "choice", "choice_index", "sample", "block", "design_id", "design_json", "task",
+    "seed", "planned_params", "config_json",
 )
+PLAN_SCHEMA = schema(PLAN_COLUMNS)
 
 
 def plan_path(run_dir: StoragePath | str | Path, stage: int) -> StoragePath:
@@ -331,8 +320,8 @@ def plan_table(plan: StagePlan) -> pa.Table:
         "infeasible": plan.infeasible,
         "skipped": plan.skipped,
     }
-    schema = PLAN_SCHEMA.with_metadata({PLAN_METADATA_KEY: canonical_json(metadata).encode()})
-    return pa.Table.from_pydict(columns, schema=schema)
+    with_metadata = PLAN_SCHEMA.with_metadata({PLAN_METADATA_KEY: canonical_json(metadata).encode()})
+    return pa.Table.from_pydict(columns, schema=with_metadata)
 
 
 def write_plan(plan: StagePlan, path: StoragePath | str | Path) -> None:

@@ -11,44 +11,18 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from peft_search.search.storage.columns import schema
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import RESULTS_FILE, read_json
 
-RESULT_COLUMNS = [
-    ("trial_id", pa.string()),
-    ("stage", pa.int32()),
-    ("component", pa.string()),
-    ("choice", pa.string()),
-    ("sample", pa.int32()),
-    ("block", pa.int32()),  # paired sampling; null for independent designs (and runs before 0.2)
-    ("design_id", pa.string()),
-    ("design_json", pa.string()),
-    ("grouping", pa.string()),
-    ("allocation", pa.string()),
-    ("tunable_groups", pa.string()),
-    ("strategies", pa.string()),
-    ("task", pa.string()),
-    ("seed", pa.int64()),
-    ("status", pa.string()),
-    ("score", pa.float64()),
-    ("baseline_score", pa.float64()),  # the constant prediction's score on the same examples
-    ("collapsed", pa.bool_()),  # the trial ended at that baseline (learned nothing)
-    ("metrics_json", pa.string()),
-    ("learning_rate", pa.float64()),  # the base rate it trained at (null for runs before 0.4)
-    ("learning_rates_json", pa.string()),  # each strategy's rate, {"lora": ..., "head": ...}
-    ("realised_params", pa.int64()),
-    ("target_params", pa.int64()),
-    ("head_params", pa.int64()),
-    ("wall_time_s", pa.float64()),
-    ("train_samples_per_s", pa.float64()),
-    ("peak_memory_mb", pa.float64()),
-    ("error", pa.string()),
-    ("node", pa.string()),  # host name
-    ("node_id", pa.string()),  # the Ray node (null for runs before 0.3)
-    ("started_at", pa.string()),
-    ("finished_at", pa.string()),
-]
-RESULT_SCHEMA = pa.schema(RESULT_COLUMNS)
+RESULT_COLUMNS = (  # one row per stage trial record; storage.columns says what each holds
+    "trial_id", "stage", "component", "choice", "sample", "block", "design_id", "design_json", "grouping",
+    "allocation", "tunable_groups", "strategies", "task", "seed", "status", "score", "baseline_score",
+    "collapsed", "metrics_json", "learning_rate", "learning_rates_json", "realised_params", "target_params",
+    "head_params", "wall_time_s", "train_samples_per_s", "peak_memory_mb", "error", "node", "node_id",
+    "started_at", "finished_at",
+)
+RESULT_SCHEMA = schema(RESULT_COLUMNS)
 
 
 def started_trials(run_dir: StoragePath, stage: int | None = None) -> list[str]:
@@ -89,7 +63,7 @@ def read_parquet(path: StoragePath) -> pa.Table:
 
 def write_results(run_dir: StoragePath) -> StoragePath:
     records = read_records(run_dir)
-    columns = {name: [r.get(name) for r in records] for name, _ in RESULT_COLUMNS}
+    columns = {name: [r.get(name) for r in records] for name in RESULT_COLUMNS}
     return write_parquet(run_dir / RESULTS_FILE, pa.Table.from_pydict(columns, schema=RESULT_SCHEMA))
 
 
@@ -98,33 +72,13 @@ def write_results(run_dir: StoragePath) -> StoragePath:
 FINAL_DIR = "final"
 FINAL_DONE_FILE = "done.json"  # written when the final evaluation ran to its end
 FINAL_RECORDS_FILE = "final.parquet"
-FINAL_COLUMNS = [
-    ("trial_id", pa.string()),
-    ("phase", pa.string()),  # tune (scored on the held-back training slice) | final (scored on dev)
-    ("contender", pa.string()),
-    ("task", pa.string()),
-    ("seed", pa.int64()),
-    ("learning_rate", pa.float64()),
-    ("status", pa.string()),
-    ("score", pa.float64()),
-    ("metrics_json", pa.string()),
-    ("design_id", pa.string()),
-    ("design_json", pa.string()),
-    ("realised_params", pa.int64()),
-    ("target_params", pa.int64()),
-    ("head_params", pa.int64()),
-    ("wall_time_s", pa.float64()),
-    ("error", pa.string()),
-    ("weights", pa.string()),  # relative to the run directory; the discovered design's kept state
-    ("config_json", pa.string()),  # the TrialConfig that trained it
-    ("node", pa.string()),
-    ("started_at", pa.string()),
-    ("finished_at", pa.string()),
-    ("baseline_score", pa.float64()),  # the dev score of predicting the majority class (or the mean)
-    ("collapsed", pa.bool_()),  # the run ended at that baseline (learned nothing); None in older runs
-    ("learning_rates_json", pa.string()),  # each strategy's rate (the base x its scale); None in older runs
-]
-FINAL_SCHEMA = pa.schema(FINAL_COLUMNS)
+FINAL_COLUMNS = (  # one row per final-evaluation record
+    "trial_id", "phase", "contender", "task", "seed", "learning_rate", "status", "score", "metrics_json",
+    "design_id", "design_json", "realised_params", "target_params", "head_params", "wall_time_s", "error",
+    "weights", "config_json", "node", "started_at", "finished_at", "baseline_score", "collapsed",
+    "learning_rates_json",
+)
+FINAL_SCHEMA = schema(FINAL_COLUMNS)
 
 
 def read_final_records(run_dir: StoragePath) -> list[dict]:
@@ -152,13 +106,13 @@ def final_rows(run_dir: StoragePath) -> list[dict]:
     records = read_final_records(run_dir)
     if not records:
         return read_final(run_dir)
-    return [{name: record.get(name) for name, _ in FINAL_COLUMNS} for record in records]
+    return [{name: record.get(name) for name in FINAL_COLUMNS} for record in records]
 
 
 def write_final(run_dir: StoragePath) -> StoragePath:
     """`final.parquet`, rebuilt (atomically) from the final evaluation's records."""
     records = read_final_records(run_dir)
-    table = pa.Table.from_pydict({name: [r.get(name) for r in records] for name, _ in FINAL_COLUMNS}, schema=FINAL_SCHEMA)
+    table = pa.Table.from_pydict({name: [r.get(name) for r in records] for name in FINAL_COLUMNS}, schema=FINAL_SCHEMA)
     return write_parquet(run_dir / FINAL_RECORDS_FILE, table)
 
 
