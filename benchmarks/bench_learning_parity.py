@@ -74,7 +74,7 @@ def step_for_step(args) -> dict:
     recorder.remove()
     loader = training_loader(prepared.data.train, prepared.tokenizer, prepared.data.task, config.batch_size, config.seed)
     torch.manual_seed(1234)
-    theirs = train_reference(reference, loader, lr=config.lr, total_steps=config.max_steps,
+    theirs = train_reference(reference, loader, lr=config.base_learning_rate, total_steps=config.max_steps,
                              warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
     dev = evaluation_loader(prepared.data.validation, prepared.tokenizer, prepared.data.task, config.batch_size)
     ours_predicted, _ = predict(prepared.model, dev, True)
@@ -98,7 +98,7 @@ def train_hf_peft(config: TrialConfig) -> dict:
     set_seed(config.seed)
     model = hf_lora_twin(load_model(config.model, task), ranks=ranks)
     loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed)
-    losses = train_reference(model, loader, lr=config.lr, total_steps=config.max_steps, schedule="transformers",
+    losses = train_reference(model, loader, lr=config.base_learning_rate, total_steps=config.max_steps, schedule="transformers",
                              warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
     dev = evaluation_loader(prepared.data.validation, prepared.tokenizer, task, config.batch_size)
     predictions, labels = predict(model, dev, task.regression)
@@ -149,7 +149,7 @@ def train_hf_own_data(config: TrialConfig) -> dict:
                                                        target_modules=["query", "value"]))
     loader = torch.utils.data.DataLoader(encode([train_rows[i] for i in sample]), batch_size=config.batch_size, shuffle=True,
                                          collate_fn=collate, generator=torch.Generator().manual_seed(config.seed))
-    train_reference(model, _float_labels(loader) if task.regression else loader, lr=config.lr, total_steps=config.max_steps,
+    train_reference(model, _float_labels(loader) if task.regression else loader, lr=config.base_learning_rate, total_steps=config.max_steps,
                     schedule="transformers", warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
     dev = torch.utils.data.DataLoader(encode(dev_rows), batch_size=2 * config.batch_size, collate_fn=collate)
     predictions, labels = predict(model, _float_labels(dev) if task.regression else dev, task.regression)

@@ -115,8 +115,8 @@ def accuracy(args) -> dict:
                     seed=0, learning_rate=lr, cache_dir=cache,
                 )
                 result = run_trial(config)
-                rows.append({"preset": preset, "lr": config.lr, **result.to_dict()})
-                print(f"{preset:8s} lr {config.lr:g}: {result.status} {result.score}", file=sys.stderr)
+                rows.append({"preset": preset, "lr": config.base_learning_rate, **result.to_dict()})
+                print(f"{preset:8s} lr {config.base_learning_rate:g}: {result.status} {result.score}", file=sys.stderr)
     print("\n| preset | lr | trainable backbone params | dev accuracy | train samples/s |\n|---|---:|---:|---:|---:|")
     for row in rows:
         score = f"{row['score']:.4f}" if row["score"] is not None else row["status"]

@@ -169,7 +169,7 @@ def cmd_train(args) -> int:
     if args.json:
         print(json.dumps({"config": config.to_dict(), "result": result.to_dict()}, indent=2))
     else:
-        print(f"{config.task} | {config.preset or config.design_id} | seed {config.seed} | lr {config.lr:g}: {result.status}")
+        print(f"{config.task} | {config.preset or config.design_id} | seed {config.seed} | lr {config.base_learning_rate:g}: {result.status}")
         if result.status == "finished":
             extra = "  ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
             print(f"score {result.score:.4f}  ({extra})")

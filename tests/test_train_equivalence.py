@@ -91,7 +91,7 @@ def train_both(config, prepared, reference):
     assert outcome["status"] == "finished", outcome.get("error")
     loader = training_loader(prepared.data.train, prepared.tokenizer, prepared.data.task, config.batch_size, config.seed)
     torch.manual_seed(1234)
-    reference_losses = train_reference(reference, loader, lr=config.lr, total_steps=config.max_steps,
+    reference_losses = train_reference(reference, loader, lr=config.base_learning_rate, total_steps=config.max_steps,
                                        warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio),
                                        weight_decay=config.weight_decay)
     return outcome, recorder.losses, reference_losses

@@ -22,7 +22,7 @@ def rates_by_parameter(groups):
 def test_each_strategy_trains_at_its_scaled_rate_and_nothing_is_left_out():
     model = build("bert")
     inject(model, MIXED, 0.05)
-    groups = parameter_groups(model, weight_decay=0.01, base_lr=5e-3, injected=True)
+    groups = parameter_groups(model, weight_decay=0.01, base_learning_rate=5e-3, injected=True)
     rates = rates_by_parameter(groups)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert set(rates) == {id(p) for p in trainable.values()}  # every trainable tensor, exactly once
@@ -47,6 +47,6 @@ def test_full_fine_tuning_uses_one_rate():
     model = build("bert")
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    groups = parameter_groups(model, weight_decay=0.0, base_lr=default_learning_rate("full"), injected=False)
+    groups = parameter_groups(model, weight_decay=0.0, base_learning_rate=default_learning_rate("full"), injected=False)
     assert {g["lr"] for g in groups} == {5e-5}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

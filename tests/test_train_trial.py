@@ -52,7 +52,7 @@ def test_config_round_trips_and_is_strict(tmp_path):
               "strategies": [["lora", "adapter"], ["prefix"], [], []]}
     row = TrialConfig(model="minilm", task="sst2", design=design)
     assert row.design["tunable_groups"] == [1, 2] and row.design["strategies"][0] == ["adapter", "lora"]
-    assert row.lr == 5e-3 and TrialConfig(model="minilm", task="sst2", preset="full").lr == 5e-5
+    assert row.base_learning_rate == 5e-3 and TrialConfig(model="minilm", task="sst2", preset="full").base_learning_rate == 5e-5
 
 
 @needs_glue
@@ -170,10 +170,18 @@ def test_cola_reports_matthews(tmp_path):
 
 
 @needs_glue
-def test_huge_learning_rate_diverges_without_raising(tmp_path):
-    result = run_trial(config(tmp_path, preset="full", learning_rate=1e12, max_steps=6))
+def test_a_loss_that_overflows_ends_the_trial_diverged_without_raising(tmp_path):
+    """Regression targets near float32's largest value: the squared error overflows on the first step
+    (as a runaway run's loss does), and the trial ends `diverged`, with no exception."""
+    for split, rows in (("train", 16), ("validation", 8)):
+        lines = ["sentence,score"] + [f"sentence number {i},{3e38 if i % 2 else -3e38}" for i in range(rows)]
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    result = run_trial(config(tmp_path, task="file:text=sentence,label=score,regression", data_dir=str(tmp_path),
+                              max_train_examples=None, max_eval_examples=None, batch_size=8))
     assert result.status == "diverged" and result.score is None
     assert "loss became" in result.error
+    with pytest.raises(InputError, match=r"learning_rate: must be a number in \(0, 1\], got 1000000000000.0"):
+        config(tmp_path, learning_rate=1e12)  # the one bounds check of a learning rate, as in a job spec
 
 
 @needs_glue

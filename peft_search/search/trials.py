@@ -87,7 +87,7 @@ def trial_record(row: TrialRow, result: dict, started_at: str, finished_at: str)
         "metrics_json": json.dumps(result.get("metrics") or {}, sort_keys=True),
         # The rate it trained at: the row's, or the default for its design or preset when the spec
         # left it null; and each strategy's (the base x its scale), as the optimiser had them.
-        "learning_rate": row.config.lr,
+        "learning_rate": row.config.base_learning_rate,
         "learning_rates_json": json.dumps(result["learning_rates"], sort_keys=True) if result.get("learning_rates") else None,
         "realised_params": result.get("realised_params"),
         "target_params": result.get("target_params"),

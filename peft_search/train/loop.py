@@ -55,9 +55,9 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def parameter_groups(model, weight_decay: float, base_lr: float, injected: bool):
+def parameter_groups(model, weight_decay: float, base_learning_rate: float, injected: bool):
     """AdamW groups: no decay on biases and normalisation weights (the usual BERT recipe); on an
-    injected model each strategy's parameters at base_lr x its `learning_rate_scale` (the head's: 1). Each
+    injected model each strategy's parameters at base_learning_rate x its `learning_rate_scale` (the head's: 1). Each
     group is named (`name`: the strategy, `head`, or `all` for full fine-tuning)."""
     names = {id(p): n for n, p in model.named_parameters()}
 
@@ -71,10 +71,10 @@ def parameter_groups(model, weight_decay: float, base_lr: float, injected: bool)
         ]
 
     if not injected:  # full fine-tuning: one rate for everything
-        return split([p for p in model.parameters() if p.requires_grad], base_lr, "all")
+        return split([p for p in model.parameters() if p.requires_grad], base_learning_rate, "all")
     groups = []
     for strategy, parameters in trainable_parameters_by_strategy(model).items():
-        groups += split(parameters, base_lr * learning_rate_scale(strategy), strategy)
+        groups += split(parameters, base_learning_rate * learning_rate_scale(strategy), strategy)
     return groups
 
 
@@ -121,9 +121,9 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
     model = prepared.model
     train_loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed)
     eval_loader = evaluation_loader(prepared.data.validation, prepared.tokenizer, task, config.batch_size)
-    groups = parameter_groups(model, config.weight_decay, config.lr, injected=prepared.report is not None)
+    groups = parameter_groups(model, config.weight_decay, config.base_learning_rate, injected=prepared.report is not None)
     learning_rates = peak_learning_rates(groups)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    optimizer = torch.optim.AdamW(groups, lr=config.base_learning_rate)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -134,7 +134,7 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
     scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
     say(f"train: {total_steps} steps ({steps_per_epoch}/epoch), batch {config.batch_size} x "
         f"{config.gradient_accumulation_steps} accumulation on {accelerator.num_processes} worker(s) "
-        f"({accelerator.device}), lr {config.lr:g}, warm-up {warmup_steps}")
+        f"({accelerator.device}), lr {config.base_learning_rate:g}, warm-up {warmup_steps}")
 
     started = time.perf_counter()
     train_time, samples, step, epoch = 0.0, 0, 0, 0

@@ -45,6 +45,7 @@ PRESET_DESIGNS: dict[str, Design | None] = {
 
 DESIGN_LEARNING_RATE = 5e-3
 FULL_LEARNING_RATE = 5e-5
+MAX_LEARNING_RATE = 1.0  # every learning rate, given or tuned, lies in (0, MAX_LEARNING_RATE]
 PRESETS = tuple(PRESET_DESIGNS)
 
 
@@ -53,6 +54,14 @@ def preset_design(name: str) -> Design | None:
     if name not in PRESET_DESIGNS:
         raise InputError("preset", f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
     return PRESET_DESIGNS[name]
+
+
+def check_learning_rate(value, field: str = "learning_rate") -> None:
+    """The one bounds check of a learning rate: a number in (0, MAX_LEARNING_RATE]."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= MAX_LEARNING_RATE:
+        raise InputError(field, f"must be a number in (0, {MAX_LEARNING_RATE:g}], got {value!r}")
 
 
 def default_learning_rate(preset: str | None) -> float:

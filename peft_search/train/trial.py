@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 
 from peft_search.errors import InputError
 from peft_search.space import Design
-from peft_search.train.presets import PRESETS, default_learning_rate, preset_design
+from peft_search.train.presets import PRESETS, check_learning_rate, default_learning_rate, preset_design
 from peft_search.train.tasks import get_task
 
 STATUSES = ("finished", "diverged", "oom", "failed")
@@ -80,7 +80,7 @@ class TrialConfig:
             if getattr(self, name) is not None:
                 _integer(name, getattr(self, name), low=1)
         if self.learning_rate is not None:
-            _number("learning_rate", self.learning_rate, low=0, open_low=True)
+            check_learning_rate(self.learning_rate)
         if self.holdout_fraction is not None:
             _number("holdout_fraction", self.holdout_fraction, low=0, high=1, open_low=True, open_high=True)
         _integer("batch_size", self.batch_size, low=1)
@@ -93,8 +93,9 @@ class TrialConfig:
             raise InputError("batch_size", f"{self.batch_size} does not split over {self.workers} workers; give a multiple of {self.workers}")
 
     @property
-    def lr(self) -> float:
-        """The learning rate the trial uses: the given one, else the preset's or designs' default."""
+    def base_learning_rate(self) -> float:
+        """The base rate the trial trains at (each strategy at this x its scale): `learning_rate`
+        when given, else the preset's or designs' default."""
         return self.learning_rate if self.learning_rate is not None else default_learning_rate(self.preset)
 
     @property

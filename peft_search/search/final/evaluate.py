@@ -53,6 +53,7 @@ from peft_search.search.storage.records import FINAL_DIR, FINAL_DONE_FILE, read_
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run, task_slug, utc_now, write_json_atomic
 from peft_search.search.trials import TrialRow, trial_resources
 from peft_search.space import Design
+from peft_search.train.presets import MAX_LEARNING_RATE
 
 DISCOVERED = "discovered"
 FINAL_SUMMARY_FILE = "final.json"  # the comparison (FinalComparison); each run's record is in final.parquet
@@ -155,7 +156,7 @@ def final_row(spec: SearchSpec, final: FinalSpec, contender: Contender, task: st
                           fidelity=final.fidelity, learning_rate=learning_rate, holdout_fraction=holdout,
                           workers=spec.final_resources.workers)
     design = config.design_obj
-    fields = {"phase": phase, "contender": contender.name, "task": task, "seed": seed, "learning_rate": config.lr,
+    fields = {"phase": phase, "contender": contender.name, "task": task, "seed": seed, "learning_rate": config.base_learning_rate,
               "design_id": design.design_id if design is not None else contender.name,
               "design_json": design.to_json() if design is not None else None}
     if phase == "tune":
@@ -188,10 +189,10 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     # A template: each tuning trial is this row at the learning rate Optuna samples (its own id).
     template = final_row(spec, final, contender, task, final.seeds[0], None, phase="tune")
     # With relative tuning the range is factors of the rate this contender trains at untuned.
-    low, high = tuning.learning_rate_range(template.config.lr)
-    if high > 1.0:
+    low, high = tuning.learning_rate_range(template.config.base_learning_rate)
+    if high > MAX_LEARNING_RATE:
         raise InputError("final.tuning.learning_rate_max",
-                         f"{contender.name}'s range would reach a learning rate of {high:g}; at most 1 is allowed")
+                         f"{contender.name}'s range would reach a learning rate of {high:g}; at most {MAX_LEARNING_RATE:g} is allowed")
     directory.remove_tree()  # an interrupted tuning restarts: every contender gets the same trials
     directory.mkdir(parents=True)
     # One sampler seed per task, the same for every contender: they start from the same random rates.

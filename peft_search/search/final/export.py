@@ -99,7 +99,7 @@ def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None
             "directory": task_slug(task),
             "score": score,
             "metrics": metrics,
-            "learning_rate": TrialConfig.from_dict(config).lr,
+            "learning_rate": TrialConfig.from_dict(config).base_learning_rate,
             "seed": seed,
             "realised_params": realised,
             "head_params": head,

@@ -28,7 +28,7 @@ from peft_search.search.spec.errors import SpecError, spec_error
 from peft_search.search.stage.selection import DEFAULT_DELTA, KN_MIN_FIRST_STAGE
 from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
 from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
-from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE, PRESETS
+from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE, MAX_LEARNING_RATE, PRESETS
 
 # Contenders of the final evaluation: the discovered design and the baseline presets of the trial
 # layer (full fine-tuning, each strategy alone, the paper's S4).
@@ -135,7 +135,7 @@ class Hyperparameters(_Strict):
     """Optimisation settings shared by every trial of the search (docs/design.md, "Learning rates" and "Training loop and its reference")."""
 
     learning_rate: float | None = Field(
-        None, gt=0, le=1, description="peak learning rate, in (0, 1]; null = the trial layer's default for each design's "
+        None, gt=0, le=MAX_LEARNING_RATE, description="peak learning rate, in (0, 1]; null = the trial layer's default for each design's "
         "strategies"
     )
     batch_size: int = Field(
@@ -252,10 +252,11 @@ class Tuning(_Strict):
                 "learning_rate_max",
                 f"must be above learning_rate_min ({self.learning_rate_min:g}), got {self.learning_rate_max:g}",
             )
-        # No rate above 1: with factors, the largest default rate times the largest factor.
+        # No rate above MAX_LEARNING_RATE: with factors, the largest default rate times the largest factor.
         largest = self.learning_rate_max * (DESIGN_LEARNING_RATE if self.relative else 1.0)
-        if largest > 1.0:
-            allowed = f"a factor of at most {1 / DESIGN_LEARNING_RATE:g} (relative: true)" if self.relative else "at most 1"
+        if largest > MAX_LEARNING_RATE:
+            allowed = (f"a factor of at most {MAX_LEARNING_RATE / DESIGN_LEARNING_RATE:g} (relative: true)" if self.relative
+                       else f"at most {MAX_LEARNING_RATE:g}")
             raise InputError("learning_rate_max", f"must be {allowed}, got {self.learning_rate_max:g}")
         return self
 
