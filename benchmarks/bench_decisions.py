@@ -140,6 +140,7 @@ def procedure(choices, scores, racing: Racing, max_blocks: int, rng):
 
 def replay(path: Path, resamples: int, fixed_n: int, seed: int) -> dict:
     choices, blocks, scores, reference_trials = score_table(path)
+    rows_per_design = reference_trials / (len(choices) * len(blocks))  # tasks x seeds (1 for a one-task reference)
     full = compare_blocks(as_blocks(choices, scores, range(len(blocks))), seed=seed)
     reference_means = {c: float(np.nanmean(scores[i])) for i, c in enumerate(choices)}
     reference_winner = max(reference_means, key=lambda c: (reference_means[c], -choices.index(c)))
@@ -180,7 +181,8 @@ def replay(path: Path, resamples: int, fixed_n: int, seed: int) -> dict:
         claims = [right(claim, delta) for _, claim, _, delta in outcomes if claim is not None]
         results[name] = {
             "agreement": float(np.mean([kept == reference_winner for kept, _, _, _ in outcomes])),
-            "trials_fraction": float(np.mean([t for _, _, t, _ in outcomes]) / reference_trials),
+            # A method counts designs (choice x block); each design is one trial per task and seed.
+            "trials_fraction": float(np.mean([t for _, _, t, _ in outcomes]) * rows_per_design / reference_trials),
             "calibration": float(np.mean(claims)) if claims else None,
             "confident": len(claims) / resamples,
             "ties": sum(claim is not None and claim[0] == "tie" for _, claim, _, _ in outcomes) / resamples,
