@@ -163,6 +163,7 @@ def cmd_train(args) -> int:
         max_length=args.max_length,
         workers=args.workers,
         cache_dir=args.cache_dir,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = run_trial(config, save_dir=args.save, log=progress)
@@ -211,6 +212,8 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
     train.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass (less memory, about a third more time)")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1: train in this process)")
     train.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET, help="fraction of backbone parameters (default 0.005)")
     train.add_argument("--save", help="directory to save the trained PEFT state in")

@@ -235,3 +235,22 @@ def test_result_round_trips():
     assert TrialResult.from_dict(old).baseline_score is None and TrialResult.from_dict(old).collapsed is False
     with pytest.raises(KeyError):
         TrialResult.from_dict({k: v for k, v in old.items() if k != "score"})
+
+
+def test_gradient_checkpointing_trains_to_the_same_losses(tmp_path):
+    """The backbone's own checkpointing (non-reentrant): every epoch's training loss and the dev
+    score equal those of the same trial without it, for a design with every strategy."""
+    rows = dict(preset="s4-t5", task="tweets", data_dir=None, max_steps=4, epochs=None, max_train_examples=64,
+                max_eval_examples=32, batch_size=8, max_length=32)
+    plain = run_trial(config(tmp_path, **rows))
+    checkpointed_config = config(tmp_path, **rows, gradient_checkpointing=True)
+    checkpointed = run_trial(checkpointed_config)
+    assert plain.status == checkpointed.status == "finished"
+    assert [e["train_loss"] for e in checkpointed.epochs] == pytest.approx([e["train_loss"] for e in plain.epochs], abs=1e-5)
+    assert checkpointed.score == pytest.approx(plain.score, abs=1e-6)
+    # An older row (no such field) keeps its id: the field is left out of the dict at its default.
+    assert "gradient_checkpointing" not in config(tmp_path, **rows).to_dict()
+    assert TrialConfig.from_dict(checkpointed_config.to_dict()).gradient_checkpointing is True
+    from peft_search.train.prepare import prepare
+
+    assert prepare(checkpointed_config).model.is_activation_checkpointing  # it really was on

@@ -91,6 +91,16 @@ class Prepared:
     counts: dict
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward pass, through the backbone's own support.
+    Non-reentrant checkpointing: gradients reach the PEFT modules inside a frozen backbone (the
+    reentrant kind needs an input that requires grad), and dropout replays the same masks, so the
+    losses equal those without it."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise InputError("gradient_checkpointing", f"{model.config.model_type} backbones do not support it in transformers")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # transformers 5's name
+
+
 def prepare(config, log=None) -> Prepared:
     """Tokenizer, data, seeded backbone with its design injected. Raises InputError for bad input."""
     from accelerate.utils import set_seed
@@ -114,6 +124,8 @@ def prepare(config, log=None) -> Prepared:
     else:
         report = apply_plan(model, fit.plan)
         counts.update(realised_params=report.realised_params, head_params=report.head_params)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     say(f"model: {config.model}, {config.preset or config.design_id}: {counts['realised_params']:,} trainable "
         f"backbone parameters (budget {counts['target_params']:,}) + {counts['head_params']:,} head")
     return Prepared(tokenizer, data, model, report, counts)

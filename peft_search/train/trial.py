@@ -55,6 +55,7 @@ class TrialConfig:
     workers: int = 1
     cache_dir: str | None = None
     holdout_fraction: float | None = None
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -89,6 +90,8 @@ class TrialConfig:
         _integer("gradient_accumulation_steps", self.gradient_accumulation_steps, low=1)
         _number("weight_decay", self.weight_decay, low=0)
         _integer("workers", self.workers, low=1)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise InputError("gradient_checkpointing", f"must be true or false, got {self.gradient_checkpointing!r}")
         if self.batch_size % self.workers:
             raise InputError("batch_size", f"{self.batch_size} does not split over {self.workers} workers; give a multiple of {self.workers}")
 
@@ -109,7 +112,13 @@ class TrialConfig:
         return design.design_id if design is not None else self.preset
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except those added since 0.4 while they hold their default: a row's id hashes
+        this dict, so rows written before a field existed keep their ids (and their records)."""
+        data = asdict(self)
+        for name, default in ADDED_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrialConfig":
@@ -123,6 +132,10 @@ class TrialConfig:
         if missing:
             raise InputError("trial", f"missing key(s) {', '.join(missing)}")
         return cls(**data)
+
+
+# Fields added after rows were first stored, with the default an older row means.
+ADDED_FIELDS = {"gradient_checkpointing": False}
 
 
 def _number(field, value, low=None, high=None, open_low=False, open_high=False):

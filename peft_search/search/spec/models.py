@@ -152,6 +152,10 @@ class Hyperparameters(_Strict):
         1, ge=1, le=MAX_ACCUMULATION, description=f"micro-batches per optimiser step (1 to {MAX_ACCUMULATION:,})"
     )
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay, in [0, 1]")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in the backward pass (the backbone's own support): less "
+        "memory for long inputs and large backbones, more time; the same losses"
+    )
 
 
 class Resources(_Strict):

@@ -166,6 +166,7 @@ def trial_config(
         "workers": workers or spec.resources.workers,
         "cache_dir": spec.cache_dir,
         "holdout_fraction": holdout_fraction,
+        "gradient_checkpointing": hyper.gradient_checkpointing,
     })
 
 
