@@ -164,6 +164,8 @@ def cmd_train(args) -> int:
         workers=args.workers,
         cache_dir=args.cache_dir,
         gradient_checkpointing=args.gradient_checkpointing,
+        precision=args.precision,
+        backbone_dtype=args.backbone_dtype,
     )
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = run_trial(config, save_dir=args.save, log=progress)
@@ -212,6 +214,9 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
     train.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--precision", default="auto", help="auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or fp16 (GPU)")
+    train.add_argument("--backbone-dtype", default="float32",
+                       help="the frozen backbone's weights: float32, bfloat16 (with --precision bf16) or float16 (fp16)")
     train.add_argument("--gradient-checkpointing", action="store_true",
                        help="recompute activations in the backward pass (less memory, about a third more time)")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1: train in this process)")

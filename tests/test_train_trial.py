@@ -254,3 +254,37 @@ def test_gradient_checkpointing_trains_to_the_same_losses(tmp_path):
     from peft_search.train.prepare import prepare
 
     assert prepare(checkpointed_config).model.is_activation_checkpointing  # it really was on
+
+
+def test_a_bfloat16_backbone_under_bf16_autocast_trains_its_float32_modules_on_the_cpu(tmp_path):
+    """precision bf16 with backbone_dtype bfloat16 on this CPU: the frozen weights are half the bytes,
+    every trainable tensor and norm stays float32, and the run scores near the float32 run (MiniLM
+    on SST-2, 60 steps: within 0.05 accuracy; measured 0.0 to 0.03 apart)."""
+    from peft_search.train.prepare import prepare
+
+    rows = dict(preset="lora", max_steps=60, max_train_examples=960, max_eval_examples=200, batch_size=16, max_length=64)
+    half = config(tmp_path, **rows, precision="bf16", backbone_dtype="bfloat16")
+    prepared = prepare(half)
+    frozen = {p.dtype for p in prepared.model.parameters() if not p.requires_grad}
+    trainable = {p.dtype for p in prepared.model.parameters() if p.requires_grad}
+    assert torch.bfloat16 in frozen and trainable == {torch.float32}
+    assert all(m.weight.dtype == torch.float32 for m in prepared.model.modules() if isinstance(m, torch.nn.LayerNorm))
+    full_bytes = sum(p.numel() * 4 for p in prepared.model.parameters())
+    half_bytes = sum(p.numel() * p.element_size() for p in prepared.model.parameters())
+    assert half_bytes < 0.6 * full_bytes
+
+    fp32, bf16 = run_trial(config(tmp_path, **rows)), run_trial(half)
+    assert fp32.status == bf16.status == "finished", bf16.error
+    assert abs(bf16.score - fp32.score) <= 0.05, (bf16.score, fp32.score)
+    assert bf16.score > 0.6  # it learned
+    assert TrialConfig.from_dict(half.to_dict()).backbone_dtype == "bfloat16"  # the record's config_json says so
+
+
+def test_fp16_without_a_gpu_and_a_half_backbone_without_its_autocast_are_refused(tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="precision: fp16 needs a CUDA GPU"):
+            run_trial(config(tmp_path, precision="fp16"))
+    with pytest.raises(InputError, match="backbone_dtype: bfloat16 needs precision bf16, got fp32"):
+        config(tmp_path, precision="fp32", backbone_dtype="bfloat16")
+    with pytest.raises(InputError, match="precision: must be one of auto, fp32, bf16, fp16"):
+        config(tmp_path, precision="half")

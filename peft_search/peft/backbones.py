@@ -220,7 +220,7 @@ def max_positions(config) -> int | None:
 
 def load_backbone(
     name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False, local_files_only: bool = False,
-    pad_token_id: int | None = None,
+    pad_token_id: int | None = None, dtype: str = "float32",
 ):
     """A sequence-classification model on the backbone; `meta=True` builds it without weights (for
     planning and counting, no memory used); `local_files_only` as for `load_config`.
@@ -248,7 +248,7 @@ def load_backbone(
     logging.set_verbosity_error()
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(name_or_path), config=config, local_files_only=local_files_only
+            resolve_model(name_or_path), config=config, local_files_only=local_files_only, dtype=getattr(torch, dtype)
         )
     finally:
         logging.set_verbosity(verbosity)

@@ -11,15 +11,35 @@ import resource
 
 import torch
 
+from peft_search.errors import InputError
 
-def make_accelerator(gradient_accumulation_steps: int = 1):
+
+def mixed_precision(precision: str) -> str:
+    """Accelerate's `mixed_precision` for a trial's precision, on this machine; fp16 needs a GPU."""
+    use_gpu = torch.cuda.is_available()
+    if precision == "fp16" and not use_gpu:
+        raise InputError("precision", "fp16 needs a CUDA GPU (this trial has none); use bf16, which runs on CPUs too")
+    if precision == "auto":
+        return "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def make_accelerator(gradient_accumulation_steps: int = 1, precision: str = "auto"):
     """The Accelerator of a trial (inside a Ray Train worker it picks up Ray's process group)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
+    from accelerate.state import AcceleratorState
+
     use_gpu = torch.cuda.is_available()
+    wanted = mixed_precision(precision)
+    # Accelerate keeps one precision per process and refuses another; a process that trains trials
+    # of different precisions (a reused Tune actor, the tests) starts a fresh AcceleratorState. The
+    # PartialState (a Ray Train worker's process group) is kept.
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != wanted:
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
-        mixed_precision="bf16" if use_gpu else "no",
+        mixed_precision=wanted,
         gradient_accumulation_steps=gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         cpu=not use_gpu,

@@ -73,18 +73,19 @@ def evaluate_saved(config, saved_dir: str | Path) -> dict:
     from peft_search.peft import load_peft
     from peft_search.train.batching import evaluation_loader
     from peft_search.train.device import make_accelerator
-    from peft_search.train.prepare import load_data, load_model, load_tokenizer
+    from peft_search.train.prepare import keep_trainable_in_float32, load_data, load_model, load_tokenizer
     from peft_search.train.presets import FULL
 
     tokenizer = load_tokenizer(config.model)
     data = load_data(config, tokenizer)
     if config.preset == FULL:
-        model = load_model(str(saved_dir), data.task, tokenizer=tokenizer)
+        model = load_model(str(saved_dir), data.task, tokenizer=tokenizer, dtype=config.backbone_dtype)
     else:
-        model = load_model(config.model, data.task, tokenizer=tokenizer)
+        model = load_model(config.model, data.task, tokenizer=tokenizer, dtype=config.backbone_dtype)
         load_peft(model, saved_dir)
+        keep_trainable_in_float32(model)
     loader = evaluation_loader(data.validation, tokenizer, data.task, config.batch_size)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(precision=config.precision)
     model, loader = accelerator.prepare(model, loader)
     evaluation = evaluate_model(model, loader, accelerator, data.task)
     return {**evaluation.metrics, "score": evaluation.score}

@@ -90,7 +90,7 @@ def train_worker(config, prepared: Prepared, emit: Callable[[dict], None] | None
                  log: Callable[[str], None] | None = None, save_dir: str | None = None) -> dict:
     """Train `prepared.model` as `config` says; returns an outcome dict (status, metrics, epochs,
     throughput, peak memory, error). Never raises for runtime failures."""
-    accelerator = make_accelerator(config.gradient_accumulation_steps)
+    accelerator = make_accelerator(config.gradient_accumulation_steps, config.precision)
     main = accelerator.is_main_process
     say = (lambda line: log(line)) if (log is not None and main) else (lambda line: None)
     outcome = {"status": "failed", "metrics": {}, "epochs": [], **prepared.counts}

@@ -53,16 +53,17 @@ def problem_type(task: Task) -> str:
     return "regression" if task.regression else "single_label_classification"
 
 
-def load_model(model: str, task: Task, meta: bool = False, tokenizer=None):
-    """The backbone with a head for `task`, without transformers' per-trial progress bar; a decoder
-    without a padding token is given `tokenizer`'s (the id the batches are padded with)."""
+def load_model(model: str, task: Task, meta: bool = False, tokenizer=None, dtype: str = "float32"):
+    """The backbone with a head for `task`, its weights in `dtype`, without transformers' per-trial
+    progress bar; a decoder without a padding token is given `tokenizer`'s (the id the batches are
+    padded with)."""
     from transformers.utils import logging
 
     was_enabled = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
     try:
         return load_backbone(model, num_labels=task.num_labels, problem_type=problem_type(task), meta=meta,
-                             pad_token_id=getattr(tokenizer, "pad_token_id", None))
+                             pad_token_id=getattr(tokenizer, "pad_token_id", None), dtype=dtype)
     finally:
         if was_enabled:
             logging.enable_progress_bar()
@@ -91,6 +92,18 @@ class Prepared:
     counts: dict
 
 
+def keep_trainable_in_float32(model) -> None:
+    """With a half-precision backbone: every trainable tensor (PEFT modules, BitFit's biases, the head)
+    and every normalisation layer in float32, the usual recipe (optimiser state and updates in full
+    precision; LayerNorm's weight and bias of one dtype). Autocast runs the rest in half precision."""
+    for module in model.modules():
+        if type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
+            module.float()
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+
+
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each block's activations in the backward pass, through the backbone's own support.
     Non-reentrant checkpointing: gradients reach the PEFT modules inside a frozen backbone (the
@@ -114,7 +127,7 @@ def prepare(config, log=None) -> Prepared:
         f"({source}, {time.perf_counter() - started:.1f}s)")
     # Seed before building the model: the task head and the PEFT modules are initialised at random.
     set_seed(config.seed)
-    model = load_model(config.model, data.task, tokenizer=tokenizer)
+    model = load_model(config.model, data.task, tokenizer=tokenizer, dtype=config.backbone_dtype)
     fit = check_fit(config, model)
     counts = fit.counts()
     report = None
@@ -124,6 +137,8 @@ def prepare(config, log=None) -> Prepared:
     else:
         report = apply_plan(model, fit.plan)
         counts.update(realised_params=report.realised_params, head_params=report.head_params)
+    if config.backbone_dtype != "float32":
+        keep_trainable_in_float32(model)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     say(f"model: {config.model}, {config.preset or config.design_id}: {counts['realised_params']:,} trainable "

@@ -56,6 +56,8 @@ class TrialConfig:
     cache_dir: str | None = None
     holdout_fraction: float | None = None
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    precision: str = "auto"  # autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16 | fp16 (GPU only)
+    backbone_dtype: str = "float32"  # the frozen backbone's weights; trainable tensors and norms stay float32
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -90,6 +92,7 @@ class TrialConfig:
         _integer("gradient_accumulation_steps", self.gradient_accumulation_steps, low=1)
         _number("weight_decay", self.weight_decay, low=0)
         _integer("workers", self.workers, low=1)
+        check_precision(self.precision, self.backbone_dtype)
         if not isinstance(self.gradient_checkpointing, bool):
             raise InputError("gradient_checkpointing", f"must be true or false, got {self.gradient_checkpointing!r}")
         if self.batch_size % self.workers:
@@ -134,8 +137,24 @@ class TrialConfig:
         return cls(**data)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKBONE_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # each half dtype needs its autocast
+
+
+def check_precision(precision: str, backbone_dtype: str) -> None:
+    """The precision settings of a trial (docs/design.md, "Precision"); InputError naming the field."""
+    if precision not in PRECISIONS:
+        raise InputError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backbone_dtype not in BACKBONE_DTYPES:
+        raise InputError("backbone_dtype", f"must be one of {', '.join(BACKBONE_DTYPES)}, got {backbone_dtype!r}")
+    needed = BACKBONE_DTYPES[backbone_dtype]
+    if backbone_dtype != "float32" and precision != needed:
+        # A half-precision backbone beside float32 trainable tensors runs only under its autocast.
+        raise InputError("backbone_dtype", f"{backbone_dtype} needs precision {needed}, got {precision}")
+
+
 # Fields added after rows were first stored, with the default an older row means.
-ADDED_FIELDS = {"gradient_checkpointing": False}
+ADDED_FIELDS = {"gradient_checkpointing": False, "precision": "auto", "backbone_dtype": "float32"}
 
 
 def _number(field, value, low=None, high=None, open_low=False, open_high=False):

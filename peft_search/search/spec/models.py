@@ -156,6 +156,21 @@ class Hyperparameters(_Strict):
         False, description="recompute each block's activations in the backward pass (the backbone's own support): less "
         "memory for long inputs and large backbones, more time; the same losses"
     )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast of every trial (Accelerate's mixed_precision): auto = bf16 on a GPU that supports "
+        "it, fp32 on a CPU; bf16 also runs on CPUs; fp16 needs resources.gpus"
+    )
+    backbone_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the frozen backbone's weights; the PEFT modules, BitFit's biases, the norms and "
+        "the head stay float32; bfloat16 needs precision bf16, float16 needs fp16"
+    )
+
+    @model_validator(mode="after")
+    def _precision(self):
+        from peft_search.train.trial import check_precision
+
+        check_precision(self.precision, self.backbone_dtype)
+        return self
 
 
 class Resources(_Strict):
@@ -409,6 +424,9 @@ class SearchSpec(_Strict):
                 f"hyperparameters.batch_size {self.hyperparameters.batch_size} does not split over {final_workers} workers; "
                 f"give a divisor of {self.hyperparameters.batch_size}",
             )
+        if self.hyperparameters.precision == "fp16" and (self.resources.gpus == 0 or self.final_resources.gpus == 0):
+            raise InputError("hyperparameters.precision", "fp16 needs GPU trials: give resources.gpus (and "
+                             "final.resources.gpus) above 0, or use bf16, which runs on CPUs too")
         if self.racing is not None and self.sampling != "paired":
             raise InputError("racing", "racing compares choices block by block and needs sampling: paired; set racing: null "
                              "for independent sampling")

@@ -167,6 +167,8 @@ def trial_config(
         "cache_dir": spec.cache_dir,
         "holdout_fraction": holdout_fraction,
         "gradient_checkpointing": hyper.gradient_checkpointing,
+        "precision": hyper.precision,
+        "backbone_dtype": hyper.backbone_dtype,
     })
 
 
