@@ -84,9 +84,17 @@ def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp
     plan = plan_stage(spec, 0, spec.initial_space(), profile_backbone(load_backbone("minilm", meta=True)))
     rows = list(plan.rows)
     # Real faults, planted in the plan the controller will run: one trial raises (its model does not
-    # exist), one diverges (a learning rate no optimiser survives).
+    # exist), one diverges (it trains on regression targets near float32's largest value, whose
+    # squared error overflows on the first step, as a runaway run's loss does).
+    overflow = tmp_path / "overflow"
+    overflow.mkdir()
+    for split in ("train", "validation"):
+        lines = ["sentence,score"] + [f"sentence number {i},{3e38 if i % 2 else -3e38}" for i in range(16)]
+        (overflow / f"{split}.csv").write_text("\n".join(lines) + "\n")
     rows[0] = PlanRow(**{**rows[0].__dict__, "config": replace(rows[0].config, model=str(tmp_path / "no-such-model"))})
-    rows[1] = PlanRow(**{**rows[1].__dict__, "config": replace(rows[1].config, learning_rate=1e12)})
+    rows[1] = PlanRow(**{**rows[1].__dict__, "config": replace(
+        rows[1].config, task="file:text=sentence,label=score,regression", data_dir=str(overflow), max_train_examples=16,
+        max_eval_examples=16)})
     write_plan(plan.__class__(**{**plan.__dict__, "rows": tuple(rows)}), plan_path(controller.run_dir, 0))
 
     state = controller.run()
