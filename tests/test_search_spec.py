@@ -132,6 +132,7 @@ BAD_SPECS = [
     ({"tasks": ["sst2", "sst2"]}, "tasks[1]", ["twice"]),
     ({"tasks": ["sst 2"]}, "tasks[0]", ["not a task name"]),
     ({"seeds": []}, "seeds", ["empty list"]),
+    ({"resources": {"gpus": 1.5}}, "resources.gpus", ["a fraction of one GPU", "got 1.5"]),
     ({"data": {"source": "hub", "dir": "/data"}}, "data.dir", ["source: local"]),
     ({"data": {"source": "ftp"}}, "data.source", ["'hub'", "'local'"]),
     ({"fidelity": {"max_train_examples": 100}}, "fidelity.epochs", ["epochs, max_steps"]),

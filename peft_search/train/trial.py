@@ -142,7 +142,7 @@ BACKBONE_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # 
 
 
 def check_precision(precision: str, backbone_dtype: str) -> None:
-    """The precision settings of a trial (docs/design.md, "Precision"); InputError naming the field."""
+    """The precision settings of a trial (docs/design.md, "Training loop and its reference"); InputError naming the field."""
     if precision not in PRECISIONS:
         raise InputError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backbone_dtype not in BACKBONE_DTYPES:

@@ -181,13 +181,21 @@ class Resources(_Strict):
         "--address), at most this machine's CPUs"
     )
     gpus: float = Field(
-        0.0, ge=0, le=MAX_GPUS, description="GPUs per trial (per worker when workers > 1), at least 0; run locally, at most "
-        "this machine's GPUs"
+        0.0, ge=0, le=MAX_GPUS, description="GPUs per trial (per worker when workers > 1): 0, a fraction of one (0.25 packs "
+        "four trials on a GPU) or a whole number; run locally, at most this machine's GPUs"
     )
     workers: int = Field(
         1, ge=1, le=MAX_WORKERS, description=f"training workers per trial (1 to {MAX_WORKERS:,}); more than 1 runs a Ray "
         "Train TorchTrainer"
     )
+
+    @model_validator(mode="after")
+    def _whole_or_fraction_of_one_gpu(self):
+        # Ray packs trials onto a GPU by fractions of one; above one it places whole GPUs only.
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise InputError("gpus", f"a fraction of one GPU (0 < gpus <= 1: several trials share it) or a whole number, "
+                             f"got {self.gpus:g}")
+        return self
 
 
 class Racing(_Strict):
