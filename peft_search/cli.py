@@ -232,7 +232,7 @@ def _add_train_parser(commands) -> None:
 
 
 def cmd_run(args) -> int:
-    from peft_search.search.controller import Controller, new_run_dir
+    from peft_search.search.controller import Controller
     from peft_search.search.preflight import preflight
     from peft_search.search.stage.estimate import estimate_search
 
@@ -253,7 +253,7 @@ def cmd_run(args) -> int:
         passed = "every other check of `run` passed" if checked.unchecked else "every check of `run` passed"
         print(f"\n(dry run: {passed}; nothing was created)")
         return 0
-    controller = Controller.create(spec, new_run_dir(spec, args.job), first_plan=checked.first_plan)
+    controller = Controller.create(spec, first_plan=checked.first_plan, job_path=args.job)
     return _run_controller(controller, args.address)
 
 

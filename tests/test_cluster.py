@@ -340,6 +340,23 @@ def test_a_killed_driver_resumes_a_race_on_the_cluster_from_its_records(cluster,
     check_finished_run(run, set(records), logs)
 
 
+def test_two_searches_on_one_cluster_at_once_both_finish_apart(cluster, tmp_path):
+    """Two users submit the same job to one cluster and one storage at the same moment: each run gets
+    its own directory, both finish, and neither run's records hold a trial of the other's plan."""
+    job = write_job(tmp_path, stages=grouping("uniform", "spindle"), designs_per_choice=1)
+    drivers_ = [Driver(tmp_path / f"run-{i}.log", "run", str(job), "--address", cluster.address) for i in range(2)]
+    codes = [driver.wait() for driver in drivers_]
+    logs = "\n".join(driver.tail() for driver in drivers_)
+    assert codes == [0, 0], logs
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 2, f"{runs}\n{logs}"
+    # The same job plans the same trials (their ids hash the rows); each run trained and recorded its
+    # own, in its own directory, and decided on them.
+    for run in runs:
+        records = check_finished_run(run, None, logs)
+        assert len(records) == 2 and all(r["status"] == "finished" for r in records.values()), logs
+
+
 def test_a_stage_survives_losing_a_worker_node_mid_trial(cluster, tmp_path):
     job = write_job(tmp_path, stages=grouping("increasing", "uniform", "spindle"))  # 6 trials
     driver = Driver(tmp_path / "run.log", "run", str(job), "--address", cluster.address)

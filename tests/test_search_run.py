@@ -222,3 +222,27 @@ def test_resume_refuses_a_changed_spec_unless_forced(tmp_path, run_cli):
     assert "budget_fraction: 0.005 -> 0.01" in result.stderr
     not_a_run = run_cli("resume", str(tmp_path))
     assert not_a_run.returncode == 2 and "not a peft-search run directory" in not_a_run.stderr
+
+
+def test_two_searches_started_in_the_same_second_get_their_own_run_directories(tmp_path):
+    """Two users, one storage: each `Controller.create` claims its directory by creating it, so two
+    runs of one job created at once never share one (the second gets a `-2` suffix)."""
+    import threading
+
+    from peft_search.search.controller import Controller
+    from peft_search.search.spec import load_spec
+
+    spec = load_spec(write_job(tmp_path, storage=str(tmp_path / "runs")))
+    created, start = [], threading.Barrier(4)
+
+    def create():
+        start.wait()
+        created.append(Controller.create(spec, job_path="job.yaml").run_dir)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({str(run_dir) for run_dir in created}) == 4
+    assert all((run_dir.local / "state.json").is_file() for run_dir in created)

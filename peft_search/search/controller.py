@@ -79,10 +79,22 @@ class Controller:
     # ---- creating and opening runs ----------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: SearchSpec, run_dir: StoragePath, out=None, first_plan: StagePlan | None = None) -> "Controller":
+    def create(cls, spec: SearchSpec, run_dir: StoragePath | None = None, out=None, first_plan: StagePlan | None = None,
+               job_path: str | Path | None = None) -> "Controller":
         """A new run directory with the spec and a fresh state; `first_plan` (stage 0's plan, made by
-        `preflight` on the same spec) is written as the plan the run starts from."""
-        run_dir.mkdir(parents=True, exist_ok=False)
+        `preflight` on the same spec) is written as the plan the run starts from. Without `run_dir`,
+        a new `<storage>/<name>-<time>` (`new_run_dir`), claimed by creating it: two searches started
+        in the same second (two users, one cluster and storage) each get their own."""
+        if run_dir is None:
+            while True:
+                run_dir = new_run_dir(spec, job_path or "job")
+                try:
+                    run_dir.mkdir(parents=True, exist_ok=False)  # atomic on a file system: one claimant wins
+                    break
+                except FileExistsError:
+                    continue  # the other search took this name between our look and our claim
+        else:
+            run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / SPEC_FILE).write_text(spec.to_yaml())
         if first_plan is not None:
             write_plan(first_plan, plan_path(run_dir, 0))
