@@ -111,9 +111,8 @@ class JointSearcher(Searcher):
             if design is None:
                 self.infeasible += 1
                 self.study.tell(trial, state=self._fail())
-            elif design.design_id in self.scores:
-                score = self.scores[design.design_id]
-                self.study.tell(trial, score) if score is not None else self.study.tell(trial, state=self._fail())
+            elif design.design_id in self.scores:  # trained, or training: Optuna learns its score (or a failure)
+                self._tell({"trial": trial}, self.scores[design.design_id])
             else:
                 self.scores[design.design_id] = None  # training: a repeat is not trained twice
                 rows = self.rows(design, choices, sample=self.designs_done)
