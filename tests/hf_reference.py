@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from peft_search.peft.strategies import LoraLinear
+from peft_search.peft.strategies.lora import LoraWeight
 
 MAX_GRAD_NORM = 1.0
 
@@ -50,6 +51,24 @@ def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None, fan
     if ours is not None:
         copy_into_twin(ours, twin)
     return twin
+
+
+@torch.no_grad()
+def merged_lora_reference(bare_model, ours):
+    """`bare_model` (modified in place) with each of our LoRA updates on a bare weight (xlnet's q and
+    v, `LoraWeight`) merged in: W + scaling (B A)^T, the weight HF peft's `merge_and_unload` writes
+    for LoRA. The oracle where HF peft cannot adapt the weight itself: its `target_parameters` reads
+    a 3-D weight as a mixture of experts, not as (in, heads, head size)."""
+    weights = dict(bare_model.named_parameters())
+    merged = 0
+    for name, module in ours.named_modules():
+        if isinstance(module, LoraWeight):
+            owner, weight_name = name.split(".parametrizations.")
+            weight = weights[f"{owner}.{weight_name.split('.')[0]}"]
+            weight.copy_(module(weight))
+            merged += 1
+    assert merged, "no LoRA on a bare weight to merge"
+    return bare_model
 
 
 def copy_into_twin(ours, twin, head: bool = True) -> None:

@@ -1,9 +1,12 @@
-"""The decoder-only families (llama, qwen2, qwen3, mistral, gpt2) as a user meets them: a causal
-prefix, the last real token scored, and a real short trial from a saved checkpoint whose tokenizer
-has no padding token (as gpt2's and llama's do not), saved and re-evaluated to the same score.
+"""The families beyond bert/t5/bart as a user meets them. Decoder-only (llama, qwen2, qwen3, mistral,
+gpt2): a causal prefix, the last real token scored. xlnet and deberta-v2, whose attentions compute
+their own scores: a prefix equals prepended positions holding its keys and values. On each: a real
+short trial from a saved checkpoint (decoders: a tokenizer without a padding token, as gpt2's and
+llama's have none), saved and re-evaluated to the same score, and `peft-search run` end to end on a
+tiny llama and a tiny xlnet.
 
 The per-module checks (identity at init, budget on 200 random designs, prefix locality and padding,
-save/load, HF peft's LoRA as the oracle) run on these families through conftest.TINY_BUILDERS in
+save/load, HF peft's LoRA as the oracle) run on every family through conftest.TINY_BUILDERS in
 test_peft_modules.py and test_peft_budget.py. Tiny random-init models, data the test writes: seconds.
 """
 
@@ -17,7 +20,8 @@ import pytest
 import torch
 
 from conftest import DECODER_ONLY, batch, build, needs_minilm
-from peft_search.peft import backbone_blocks, inject
+from peft_search.peft import BACKBONES, backbone_blocks, inject
+from peft_search.peft.strategies import PREFIX
 from peft_search.space import Design
 
 EVERY_STRATEGY = Design("spindle", "uniform", (1, 2, 3, 4),
@@ -64,6 +68,55 @@ def test_every_decoder_block_is_found_with_its_grouped_query_heads():
         assert attention.num_heads == expected_heads and attention.key_dim == expected_heads * 16
 
 
+def one_block_without_position_terms(arch: str):
+    """A one-block bare `arch` whose attention scores content only: xlnet's relative-position weight
+    and bias zeroed; deberta-v2 without relative attention or absolute positions."""
+    from transformers import DebertaV2Config, DebertaV2Model, XLNetConfig, XLNetModel
+
+    torch.manual_seed(0)
+    if arch == "xlnet":
+        model = XLNetModel(XLNetConfig(vocab_size=1000, d_model=64, n_layer=1, n_head=4, d_inner=128, dropout=0.0))
+        with torch.no_grad():
+            model.layer[0].rel_attn.r.zero_()
+            model.layer[0].rel_attn.r_r_bias.zero_()
+        return model.eval()
+    config = DebertaV2Config(vocab_size=1000, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                             intermediate_size=128, relative_attention=False, position_biased_input=False,
+                             type_vocab_size=0)
+    return DebertaV2Model(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["xlnet", "deberta-v2"])
+def test_a_prefix_equals_prepended_positions_holding_its_keys_and_values(arch):
+    """In one block that scores content only, a prefix of 3 positions whose keys and values are those
+    the attention computes for 3 tokens gives the real positions exactly the hidden states they get
+    when those 3 tokens are prepended to the input: prefix columns in the right place, every query
+    sees them, heads laid out as the attention's own."""
+    bare = one_block_without_position_terms(arch)
+    ids = torch.randint(3, 1000, (1, 9), generator=torch.Generator().manual_seed(1))
+    length = 3
+    with torch.no_grad():
+        if arch == "xlnet":
+            attention = bare.layer[0].rel_attn
+            hidden = bare.word_embedding(ids[:, :length])[0]
+            keys, values = (torch.einsum("ih,hnd->ind", hidden, weight) for weight in (attention.k, attention.v))
+        else:
+            attention = bare.encoder.layer[0].attention.self
+            hidden = bare.embeddings(input_ids=ids[:, :length])[0]
+            keys, values = (projection(hidden).view(length, 4, 16) for projection in (attention.key_proj, attention.value_proj))
+        model = copy.deepcopy(bare)
+        (site,) = BACKBONES[arch](model)
+        PREFIX.inject(site, length)
+        prefix = site.attentions[0].module.peft_prefix
+        prefix.key.copy_(keys.permute(1, 0, 2))  # (heads, positions, head size)
+        prefix.value.copy_(values.permute(1, 0, 2))
+        prepended = bare(input_ids=ids).last_hidden_state[:, length:]
+        with_prefix = model(input_ids=ids[:, length:]).last_hidden_state
+        without = bare(input_ids=ids[:, length:]).last_hidden_state
+    assert (with_prefix - prepended).abs().max() <= 1e-6
+    assert (without - prepended).abs().max() > 1e-3  # the prepended positions matter
+
+
 # ---- a real trial from a saved checkpoint ---------------------------------------------------------------
 
 
@@ -107,8 +160,25 @@ def data_dir(tmp_path_factory):
 
 
 @needs_minilm
-@pytest.mark.parametrize("arch", DECODER_ONLY)
-def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_decoder(arch, data_dir, tmp_path):
+def test_xlnet_batches_pad_before_the_tokens_so_the_last_position_is_real(tmp_path):
+    """xlnet classifies from the last position: its trials' batches pad on the left, even with a
+    tokenizer that pads on the right (MiniLM's, here)."""
+    from peft_search.train.batching import DynamicPadding
+    from peft_search.train.prepare import load_tokenizer
+    from peft_search.train.tasks import get_task
+
+    tokenizer = load_tokenizer(tiny_checkpoint(tmp_path / "xlnet", "xlnet", with_padding_token=True))
+    assert tokenizer.padding_side == "left"
+    examples = [{"input_ids": np.array(tokenizer(text)["input_ids"]), "labels": 0} for text in ("a good film", "dull")]
+    collated = DynamicPadding.for_task(tokenizer, get_task("sst2"))(examples)
+    assert collated["attention_mask"][:, -1].tolist() == [1, 1]
+    assert collated["attention_mask"][1].tolist() == [0, 0, 1, 1, 1]
+    assert collated["input_ids"][1, -1] == tokenizer.sep_token_id
+
+
+@needs_minilm
+@pytest.mark.parametrize("arch", [*DECODER_ONLY, "xlnet", "deberta-v2"])
+def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_family(arch, data_dir, tmp_path):
     from peft_search.train import TrialConfig, evaluate_saved, run_trial
 
     checkpoint = tiny_checkpoint(tmp_path / arch, arch, with_padding_token=arch not in ("gpt2", "llama"))
@@ -126,15 +196,17 @@ def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_decoder(a
 
 
 @needs_minilm
-def test_a_small_search_runs_on_a_tiny_llama_with_every_strategy(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "xlnet"])
+def test_a_small_search_runs_with_every_strategy(arch, tmp_path):
     """`peft-search run` end to end (the local Ray, real trials) on a tiny random-init Llama saved as
-    a checkpoint without a padding token: one stage whose two choices between them use all four
-    strategies, decided, with every strategy present in its trained designs."""
+    a checkpoint without a padding token, and on a tiny XLNet (the paper's fourth backbone): one
+    stage whose two choices between them use all four strategies, decided, with every strategy
+    present in its trained designs."""
     import pyarrow.parquet as pq
 
     from drivers import cli, write_job
 
-    checkpoint = tiny_checkpoint(tmp_path / "tiny-llama", "llama", with_padding_token=False)
+    checkpoint = tiny_checkpoint(tmp_path / f"tiny-{arch}", arch, with_padding_token=arch != "llama")
     job = write_job(tmp_path, backbone=checkpoint, budget_fraction=0.02, racing=None,
                     stages=[{"component": "strategy.G1", "candidates": ["adapter+prefix", "bitfit+lora"]}],
                     storage=str(tmp_path / "runs"))

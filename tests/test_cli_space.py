@@ -87,4 +87,4 @@ def test_unsupported_model_type_exits_2(tmp_path, run_cli):
     OPTConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, vocab_size=50).save_pretrained(tmp_path / "opt")
     result = run_cli("space", "sample", "--model", str(tmp_path / "opt"), "--samples", "1")
     assert result.returncode == 2
-    assert "model type 'opt' is not supported; supported: bart, bert, gpt2, llama, mistral, qwen2, qwen3, roberta, t5" in result.stderr
+    assert "model type 'opt' is not supported; supported: bart, bert, deberta-v2, gpt2, llama, mistral, qwen2, qwen3, roberta, t5, xlnet" in result.stderr

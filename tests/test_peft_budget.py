@@ -115,6 +115,6 @@ def test_unsupported_model_type_lists_the_supported_ones():
     model = OPTForSequenceClassification(OPTConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, ffn_dim=64,
                                                    word_embed_proj_dim=32, vocab_size=100))
     design = Design("uniform", "uniform", (1,), (("lora",), (), (), ()))
-    with pytest.raises(InputError, match="'opt'.*supported: bart, bert, gpt2, llama, mistral, qwen2, qwen3, roberta, t5"):
+    with pytest.raises(InputError, match="'opt'.*supported: bart, bert, deberta-v2, gpt2, llama, mistral, qwen2, qwen3, roberta, t5, xlnet"):
         inject(model, design, 0.01)
     assert not any(torch.isnan(p).any() for p in model.parameters())

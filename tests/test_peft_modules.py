@@ -6,8 +6,9 @@ import copy
 import pytest
 import torch
 
-from conftest import DECODER_ONLY, TINY_BUILDERS, batch, build, needs_minilm
+from conftest import DECODER_ONLY, TINY_BUILDERS, batch, build, needs_minilm, one_row
 from peft_search.peft import backbone_blocks, inject, load_peft, plan_budget, profile_backbone, save_peft
+from peft_search.peft.strategies import linear_features
 from peft_search.space import Design
 
 ARCHS = sorted(TINY_BUILDERS)
@@ -73,9 +74,11 @@ def test_lora_matches_hf_peft_count_and_outputs(arch):
     """Our LoRA and HF peft's on the same projections (query and value; gpt2's fused c_attn, which
     HF peft adapts with fan_in_fan_out), rank for rank (t5 and bart decoder blocks hold two
     attentions, so their ranks differ from the encoder's: HF peft's rank_pattern), alpha = 2r, the
-    same A, B (random, so the update is live) and head: the same trainable count and logits."""
+    same A, B (random, so the update is live) and head: the same trainable count and logits. On
+    xlnet, whose q and v are bare weights HF peft cannot adapt, the oracle is the same update merged
+    into the weights (hf_reference.merged_lora_reference)."""
     pytest.importorskip("peft")
-    from hf_reference import copy_into_twin, hf_lora_twin, our_lora_ranks
+    from hf_reference import copy_into_twin, hf_lora_twin, merged_lora_reference, our_lora_ranks
 
     bare = build(arch)
     ours = copy.deepcopy(bare)
@@ -84,9 +87,14 @@ def test_lora_matches_hf_peft_count_and_outputs(arch):
     for module in ours.modules():
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B.weight, std=0.1)
-    theirs = hf_lora_twin(copy.deepcopy(bare), ranks=our_lora_ranks(ours), fan_in_fan_out=arch == "gpt2")
-    copy_into_twin(ours, theirs, head=False)  # both heads come from `bare`
-    their_lora = sum(p.numel() for n, p in theirs.named_parameters() if p.requires_grad and "lora_" in n)
+    if arch == "xlnet":
+        theirs = merged_lora_reference(copy.deepcopy(bare), ours)
+        their_lora = 4 * sum(sum(linear_features(a.projection(p))) for site in backbone_blocks(bare)
+                             for a in site.attentions for p in a.lora_projections)
+    else:
+        theirs = hf_lora_twin(copy.deepcopy(bare), ranks=our_lora_ranks(ours), fan_in_fan_out=arch == "gpt2")
+        copy_into_twin(ours, theirs, head=False)  # both heads come from `bare`
+        their_lora = sum(p.numel() for n, p in theirs.named_parameters() if p.requires_grad and "lora_" in n)
     assert report.realised_params == their_lora
     inputs = batch(arch, pad_last=2)
     if arch in ("t5", "bart"):
@@ -145,8 +153,7 @@ def test_prefix_padded_batch_equals_examples_one_by_one(arch):
     inputs = batch(arch, batch_size=3, length=12, pad_last=5)
     padded = logits(model, inputs)
     for row in range(3):
-        length = int(inputs["attention_mask"][row].sum())
-        alone = logits(model, {k: v[row : row + 1, :length] for k, v in inputs.items()})
+        alone = logits(model, one_row(inputs, row))
         assert (padded[row] - alone[0]).abs().max() <= 1e-5
 
 

@@ -49,7 +49,7 @@ def test_each_strategy_injects_exactly_what_its_cost_model_says(model_type, name
         cost = strategy.fixed_cost(site) + (SIZE * strategy.unit_cost(site) if strategy.elastic else 0)
         strategy.inject(site, size)
         expected.append(cost)
-    strategy.activate(model)
+    strategy.activate(model, sites)
     realised = [sum(p.numel() for p in site.module.parameters() if p.requires_grad) for site in backbone_blocks(model)]
     assert realised == expected
     assert all(cost > 0 for cost in expected)

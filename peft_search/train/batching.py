@@ -28,15 +28,18 @@ class SplitDataset(torch.utils.data.Dataset):
 
 
 class DynamicPadding:
-    """Pads a batch to its own longest example (not to max_length)."""
+    """Pads a batch to its own longest example (not to max_length), after the tokens, or before them
+    where the tokenizer pads on the left (xlnet, which classifies from the last position)."""
 
-    def __init__(self, pad_id: int, regression: bool):
+    def __init__(self, pad_id: int, regression: bool, pad_left: bool = False):
         self.pad_id = pad_id
         self.regression = regression
+        self.pad_left = pad_left
 
     @classmethod
     def for_task(cls, tokenizer, task: Task) -> "DynamicPadding":
-        return cls(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, task.regression)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(pad_id, task.regression, pad_left=tokenizer.padding_side == "left")
 
     def __call__(self, examples):
         length = max(len(e["input_ids"]) for e in examples)
@@ -47,10 +50,11 @@ class DynamicPadding:
         token_type_ids = torch.zeros((n, length), dtype=torch.long) if with_types else None
         for i, example in enumerate(examples):
             k = len(example["input_ids"])
-            input_ids[i, :k] = torch.from_numpy(example["input_ids"].astype(np.int64))
-            attention_mask[i, :k] = 1
+            tokens = slice(length - k, length) if self.pad_left else slice(0, k)
+            input_ids[i, tokens] = torch.from_numpy(example["input_ids"].astype(np.int64))
+            attention_mask[i, tokens] = 1
             if with_types:
-                token_type_ids[i, :k] = torch.from_numpy(example["token_type_ids"].astype(np.int64))
+                token_type_ids[i, tokens] = torch.from_numpy(example["token_type_ids"].astype(np.int64))
         labels = torch.tensor([e["labels"] for e in examples], dtype=torch.float32 if self.regression else torch.long)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if with_types:

@@ -14,6 +14,7 @@ import torch
 
 from peft_search.errors import InputError
 from peft_search.peft import apply_plan, load_backbone, profile_backbone, resolve_model
+from peft_search.peft.backbones import PADS_LEFT, load_config
 from peft_search.train.data import TaskData, load_task_data
 from peft_search.train.fit import Fit, plan_fit
 from peft_search.train.tasks import Task, get_task
@@ -31,6 +32,8 @@ def load_tokenizer(model: str):
         # Decoder-only tokenizers (gpt2, llama) have no padding token: pad with end-of-sequence, as
         # transformers' own examples do; the model is told the same id (load_model).
         tokenizer.pad_token = tokenizer.eos_token
+    if load_config(model).model_type in PADS_LEFT:
+        tokenizer.padding_side = "left"  # as xlnet's own tokenizer does, whichever tokenizer came with it
     return tokenizer
 
 

@@ -10,11 +10,15 @@ import torch
 from torch import nn
 
 
-def linear_features(layer: nn.Module) -> tuple[int, int]:
-    """(in, out) of a projection: an `nn.Linear`, or transformers' `Conv1D` (gpt2), which computes
-    x @ W + b with W stored as (in, out), the transpose of a Linear's (HF peft's `fan_in_fan_out`)."""
+def linear_features(layer: nn.Module | torch.Tensor) -> tuple[int, int]:
+    """(in, out) of a projection: an `nn.Linear`; transformers' `Conv1D` (gpt2), which computes
+    x @ W + b with W stored as (in, out), the transpose of a Linear's (HF peft's `fan_in_fan_out`);
+    or a bare weight of shape (in, heads, head size) that the attention multiplies in an einsum
+    (xlnet's q, k, v: out = heads x head size)."""
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
+    if isinstance(layer, torch.Tensor):
+        return layer.shape[0], layer[0].numel()
     from transformers.pytorch_utils import Conv1D
 
     if isinstance(layer, Conv1D):
@@ -69,8 +73,8 @@ class Strategy:
         """The parameters `module` holds for this strategy when it is one of its modules, else None."""
         return None
 
-    def activate(self, model) -> None:
-        """Once per model, after injection, when any block uses this strategy."""
+    def activate(self, model, sites) -> None:
+        """Once per model, after injection, when any block uses this strategy (`sites`: every block)."""
 
     def __repr__(self) -> str:
         return f"<strategy {self.name}>"

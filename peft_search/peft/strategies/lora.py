@@ -1,5 +1,6 @@
 """LoRA on the attention projections the backbone registry names (query and value; gpt2's fused
-c_attn), docs/design.md, "Modules": W x + scaling B A x, A Kaiming-uniform, B zero, as in HF peft."""
+c_attn; xlnet's bare q and v weights), docs/design.md, "Modules": W x + scaling B A x, A
+Kaiming-uniform, B zero, as in HF peft."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from peft_search.peft.strategies.base import Strategy, WrappedLinear, linear_features
 
@@ -15,20 +17,26 @@ from peft_search.peft.strategies.base import Strategy, WrappedLinear, linear_fea
 LORA_SCALING = 2.0
 
 
+def lora_factors(projection: nn.Module | torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[nn.Linear, nn.Linear]:
+    """LoRA's A (rank x in, Kaiming-uniform) and B (out x rank, zero) for `projection`, on its
+    weight's device and dtype: HF peft's initialisation, so the update starts at zero."""
+    in_features, out_features = linear_features(projection)
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    lora_A = nn.Linear(in_features, rank, bias=False, **factory)
+    lora_B = nn.Linear(rank, out_features, bias=False, **factory)
+    if weight.device.type != "meta":
+        nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(lora_B.weight)
+    return lora_A, lora_B
+
+
 class LoraLinear(WrappedLinear):
     """W x + scaling * B A x, with A Kaiming-uniform and B zero (starts as identity), as in HF peft."""
 
     def __init__(self, base_layer: nn.Module, rank: int):
         super().__init__(base_layer)
-        weight = base_layer.weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        in_features, out_features = linear_features(base_layer)
-        self.lora_A = nn.Linear(in_features, rank, bias=False, **factory)
-        self.lora_B = nn.Linear(rank, out_features, bias=False, **factory)
+        self.lora_A, self.lora_B = lora_factors(base_layer, base_layer.weight, rank)
         self.scaling = LORA_SCALING
-        if weight.device.type != "meta":
-            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-            nn.init.zeros_(self.lora_B.weight)
 
     @property
     def rank(self) -> int:
@@ -42,6 +50,26 @@ class LoraLinear(WrappedLinear):
         return rank * sum(linear_features(linear))
 
 
+class LoraWeight(nn.Module):
+    """LoRA on a projection the attention holds as a bare weight of shape (in, heads, head size) and
+    multiplies in an einsum (xlnet's q and v): a parametrization (torch.nn.utils.parametrize, as HF
+    peft's `target_parameters` does) that reads the weight as W + scaling (B A)^T. x W then equals
+    x W + scaling B A x of `LoraLinear`, computed from the same A and B."""
+
+    def __init__(self, weight: torch.Tensor, rank: int):
+        super().__init__()
+        self.lora_A, self.lora_B = lora_factors(weight, weight, rank)
+        self.scaling = LORA_SCALING
+
+    @property
+    def rank(self) -> int:
+        return self.lora_A.out_features
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        update = (self.lora_B.weight @ self.lora_A.weight).T * self.scaling  # (in, out)
+        return weight + update.reshape(weight.shape).to(weight.dtype)
+
+
 class LoraStrategy(Strategy):
     name = "lora"
     size_field = "lora_rank"
@@ -52,11 +80,15 @@ class LoraStrategy(Strategy):
 
     def inject(self, site, size: int) -> None:
         for attention in site.attentions:
-            for projection in attention.lora_projections:
-                setattr(attention.module, projection, LoraLinear(attention.projection(projection), size))
+            for name in attention.lora_projections:
+                projection = attention.projection(name)
+                if isinstance(projection, torch.Tensor):
+                    parametrize.register_parametrization(attention.module, name, LoraWeight(projection, size))
+                else:
+                    setattr(attention.module, name, LoraLinear(projection, size))
 
     def own_parameters(self, module):
-        return [module.lora_A.weight, module.lora_B.weight] if isinstance(module, LoraLinear) else None
+        return [module.lora_A.weight, module.lora_B.weight] if isinstance(module, (LoraLinear, LoraWeight)) else None
 
 
 LORA = LoraStrategy()

@@ -2,9 +2,13 @@
 prepended to every attention of the block inside one attention implementation, `peft_search_sdpa`,
 registered with transformers' `AttentionInterface` around its own SDPA attention. Backbones that
 dispatch through `ALL_ATTENTION_FUNCTIONS` (bert, roberta, t5, bart, llama, qwen2, qwen3, mistral,
-gpt2 in transformers 5) need nothing else; a model with a prefix is switched to it."""
+gpt2 in transformers 5) need nothing else; a model with a prefix is switched to it. Attentions that
+compute their own scores (xlnet, deberta-v2) get a prefixed version of that computation instead
+(prefix_relative.py), named by the backbone registry (`AttentionSite.prefix_entry`)."""
 
 from __future__ import annotations
+
+from types import MethodType
 
 import torch
 from torch import nn
@@ -99,12 +103,16 @@ class PrefixStrategy(Strategy):
             attention.module.peft_prefix = Prefix(
                 attention.num_heads, attention.key_dim // attention.num_heads, size, device=weight.device, dtype=weight.dtype
             )
+            if attention.prefix_entry is not None:
+                method, with_prefix = attention.prefix_entry
+                setattr(attention.module, method, MethodType(with_prefix, attention.module))
 
     def own_parameters(self, module):
         return list(module.parameters()) if isinstance(module, Prefix) else None
 
-    def activate(self, model) -> None:
-        model.set_attn_implementation(PREFIX_ATTENTION)
+    def activate(self, model, sites) -> None:
+        if any(a.prefix_entry is None and hasattr(a.module, "peft_prefix") for site in sites for a in site.attentions):
+            model.set_attn_implementation(PREFIX_ATTENTION)
 
 
 PREFIX = PrefixStrategy()
