@@ -248,6 +248,11 @@ def cmd_run(args) -> int:
             redraws = sum(plan.redraws.values())
             print(f"stage 0 planned: {plan.num_trials:,} trials, {redraws} infeasible draws redrawn"
                   + (f"; no feasible design for {', '.join(plan.infeasible)}" if plan.infeasible else ""))
+        if checked.memory is not None:
+            hyper = spec.hyperparameters
+            print(f"memory: {checked.memory.describe()} (batch {hyper.batch_size // spec.resources.workers} per worker, "
+                  f"length {hyper.max_length}, backbone in {hyper.backbone_dtype}; an estimate: docs/design.md, "
+                  "\"Memory per trial\")")
         if checked.unchecked:
             print("\nnot checked offline (the run checks these first):\n  " + "\n  ".join(checked.unchecked))
         passed = "every other check of `run` passed" if checked.unchecked else "every check of `run` passed"

@@ -33,6 +33,7 @@ from peft_search.search.stage.estimate import estimate_search
 from peft_search.search.stage.plan import StagePlan, plan_stage
 from peft_search.search.storage.run_dir import check_storage, storage_root
 from peft_search.search.trials import trial_resources
+from peft_search.train.memory import TrialMemory, estimate_trial_memory
 from peft_search.train.tasks import get_task
 
 # A search planning more trials than this is a typo or a misunderstanding, not a plan.
@@ -44,6 +45,7 @@ class Preflight:
     spec: SearchSpec  # with the command line's --storage and --data-dir applied
     first_plan: StagePlan | None  # stage 0's plan; None when the backbone could not be checked offline
     unchecked: tuple[str, ...]  # what a dry run could not check offline, one line each
+    memory: TrialMemory | None = None  # one search trial's estimate; None as for first_plan
 
 
 def preflight(
@@ -72,11 +74,12 @@ def preflight(
             unchecked.append(f"storage: {root} (an object store; a dry run does not contact it)")
         if address is None:
             check_local_resources(spec)
-        first_plan = None
+        first_plan, memory = None, None
         backbone = load_profile(spec, offline, unchecked)
         if backbone is not None:
             profile, config = backbone
             check_backbone_bounds(spec, profile, config)
+            memory = search_trial_memory(spec, profile, config)
             if spec.joint is None:  # a joint search has no plan: its searcher proposes designs as it goes
                 first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
     except SpecError as error:
@@ -85,7 +88,7 @@ def preflight(
         if error.field.startswith("--"):  # a command-line option, not a key of the file
             raise
         raise SpecError(error.field, error.message, source) from None
-    return Preflight(spec, first_plan, tuple(unchecked))
+    return Preflight(spec, first_plan, tuple(unchecked), memory)
 
 
 def prepare_spec(
@@ -198,6 +201,21 @@ def load_profile(spec: SearchSpec, offline: bool, unchecked: list[str]):
     except Exception as error:  # noqa: BLE001 - a config transformers accepts but cannot build a model from
         raise SpecError("backbone", f"cannot build {spec.backbone!r} from its config: {type(error).__name__}: {error}") from None
     return profile_backbone(model), model.config
+
+
+def search_trial_memory(spec: SearchSpec, profile, config) -> TrialMemory:
+    """One search trial's memory per worker (train/memory.py): the budget's trainable parameters plus
+    a head of the backbone's width, at the spec's batch (split over its workers) and length."""
+    hyper = spec.hyperparameters
+    trainable = int(spec.budget_fraction * profile.backbone_params) + config.hidden_size * (config.hidden_size + 2)
+    precision = hyper.precision
+    if precision == "auto":  # as the trial's device will read it (train/device.py): bf16 on a GPU
+        precision = "bf16" if spec.resources.gpus > 0 else "fp32"
+    return estimate_trial_memory(
+        config, backbone_params=profile.backbone_params, trainable_params=trainable, num_blocks=profile.num_blocks,
+        batch_size=hyper.batch_size // spec.resources.workers, max_length=hyper.max_length,
+        backbone_dtype=hyper.backbone_dtype, precision=precision, gradient_checkpointing=hyper.gradient_checkpointing,
+    )
 
 
 def check_backbone_bounds(spec: SearchSpec, profile, config) -> None:
