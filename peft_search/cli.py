@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
         if not path.is_file():
             raise InputError("--design", f"no such file: {path}")
         try:
-            design = Design.from_json(path.read_text()).to_dict()
+            design = Design.from_json(path.read_text())
         except InputError as error:
             raise error.in_file(path) from None
     config = TrialConfig(

@@ -61,7 +61,7 @@ def test_a_stage_plans_every_design_task_and_seed(profile):
         assert budget.feasible and budget.planned_params == row.planned_params
         assert design.design_id == row.design_id
         assert set(row.config.to_dict()) == TRIAL_CONFIG_FIELDS
-        assert row.config.design == design.to_dict()
+        assert row.config.design == design and row.config.to_dict()["design"] == design.to_dict()
         assert (row.config.task, row.config.seed, row.config.max_steps) == (row.task, row.seed, 20)
         fields = {k: v for k, v in row.__dict__.items() if k != "trial_id"}
         assert row.trial_id == row_id({**fields, "config": row.config.to_dict()})

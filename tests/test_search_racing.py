@@ -39,17 +39,17 @@ def make_spec(**changes) -> SearchSpec:
     return SearchSpec.from_dict({**base, **changes})
 
 
-def fake_score(row: dict) -> float:
+def fake_score(row: TrialRow) -> float:
     """The choice's true mean, a block effect shared by the block's designs, and a little noise."""
-    fields = row["fields"]
+    fields = row.fields
     block_effect = random.Random(fields["block"]).gauss(0, 0.05)
-    noise = random.Random(row["trial_id"]).gauss(0, 0.02)
+    noise = random.Random(row.trial_id).gauss(0, 0.02)
     return TRUE_MEANS[fields["choice"]] + block_effect + noise
 
 
 def train(run_dir, config: dict) -> None:
-    row = TrialRow.from_dict(config["row"])
-    result = {"status": "finished", "score": fake_score(config["row"])}
+    row = config["row"]
+    result = {"status": "finished", "score": fake_score(row)}
     path = row.record_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(trial_record(row, result, "t0", "t1")))
@@ -139,5 +139,5 @@ def test_a_trial_that_crashed_past_its_retries_is_recorded_as_failed(tmp_path, p
     config = searcher.suggest("t1")
     searcher.on_trial_complete("t1", None, error=True)
     (record,) = read_records(tmp_path, 0)
-    assert record["trial_id"] == config["row"]["trial_id"] and record["status"] == "failed"
-    assert config["row"]["trial_id"] not in {row.trial_id for row in searcher.state.pending}
+    assert record["trial_id"] == config["row"].trial_id and record["status"] == "failed"
+    assert config["row"].trial_id not in {row.trial_id for row in searcher.state.pending}

@@ -47,11 +47,12 @@ def test_config_round_trips_and_is_strict(tmp_path):
         TrialConfig(model="minilm", task="sst2", preset="lora", batch_size=30, workers=4)
     with pytest.raises(InputError, match="epochs: give epochs or max_steps"):
         TrialConfig(model="minilm", task="sst2", preset="lora", epochs=None)
-    # a design given as a dict is stored in its canonical form
+    # a design given as a dict (a design file's JSON) is read once into its canonical Design
     design = {"grouping": "spindle", "allocation": "uniform", "tunable_groups": [2, 1],
               "strategies": [["lora", "adapter"], ["prefix"], [], []]}
     row = TrialConfig(model="minilm", task="sst2", design=design)
-    assert row.design["tunable_groups"] == [1, 2] and row.design["strategies"][0] == ["adapter", "lora"]
+    assert row.design.tunable_groups == (1, 2) and row.design.strategies[0] == ("adapter", "lora")
+    assert row.to_dict()["design"]["tunable_groups"] == [1, 2] and TrialConfig.from_dict(row.to_dict()) == row
     assert row.base_learning_rate == 5e-3 and TrialConfig(model="minilm", task="sst2", preset="full").base_learning_rate == 5e-5
 
 

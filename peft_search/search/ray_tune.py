@@ -52,17 +52,17 @@ def run_experiment(
     """One Tune experiment under `directory / name`, every trial one `trial_trainable` on `resources`.
 
     What it trains: `rows` of `run_dir` (each once, as a grid), or whatever `searcher` suggests, at
-    most `num_samples` trials: a row (`{"run_dir", "row"}`) or, with `template`, a learning rate in
-    `param_space` applied to that one row. `retries`: Tune restarts a trial that raised this many
+    most `num_samples` trials: a `TrialRow` (`{"run_dir", "row"}`: Ray pickles it, no JSON) or, with
+    `template`, a learning rate in `param_space` applied to that one row. `retries`: Tune restarts a trial that raised this many
     times. Returns when every trial ended or a signal stopped the experiment (the caller then meets
     `interrupt.check()`); `progress`, our progress line, runs meanwhile."""
     from ray import tune
 
     trainable = trial_trainable
     if template is not None:
-        trainable = tune.with_parameters(trial_trainable, run_dir=str(run_dir), row=template.to_dict())
+        trainable = tune.with_parameters(trial_trainable, run_dir=str(run_dir), row=template)
     if rows is not None:
-        param_space = {"run_dir": str(run_dir), "row": tune.grid_search([row.to_dict() for row in rows])}
+        param_space = {"run_dir": str(run_dir), "row": tune.grid_search(list(rows))}
         num_samples = 1  # a grid runs each of its rows once
     quiet_tune_output()
     tuner = tune.Tuner(
@@ -97,7 +97,7 @@ def run_experiment(
 def _trial_name(trial) -> str:
     """The row's trial id where the trial has a row (the dashboard and Tune's files name it so)."""
     row = trial.config.get("row")
-    return row["trial_id"] if isinstance(row, dict) and "trial_id" in row else f"{trial.trainable_name}_{trial.trial_id}"
+    return row.trial_id if isinstance(row, TrialRow) else f"{trial.trainable_name}_{trial.trial_id}"
 
 
 __all__ = ["experiment_name", "run_experiment", "start_ray"]

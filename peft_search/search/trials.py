@@ -153,13 +153,13 @@ def reported_score(record: dict) -> float:
 
 
 def trial_trainable(config: dict, **constants) -> None:
-    """Ray Tune function trainable: run `config["row"]` (a TrialRow dict), at `config["learning_rate"]`
+    """Ray Tune function trainable: run `config["row"]` (a TrialRow), at `config["learning_rate"]`
     when a searcher samples one, record it, report it. `constants` (`run_dir`, `row`), given through
     `tune.with_parameters`, fill what the config leaves out (a searcher's space holds only the rate)."""
     from ray import tune
 
     config = {**constants, **config}
-    row = TrialRow.from_dict(config["row"])
+    row = config["row"]
     if "learning_rate" in config:
         row = row.with_learning_rate(config["learning_rate"])
     epochs_reported = []

@@ -39,7 +39,7 @@ def _worker_main(loop_config: dict) -> None:
     from peft_search.train.loop import train_worker
     from peft_search.train.prepare import prepare
 
-    config = TrialConfig.from_dict(loop_config["config"])
+    config: TrialConfig = loop_config["config"]  # the object itself: Ray pickles it, validated once upstream
     queue = loop_config["queue"]
     rank = ray.train.get_context().get_world_rank()
 
@@ -95,7 +95,7 @@ def run_on_ray(config, on_epoch=None, save_dir=None, log=None) -> dict:
     storage = tempfile.mkdtemp(prefix="peft-search-train-")
     trainer = TorchTrainer(
         _worker_main,
-        train_loop_config={"config": config.to_dict(), "queue": queue, "save_dir": save_dir, "verbose": log is not None},
+        train_loop_config={"config": config, "queue": queue, "save_dir": save_dir, "verbose": log is not None},
         scaling_config=ScalingConfig(
             num_workers=config.workers,
             use_gpu=use_gpu,

@@ -38,7 +38,7 @@ class TrialConfig:
     model: str
     task: str
     data_dir: str | None = None
-    design: dict | None = None
+    design: Design | None = None  # a dict (a design file's JSON) is read into a Design once, here
     preset: str | None = None
     budget_fraction: float = 0.005
     seed: int = 0
@@ -68,9 +68,8 @@ class TrialConfig:
         if self.preset is not None:
             preset_design(self.preset)
         else:
-            # Canonical form, so that equal designs make equal rows and equal trial ids.
-            design = self.design if isinstance(self.design, Design) else Design.from_dict(self.design)
-            object.__setattr__(self, "design", design.to_dict())
+            if not isinstance(self.design, Design):  # validated and made canonical once, here
+                object.__setattr__(self, "design", Design.from_dict(self.design))
         _number("budget_fraction", self.budget_fraction, low=0, high=1, open_low=True, open_high=True)
         _integer("seed", self.seed, low=0)
         if self.epochs is None and self.max_steps is None:
@@ -106,8 +105,8 @@ class TrialConfig:
 
     @property
     def design_obj(self) -> Design | None:
-        """The design trained (None for full fine-tuning)."""
-        return preset_design(self.preset) if self.preset is not None else Design.from_dict(self.design)
+        """The design trained: `design`, or the preset's (None for full fine-tuning)."""
+        return preset_design(self.preset) if self.preset is not None else self.design
 
     @property
     def design_id(self) -> str:
@@ -115,9 +114,11 @@ class TrialConfig:
         return design.design_id if design is not None else self.preset
 
     def to_dict(self) -> dict:
-        """Every field, except those added since 0.4 while they hold their default: a row's id hashes
-        this dict, so rows written before a field existed keep their ids (and their records)."""
-        data = asdict(self)
+        """Every field (the design as its canonical dict), except those added since 0.4 while they
+        hold their default: a row's id hashes this dict, so rows written before a field existed keep
+        their ids (and their records)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["design"] = self.design.to_dict() if self.design is not None else None
         for name, default in ADDED_FIELDS.items():
             if data[name] == default:
                 del data[name]

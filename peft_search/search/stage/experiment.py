@@ -52,7 +52,7 @@ class StageSearcher(Searcher):
         for row in self.state.pending:
             if row.trial_id not in running:
                 self.in_flight[trial_id] = row.trial_id
-                return {"run_dir": str(self.run_dir), "row": row.trial_row().to_dict()}
+                return {"run_dir": str(self.run_dir), "row": row.trial_row()}
         return Searcher.FINISHED if self.state.done else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

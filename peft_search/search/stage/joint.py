@@ -100,7 +100,7 @@ class JointSearcher(Searcher):
                 return Searcher.FINISHED
         row = self.queue.pop(0)
         self.in_flight[trial_id] = (row.fields["design_id"], row.trial_id)
-        return {"run_dir": str(self.run_dir), "row": row.to_dict()}
+        return {"run_dir": str(self.run_dir), "row": row}
 
     def ask_design(self) -> bool:
         """Queue the rows of a new design Optuna proposes; False when none can be found."""

@@ -66,7 +66,7 @@ class PlanRow:
 
     @property
     def design(self) -> Design:
-        return Design.from_json(self.design_json)
+        return self.config.design
 
     def trial_row(self) -> TrialRow:
         """The row as a trial runs it; its record carries the plan's fields and the design's components."""
@@ -145,31 +145,31 @@ def trial_config(
     """
     fidelity = fidelity or spec.fidelity
     hyper = spec.hyperparameters
-    return TrialConfig.from_dict({
-        "model": spec.backbone,
-        "task": task,
-        "data_dir": spec.data.dir,
-        "design": design.to_dict() if design is not None else None,
-        "preset": preset,
-        "budget_fraction": spec.budget_fraction,
-        "seed": seed,
-        "epochs": fidelity.epochs,
-        "max_steps": fidelity.max_steps,
-        "max_train_examples": fidelity.max_train_examples,
-        "max_eval_examples": fidelity.max_eval_examples,
-        "learning_rate": learning_rate if learning_rate is not None else hyper.learning_rate,
-        "batch_size": hyper.batch_size,
-        "warmup_ratio": hyper.warmup_ratio,
-        "max_length": hyper.max_length,
-        "gradient_accumulation_steps": hyper.gradient_accumulation_steps,
-        "weight_decay": hyper.weight_decay,
-        "workers": workers or spec.resources.workers,
-        "cache_dir": spec.cache_dir,
-        "holdout_fraction": holdout_fraction,
-        "gradient_checkpointing": hyper.gradient_checkpointing,
-        "precision": hyper.precision,
-        "backbone_dtype": hyper.backbone_dtype,
-    })
+    return TrialConfig(
+        model=spec.backbone,
+        task=task,
+        data_dir=spec.data.dir,
+        design=design,
+        preset=preset,
+        budget_fraction=spec.budget_fraction,
+        seed=seed,
+        epochs=fidelity.epochs,
+        max_steps=fidelity.max_steps,
+        max_train_examples=fidelity.max_train_examples,
+        max_eval_examples=fidelity.max_eval_examples,
+        learning_rate=learning_rate if learning_rate is not None else hyper.learning_rate,
+        batch_size=hyper.batch_size,
+        warmup_ratio=hyper.warmup_ratio,
+        max_length=hyper.max_length,
+        gradient_accumulation_steps=hyper.gradient_accumulation_steps,
+        weight_decay=hyper.weight_decay,
+        workers=workers or spec.resources.workers,
+        cache_dir=spec.cache_dir,
+        holdout_fraction=holdout_fraction,
+        gradient_checkpointing=hyper.gradient_checkpointing,
+        precision=hyper.precision,
+        backbone_dtype=hyper.backbone_dtype,
+    )
 
 
 def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> StagePlan:
@@ -193,8 +193,15 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
             reason = f"G{group} is not tuned (tunable_groups is {space.format_choice(TUNABLE_GROUPS, space.tunable_groups)})"
             return StagePlan(**base, rows=(), skipped=reason)
 
+    budget_plans: dict[Design, object] = {}  # each design's budget is planned once: sampling reads it, rows too
+
+    def budget_plan(design: Design):
+        if design not in budget_plans:
+            budget_plans[design] = plan_budget(profile, design, spec.budget_fraction)
+        return budget_plans[design]
+
     def is_feasible(design: Design) -> bool:
-        return plan_budget(profile, design, spec.budget_fraction).feasible
+        return budget_plan(design).feasible
 
     reseeded: set[int] = set()
     if spec.sampling == "paired":
@@ -205,7 +212,7 @@ def plan_stage(spec: SearchSpec, stage: int, space: DesignSpace, profile) -> Sta
     rows: list[PlanRow] = []
     for choice_index, choice in enumerate(choices):
         for sample, block, design in drawn.get(choice, ()):
-            planned = plan_budget(profile, design, spec.budget_fraction).planned_params
+            planned = budget_plan(design).planned_params
             seeds = [block_seed(seed, block) for seed in spec.seeds] if block in reseeded else spec.seeds
             for task in spec.tasks:
                 for train_seed in seeds:
