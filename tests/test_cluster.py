@@ -1,5 +1,6 @@
 """The search on a real multi-node Ray cluster (issue 12): trials spread over the worker nodes, a
-stage survives losing a node, and a run whose driver was killed resumes from its records.
+stage survives losing a node, a run whose driver was killed resumes from its records, and two
+searches started at once finish apart, both listed by the dashboard (issue 27).
 
 One cluster serves the module (`ray.cluster_utils.Cluster`, Ray's own multi-node test utility: every
 node a real raylet with its own processes, all on this machine): a head with no CPUs, so no trial
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,11 +51,11 @@ CLUSTER_JOB = {  # over drivers.TINY_JOB: two trials at once (one per worker), r
 
 
 class LocalCluster:
-    """The module's cluster: `cluster.address` for drivers, the worker nodes by name, and which Ray
-    node id plays which role (`roles`, from `ray.nodes()`)."""
+    """The module's cluster: `cluster.address` for drivers, the worker nodes by name, which Ray node
+    id plays which role (`roles`, from `ray.nodes()`), and its dashboard's address."""
 
-    def __init__(self, cluster, temp_dir: str):
-        self.cluster, self.temp_dir = cluster, temp_dir
+    def __init__(self, cluster, temp_dir: str, dashboard_url: str):
+        self.cluster, self.temp_dir, self.dashboard_url = cluster, temp_dir, dashboard_url
         self.workers = {}  # name -> ray._private.node.Node
 
     @property
@@ -94,6 +96,12 @@ class LocalCluster:
         return node_id
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray
@@ -110,11 +118,14 @@ def ray_cluster():
     patch.setattr(ray._common.utils, "reset_ray_address", lambda *args, **kwargs: None)
     cluster = None
     try:
+        # The dashboard on a port of its own: the two-searches test reads its job list.
+        dashboard_port = free_port()
         cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": False},
+            head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": True,
+                            "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port},
         )
-        local = LocalCluster(cluster, temp_dir)
+        local = LocalCluster(cluster, temp_dir, f"http://127.0.0.1:{dashboard_port}")
         local.ensure_workers()
         if ray.is_initialized():  # an in-process run of an earlier test module left its Ray behind
             ray.shutdown()
@@ -355,6 +366,12 @@ def test_two_searches_on_one_cluster_at_once_both_finish_apart(cluster, tmp_path
     for run in runs:
         records = check_finished_run(run, None, logs)
         assert len(records) == 2 and all(r["status"] == "finished" for r in records.values()), logs
+    # The dashboard's job list shows both searches, each as its own finished driver.
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = JobSubmissionClient(cluster.dashboard_url).list_jobs()
+    searches = [j for j in jobs if j.type == "DRIVER" and str(job) in (j.entrypoint or "")]
+    assert len(searches) == 2 and {j.status for j in searches} == {"SUCCEEDED"}, searches
 
 
 def test_a_stage_survives_losing_a_worker_node_mid_trial(cluster, tmp_path):
