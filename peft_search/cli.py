@@ -97,19 +97,25 @@ def cmd_space_sample(args) -> int:
     return 0
 
 
-def cmd_space_plan(args) -> int:
+def read_design_file(name: str):
+    """The Design in a `--design` JSON file; InputError naming the file for a missing or bad one."""
     from pathlib import Path
 
-    from peft_search.peft import inject, load_backbone
     from peft_search.space import Design
 
-    path = Path(args.design)
+    path = Path(name)
     if not path.is_file():
         raise InputError("--design", f"no such file: {path}")
     try:
-        design = Design.from_json(path.read_text())
+        return Design.from_json(path.read_text())
     except InputError as error:
         raise error.in_file(path) from None
+
+
+def cmd_space_plan(args) -> int:
+    from peft_search.peft import inject, load_backbone
+
+    design = read_design_file(args.design)
     report = inject(load_backbone(args.model, meta=True), design, args.budget)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -132,20 +138,9 @@ def cmd_space_plan(args) -> int:
 
 def cmd_train(args) -> int:
     """Train one design or preset on one task and print its result (progress goes to stderr)."""
-    from pathlib import Path
-
-    from peft_search.space import Design
     from peft_search.train import TrialConfig, run_trial
 
-    design = None
-    if args.design is not None:
-        path = Path(args.design)
-        if not path.is_file():
-            raise InputError("--design", f"no such file: {path}")
-        try:
-            design = Design.from_json(path.read_text())
-        except InputError as error:
-            raise error.in_file(path) from None
+    design = read_design_file(args.design) if args.design is not None else None
     config = TrialConfig(
         model=args.model,
         task=args.task,
