@@ -248,6 +248,8 @@ def cmd_run(args) -> int:
             print(f"memory: {checked.memory.describe()} (batch {hyper.batch_size // spec.resources.workers} per worker, "
                   f"length {hyper.max_length}, backbone in {hyper.backbone_dtype}; an estimate: docs/design.md, "
                   "\"Memory per trial\")")
+        if checked.full_memory is not None:
+            print(f"memory of the final evaluation's full fine-tuning: {checked.full_memory.describe()}")
         if checked.unchecked:
             print("\nnot checked offline (the run checks these first):\n  " + "\n  ".join(checked.unchecked))
         passed = "every other check of `run` passed" if checked.unchecked else "every check of `run` passed"

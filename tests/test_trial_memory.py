@@ -107,3 +107,25 @@ def test_the_dry_runs_estimate_follows_dtype_precision_and_checkpointing(tmp_pat
     assert bf16.activation_bytes / fp32.activation_bytes == pytest.approx(0.85)
     assert checkpointed.activation_bytes < fp32.activation_bytes / 10
     assert fp32.training_state_bytes == bf16.training_state_bytes > 0
+
+
+def test_a_final_evaluation_with_full_fine_tuning_gets_its_own_estimate(tmp_path):
+    """Full fine-tuning trains every parameter in float32 with its gradient and AdamW state: 16 bytes a
+    parameter where a search trial's frozen backbone costs 4 (2 in bfloat16)."""
+    from transformers import Qwen2Config
+
+    from drivers import write_job
+    from peft_search.search.preflight import preflight
+
+    Qwen2Config(**QWEN2_5_0_5B).save_pretrained(tmp_path / "qwen")
+    final = {"contenders": ["discovered", "full", "lora"], "seeds": [0]}
+    job = write_job(tmp_path, backbone=str(tmp_path / "qwen"), final=final,
+                    hyperparameters={"batch_size": 8, "max_length": 64, "precision": "bf16", "backbone_dtype": "bfloat16"})
+    checked = preflight(job, storage=str(tmp_path / "runs"), offline=True)
+    search, full = checked.memory, checked.full_memory
+    assert full.training_state_bytes == 3 * full.weights_bytes  # 12 bytes of state per 4-byte weight
+    assert full.weights_bytes / search.weights_bytes == pytest.approx(2, rel=0.02)  # float32, not bfloat16
+    assert full.activation_bytes == search.activation_bytes
+    without = preflight(write_job(tmp_path, "plain.yaml", backbone=str(tmp_path / "qwen")), storage=str(tmp_path / "runs"),
+                        offline=True)
+    assert without.full_memory is None

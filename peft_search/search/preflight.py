@@ -46,6 +46,7 @@ class Preflight:
     first_plan: StagePlan | None  # stage 0's plan; None when the backbone could not be checked offline
     unchecked: tuple[str, ...]  # what a dry run could not check offline, one line each
     memory: TrialMemory | None = None  # one search trial's estimate; None as for first_plan
+    full_memory: TrialMemory | None = None  # the final evaluation's full fine-tuning run, when it has one
 
 
 def preflight(
@@ -74,12 +75,14 @@ def preflight(
             unchecked.append(f"storage: {root} (an object store; a dry run does not contact it)")
         if address is None:
             check_local_resources(spec)
-        first_plan, memory = None, None
+        first_plan, memory, full_memory = None, None, None
         backbone = load_profile(spec, offline, unchecked)
         if backbone is not None:
             profile, config = backbone
             check_backbone_bounds(spec, profile, config)
             memory = search_trial_memory(spec, profile, config)
+            if spec.final is not None and "full" in spec.final.contenders:
+                full_memory = search_trial_memory(spec, profile, config, full=True)
             if spec.joint is None:  # a joint search has no plan: its searcher proposes designs as it goes
                 first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
     except SpecError as error:
@@ -88,7 +91,7 @@ def preflight(
         if error.field.startswith("--"):  # a command-line option, not a key of the file
             raise
         raise SpecError(error.field, error.message, source) from None
-    return Preflight(spec, first_plan, tuple(unchecked), memory)
+    return Preflight(spec, first_plan, tuple(unchecked), memory, full_memory)
 
 
 def prepare_spec(
@@ -203,18 +206,24 @@ def load_profile(spec: SearchSpec, offline: bool, unchecked: list[str]):
     return profile_backbone(model), model.config
 
 
-def search_trial_memory(spec: SearchSpec, profile, config) -> TrialMemory:
+def search_trial_memory(spec: SearchSpec, profile, config, full: bool = False) -> TrialMemory:
     """One search trial's memory per worker (train/memory.py): the budget's trainable parameters plus
-    a head of the backbone's width, at the spec's batch (split over its workers) and length."""
+    a head of the backbone's width, at the spec's batch (split over its workers) and length; `full`:
+    a full fine-tuning run instead (every parameter trained, so every one float32 with its state)."""
     hyper = spec.hyperparameters
-    trainable = int(spec.budget_fraction * profile.backbone_params) + config.hidden_size * (config.hidden_size + 2)
+    head = config.hidden_size * (config.hidden_size + 2)
     precision = hyper.precision
     if precision == "auto":  # as the trial's device will read it (train/device.py): bf16 on a GPU
         precision = "bf16" if spec.resources.gpus > 0 else "fp32"
+    if full:
+        frozen, trainable, backbone_dtype = 0, profile.backbone_params + head, "float32"
+    else:
+        frozen, trainable = profile.backbone_params, int(spec.budget_fraction * profile.backbone_params) + head
+        backbone_dtype = hyper.backbone_dtype
     return estimate_trial_memory(
-        config, backbone_params=profile.backbone_params, trainable_params=trainable, num_blocks=profile.num_blocks,
+        config, backbone_params=frozen, trainable_params=trainable, num_blocks=profile.num_blocks,
         batch_size=hyper.batch_size // spec.resources.workers, max_length=hyper.max_length,
-        backbone_dtype=hyper.backbone_dtype, precision=precision, gradient_checkpointing=hyper.gradient_checkpointing,
+        backbone_dtype=backbone_dtype, precision=precision, gradient_checkpointing=hyper.gradient_checkpointing,
     )
 
 
