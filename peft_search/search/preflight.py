@@ -208,10 +208,10 @@ def load_profile(spec: SearchSpec, offline: bool, unchecked: list[str]):
 
 def search_trial_memory(spec: SearchSpec, profile, config, full: bool = False) -> TrialMemory:
     """One search trial's memory per worker (train/memory.py): the budget's trainable parameters plus
-    a head of the backbone's width, at the spec's batch (split over its workers) and length; `full`:
-    a full fine-tuning run instead (every parameter trained, so every one float32 with its state)."""
+    the task head the profile counted, at the spec's batch (split over its workers) and length;
+    `full`: a full fine-tuning run instead (every parameter trained, so every one float32 with its state)."""
     hyper = spec.hyperparameters
-    head = config.hidden_size * (config.hidden_size + 2)
+    head = profile.head_params
     precision = hyper.precision
     if precision == "auto":  # as the trial's device will read it (train/device.py): bf16 on a GPU
         precision = "bf16" if spec.resources.gpus > 0 else "fp32"

@@ -27,9 +27,8 @@ def mixed_precision(precision: str) -> str:
 def make_accelerator(gradient_accumulation_steps: int = 1, precision: str = "auto"):
     """The Accelerator of a trial (inside a Ray Train worker it picks up Ray's process group)."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     use_gpu = torch.cuda.is_available()
     wanted = mixed_precision(precision)
