@@ -33,6 +33,8 @@ from transformers import (
     XLNetForSequenceClassification,
 )
 
+from peft_search.peft.backbones import PADS_LEFT  # families whose batches pad before the tokens
+
 VOCAB = 1000
 EOS = 1  # T5 and BART pool their classification on the end-of-sequence token
 
@@ -121,7 +123,6 @@ TINY_BUILDERS = {"bert": tiny_bert, "roberta": tiny_roberta, "t5": tiny_t5, "bar
                  "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "mistral": tiny_mistral, "gpt2": tiny_gpt2,
                  "xlnet": tiny_xlnet, "deberta-v2": tiny_deberta_v2}
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
-PADS_LEFT = ("xlnet",)  # classifies from the last position: its batches pad before the tokens
 
 
 def build(model_type: str, seed: int = 0):
