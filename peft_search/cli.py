@@ -1,5 +1,5 @@
 """Command-line interface: `peft-search space | train | run | resume | status | report | evaluate |
-export | fidelity | schema | submit`.
+export | fidelity | simulate | schema | submit`.
 
 Parses arguments, calls the layers below, prints. Bad input (an `InputError` anywhere below) is
 reported as `peft-search: error: FIELD: what is allowed` with exit status 2. Longer than 400 lines
@@ -381,6 +381,20 @@ def cmd_fidelity(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    from peft_search.search.simulate import simulate_job
+
+    result, step_source = simulate_job(args.job, args.gpus, step_time_s=args.step_time, step_time_from=args.step_time_from,
+                                       start_s=args.trial_start, scores=args.scores, seed=args.seed, backbone=args.backbone,
+                                       data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "step_time_source": step_source}, indent=2))
+    else:
+        print(result.describe())
+        print(f"step time: {step_source}")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from peft_search.search.spec import schema_text
 
@@ -455,6 +469,24 @@ def _add_search_commands(commands) -> None:
     fidelity.add_argument("--resume", help="a pilot directory to finish (trains only what has no record)")
     fidelity.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
     fidelity.set_defaults(handler=cmd_fidelity)
+
+    simulate = commands.add_parser(
+        "simulate", help="simulate the job's search on a cluster of N GPUs: wall-clock, GPU use, GPU-hours, decisions")
+    simulate.add_argument("job", help="job spec, e.g. jobs/glue-t5-base.yaml")
+    simulate.add_argument("--gpus", type=float, required=True, help="GPUs in the cluster (a CPU-only job: trials at once)")
+    simulate.add_argument("--step-time", type=float, help="seconds per optimiser step on one trial's GPUs (default: "
+                          "a measured CPU figure, or --step-time-from)")
+    simulate.add_argument("--step-time-from", metavar="RUN", help="take the step time from a run's finished trials")
+    simulate.add_argument("--trial-start", type=float, default=0.8, help="seconds the driver takes to start one trial "
+                          "(default 0.8, measured on a 2-core head)")
+    simulate.add_argument("--scores", default="decisive", help="the recorded stage whose scores are replayed: decisive, "
+                          "tied, or a Parquet file of trial records (default decisive)")
+    simulate.add_argument("--seed", type=int, default=0, help="seed of the score resampling (default 0)")
+    simulate.add_argument("--backbone", metavar="DIR", help="a local directory whose config.json stands in for the "
+                          "job's backbone (planning needs its shape only)")
+    simulate.add_argument("--data-dir", help="local data directory for the spec's tasks")
+    simulate.add_argument("--json", action="store_true", help="print one JSON document")
+    simulate.set_defaults(handler=cmd_simulate)
 
     schema = commands.add_parser("schema", help="print the job spec's schema (every key, its type and default)")
     schema.set_defaults(handler=cmd_schema)

@@ -306,11 +306,13 @@ class Controller:
         return self.state
 
     def _decide(self, index: int, plan, records: list[dict]) -> Decision:
-        from peft_search.search.stage.racing import race_state
+        from peft_search.search.stage.racing import judged_records, race_state
 
         seed = derive_seed(self.spec.seed, index)
         # Without racing (fixed N) there is no race to report: every planned design ran.
         race = race_state(plan, records, self.spec.racing, self.spec.tasks, seed) if self.spec.racing is not None else None
+        if race is not None:  # trials run ahead of the decision are spent, not evidence (stage/dispatch.py)
+            records = judged_records(plan, race, records)
         decision = decide_stage(
             plan.component, list(plan.choices), trial_scores(records), self.spec.tasks, seed=seed, race=race,
             trials_planned=plan.num_trials, racing=self.spec.racing,

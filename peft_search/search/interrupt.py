@@ -81,8 +81,9 @@ def interruptible():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
 
 
-def tune_stopper():
-    """A Ray Tune `Stopper` that ends the whole experiment once a signal has arrived."""
+def tune_stopper(done=None):
+    """A Ray Tune `Stopper` that ends the whole experiment once a signal has arrived, or once `done()`
+    says the experiment has what it needs (a decided race: the trials still running are stopped)."""
     from ray.tune.stopper import Stopper
 
     class InterruptStopper(Stopper):
@@ -90,7 +91,7 @@ def tune_stopper():
             return False  # a trial ends when its training does
 
         def stop_all(self) -> bool:
-            return bool(_received)
+            return bool(_received) or (done is not None and done())
 
     return InterruptStopper()
 

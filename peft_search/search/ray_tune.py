@@ -48,13 +48,14 @@ def run_experiment(
     num_samples: int | None = None,
     param_space: dict | None = None,
     template: TrialRow | None = None,
+    done: Callable[[], bool] | None = None,
 ) -> None:
     """One Tune experiment under `directory / name`, every trial one `trial_trainable` on `resources`.
 
     What it trains: `rows` of `run_dir` (each once, as a grid), or whatever `searcher` suggests, at
     most `num_samples` trials: a `TrialRow` (`{"run_dir", "row"}`: Ray pickles it, no JSON) or, with
     `template`, a learning rate in `param_space` applied to that one row. `retries`: Tune restarts a trial that raised this many
-    times. Returns when every trial ended or a signal stopped the experiment (the caller then meets
+    times. `done()` true ends the experiment early, stopping what still runs (a decided race). Returns when every trial ended or a signal stopped the experiment (the caller then meets
     `interrupt.check()`); `progress`, our progress line, runs meanwhile."""
     from ray import tune
 
@@ -81,7 +82,7 @@ def run_experiment(
             name=name,
             storage_path=str(directory),
             failure_config=tune.FailureConfig(max_failures=retries),
-            stop=tune_stopper(),  # SIGINT / SIGTERM end the experiment; nothing is decided from it
+            stop=tune_stopper(done),  # SIGINT / SIGTERM end the experiment; nothing is decided from it
             verbose=0,
         ),
     )

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import platform
+import time
 from dataclasses import dataclass, replace
 
 from peft_search.search.storage.paths import LocalStaging, StoragePath
@@ -112,8 +113,16 @@ def ray_node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def run_row(run_dir: StoragePath, row: TrialRow, on_epoch=None) -> tuple[dict, bool]:
-    """Train `row` unless it has a record; returns (its record, whether it was already there)."""
+def rehearse(replay: dict) -> dict:
+    """A rehearsal's trial (search/simulate.py): no training; it holds its slot for the modelled
+    seconds and reports the score the simulator replayed for its row."""
+    time.sleep(replay["seconds"])
+    return {"status": "finished", "score": replay["score"], "wall_time_s": replay["seconds"]}
+
+
+def run_row(run_dir: StoragePath, row: TrialRow, on_epoch=None, replay: dict | None = None) -> tuple[dict, bool]:
+    """Train `row` unless it has a record; returns (its record, whether it was already there).
+    `replay` ({"seconds", "score"}): rehearse it instead of training (a cluster rehearsal)."""
     from peft_search.train.run import run_trial
 
     path = row.record_path(run_dir)
@@ -124,7 +133,9 @@ def run_row(run_dir: StoragePath, row: TrialRow, on_epoch=None) -> tuple[dict, b
     write_json_atomic(marker, {"trial_id": row.trial_id, "node": platform.node(), "node_id": ray_node_id(),
                                "started_at": started_at})
     try:
-        if row.save_dir is None:
+        if replay is not None:
+            result = rehearse(replay)
+        elif row.save_dir is None:
             result = run_trial(row.config, on_epoch=on_epoch).to_dict()
         else:  # trained weights are written to disk, then kept with the run (uploaded to an object store)
             with LocalStaging(run_dir / row.save_dir) as save_dir:
@@ -154,8 +165,9 @@ def reported_score(record: dict) -> float:
 
 def trial_trainable(config: dict, **constants) -> None:
     """Ray Tune function trainable: run `config["row"]` (a TrialRow), at `config["learning_rate"]`
-    when a searcher samples one, record it, report it. `constants` (`run_dir`, `row`), given through
-    `tune.with_parameters`, fill what the config leaves out (a searcher's space holds only the rate)."""
+    when a searcher samples one (rehearsed instead when `config["replay"]` is given), record it,
+    report it. `constants` (`run_dir`, `row`), given through `tune.with_parameters`, fill what the
+    config leaves out (a searcher's space holds only the rate)."""
     from ray import tune
 
     config = {**constants, **config}
@@ -168,7 +180,7 @@ def trial_trainable(config: dict, **constants) -> None:
         epochs_reported.append(metrics)
         tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "trial_id": row.trial_id})
 
-    record, replayed = run_row(StoragePath.parse(config["run_dir"]), row, on_epoch=on_epoch)
+    record, replayed = run_row(StoragePath.parse(config["run_dir"]), row, on_epoch=on_epoch, replay=config.get("replay"))
     if replayed or not epochs_reported or record["status"] != "finished":
         tune.report({"score": reported_score(record), "status": record["status"], "trial_id": row.trial_id, "replayed": replayed})
 

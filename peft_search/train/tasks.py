@@ -41,6 +41,9 @@ class Task:
     # Hub dataset (path, config name) and its validation split's name.
     hub: tuple[str, str | None] | None = None
     hub_validation_split: str = "validation"
+    # Examples in the Hub dataset's train split (a published figure): what an epoch-based trial of
+    # the full task trains on, for estimates made before any data is read (steps, trial lengths).
+    hub_train_examples: int | None = None
 
     @property
     def kind(self) -> str:
@@ -72,6 +75,7 @@ def _glue(
     validation_files=("dev.tsv", "dev_subset.tsv"),
     columns=None,
     hub_validation_split="validation",
+    hub_train_examples=None,
 ):
     regression = labels is None
     return Task(
@@ -88,6 +92,7 @@ def _glue(
         columns=columns,
         hub=("nyu-mll/glue", name),
         hub_validation_split=hub_validation_split,
+        hub_train_examples=hub_train_examples,
     )
 
 
@@ -96,26 +101,29 @@ NLI2 = ("entailment", "not_entailment")  # the Hub's label order for QNLI and RT
 TASKS: dict[str, Task] = {
     "cola": _glue(
         "cola", "CoLA", ("sentence",), "label", ("0", "1"), "matthews", ("matthews", "accuracy"),
-        columns=("source", "label", "annotation", "sentence"),
+        columns=("source", "label", "annotation", "sentence"), hub_train_examples=8_551,
     ),
-    "sst2": _glue("sst2", "SST-2", ("sentence",), "label", ("0", "1")),
+    "sst2": _glue("sst2", "SST-2", ("sentence",), "label", ("0", "1"), hub_train_examples=67_349),
     "mrpc": _glue(
-        "mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1", ("f1", "accuracy")
+        "mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1", ("f1", "accuracy"),
+        hub_train_examples=3_668,
     ),
     "qqp": _glue(
-        "qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), "f1", ("f1", "accuracy")
+        "qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), "f1", ("f1", "accuracy"),
+        hub_train_examples=363_846,
     ),
     "stsb": _glue(
-        "stsb", "STS-B", ("sentence1", "sentence2"), "score", None, "spearman", ("spearman", "pearson")
+        "stsb", "STS-B", ("sentence1", "sentence2"), "score", None, "spearman", ("spearman", "pearson"),
+        hub_train_examples=5_749,
     ),
     "mnli": _glue(
         "mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
         validation_files=("dev_matched.tsv", "dev_matched_subset.tsv"),
-        hub_validation_split="validation_matched",
+        hub_validation_split="validation_matched", hub_train_examples=392_702,
     ),
-    "qnli": _glue("qnli", "QNLI", ("question", "sentence"), "label", NLI2),
-    "rte": _glue("rte", "RTE", ("sentence1", "sentence2"), "label", NLI2),
-    "wnli": _glue("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1")),
+    "qnli": _glue("qnli", "QNLI", ("question", "sentence"), "label", NLI2, hub_train_examples=104_743),
+    "rte": _glue("rte", "RTE", ("sentence1", "sentence2"), "label", NLI2, hub_train_examples=2_490),
+    "wnli": _glue("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), hub_train_examples=635),
     "tweets": Task(
         name="tweets",
         text_fields=("text",),

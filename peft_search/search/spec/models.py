@@ -198,6 +198,11 @@ class Resources(_Strict):
         return self
 
 
+# Blocks a racing stage may train past the procedure's next look (stage/dispatch.py); chosen with
+# the cluster simulator (docs/benchmarks.md, "A search on a cluster").
+DEFAULT_LOOKAHEAD = 4
+
+
 class Racing(_Strict):
     """Racing: a stage runs its blocks in rounds and stops as its selection procedure says (Kim and
     Nelson's KN on paired blocks, with a stop for ties; docs/design.md, "Selection procedure")."""
@@ -225,6 +230,12 @@ class Racing(_Strict):
     )
     blocks_per_round: int = Field(
         1, ge=1, le=MAX_DESIGNS, description="blocks added to every remaining choice per round after the first"
+    )
+    lookahead: int = Field(
+        DEFAULT_LOOKAHEAD, ge=0, le=MAX_DESIGNS,
+        description="blocks past the ones the procedure needs next that may train meanwhile, so that no slot waits "
+        "for a round's slowest trial (0: one round at a time); the procedure still judges blocks in order, and work "
+        "past its decision is stopped and counted as spent (docs/design.md, \"Dispatch\")",
     )
 
 

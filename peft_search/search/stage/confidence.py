@@ -50,6 +50,7 @@ same scores and seed give the same numbers anywhere. Pure: imports numpy and mat
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
@@ -149,6 +150,7 @@ def t_cdf(x: float, df: float) -> float:
     return 1.0 - tail if x > 0 else tail
 
 
+@functools.lru_cache(maxsize=4096)  # a race asks for the same few quantiles at every look
 def t_quantile(p: float, df: float) -> float:
     """The x with P(T <= x) = p, for 0 < p < 1 and df > 0 degrees of freedom."""
     if not 0.0 < p < 1.0:

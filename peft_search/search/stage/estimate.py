@@ -1,5 +1,7 @@
 """Compute estimates of a search without sampling anything: trials and optimiser steps per stage and
-for the final evaluation (the dry run's table). Pure: imports the spec only."""
+for the final evaluation (the dry run's table), and one trial's steps (`config_steps`: the length
+the dispatch orders rows by and the cluster simulator models). Pure: imports the spec and the task
+registry only."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from peft_search.search.spec import Fidelity, SearchSpec
+from peft_search.train.tasks import get_task
 
 
 def trial_steps(fidelity: Fidelity, spec: SearchSpec, train_size: int | None = None) -> int | None:
@@ -23,6 +26,33 @@ def trial_steps(fidelity: Fidelity, spec: SearchSpec, train_size: int | None = N
     hyper = spec.hyperparameters
     steps_per_epoch = math.ceil(min(sizes) / (hyper.batch_size * hyper.gradient_accumulation_steps))
     return math.ceil(fidelity.epochs * steps_per_epoch)
+
+
+def known_train_size(task: str, data_source: str, max_train_examples: int | None = None) -> int | None:
+    """Training examples of `task` as known before reading it: `max_train_examples` when it caps them,
+    else the Hub train split's published size for Hub data; None for local or file data."""
+    hub = get_task(task).hub_train_examples if data_source == "hub" else None
+    sizes = [n for n in (max_train_examples, hub) if n is not None]
+    return min(sizes) if sizes else None
+
+
+def default_train_sizes(spec: SearchSpec) -> dict[str, int]:
+    """task -> training examples, for the tasks whose size is known before reading them (Hub GLUE)."""
+    sizes = {task: known_train_size(task, spec.data.source) for task in spec.final_tasks}
+    return {task: n for task, n in sizes.items() if n is not None}
+
+
+def config_steps(config) -> int | None:
+    """Optimiser steps of the trial a `TrialConfig` trains, counted as `trial_steps` counts them (a
+    held-back tuning slice is ignored); None when they depend on a dataset size not known before
+    reading it."""
+    if config.max_steps is not None:
+        return config.max_steps
+    size = known_train_size(config.task, "hub" if config.data_dir is None else "local", config.max_train_examples)
+    if size is None:
+        return None
+    steps_per_epoch = math.ceil(size / (config.batch_size * config.gradient_accumulation_steps))
+    return math.ceil(config.epochs * steps_per_epoch)
 
 
 @dataclass(frozen=True)
@@ -88,9 +118,10 @@ class SearchEstimate:
 def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None) -> SearchEstimate:
     """Trials and optimiser steps of the whole search, without sampling anything.
 
-    `train_sizes` (task -> training examples) makes epoch-based fidelities countable.
+    `train_sizes` (task -> training examples) makes epoch-based fidelities countable; by default the
+    Hub's published sizes of its GLUE tasks when the data comes from the Hub.
     """
-    train_sizes = train_sizes or {}
+    train_sizes = default_train_sizes(spec) if train_sizes is None else train_sizes
 
     def steps_per_design(fidelity: Fidelity) -> int | None:
         per_task = [trial_steps(fidelity, spec, train_sizes.get(task)) for task in spec.tasks]
@@ -131,4 +162,5 @@ def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None)
     return SearchEstimate(stages=tuple(stages), final_trials=final_trials, final_steps=final_steps)
 
 
-__all__ = ["SearchEstimate", "StageEstimate", "estimate_search", "trial_steps"]
+__all__ = ["SearchEstimate", "StageEstimate", "config_steps", "default_train_sizes", "estimate_search", "known_train_size",
+           "trial_steps"]

@@ -1,8 +1,10 @@
 """One refinement stage as one Ray Tune experiment: `StageSearcher` (a Tune `Searcher`) hands out
-the plan rows the race needs, round by round, and the one trainable of `search.trials` trains each
-(a pure function of its row, which records the trial the moment it ends). The searcher's state is
-replayed from the trial records, so a resumed stage (a fresh experiment) continues the race and
-never repeats a finished trial. Our progress line replaces Tune's tables on the terminal.
+the plan rows the race can use whenever Tune has a free slot (`dispatch.Dispatch`: no round
+barrier), and the one trainable of `search.trials` trains each (a pure function of its row, which
+records the trial the moment it ends). The searcher's state is replayed from the trial records, so a
+resumed stage (a fresh experiment) continues the race and never repeats a finished trial. Once the
+race is decided the experiment stops the trials still running (look-ahead work the decision made
+unnecessary). Our progress line replaces Tune's tables on the terminal.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from ray.tune.search import Searcher
 
 from peft_search.search.progress import RecordProgress
 from peft_search.search.ray_tune import experiment_name, run_experiment
+from peft_search.search.stage.dispatch import Dispatch
 from peft_search.search.stage.plan import StagePlan
 from peft_search.search.stage.racing import RaceState, race_state
 from peft_search.search.storage.paths import StoragePath
-from peft_search.search.storage.records import read_records
+from peft_search.search.storage.records import read_records, started_trials
 from peft_search.search.storage.run_dir import stage_dir
 from peft_search.search.trials import record_failure
 
@@ -25,34 +28,42 @@ EXPERIMENT = "tune"
 
 
 class StageSearcher(Searcher):
-    """A Ray Tune `Searcher` that hands out the plan rows the stage's race needs next.
+    """A Ray Tune `Searcher` that hands out the plan rows the stage's race can use next.
 
     It keeps no state of its own beyond the trials in flight: after every completed trial it replays
     the race from the trial records (`racing.race_state`), so a stage resumed in a fresh experiment
-    continues the race where it stopped. Without racing it hands out every row without a record.
-    A trial that Tune gives up on (it raised past `retries`) is recorded as failed here, so that
-    every planned row that ran ends with exactly one record.
+    continues the race where it stopped; which row goes out next is `dispatch.Dispatch`'s (the
+    procedure's next look, then `racing.lookahead` blocks more, longest trial first). Without racing
+    it hands out every row without a record. A trial that Tune gives up on (it raised past
+    `retries`) is recorded as failed here, so that every planned row that ran ends with exactly one
+    record. `replay` (the cluster rehearsal, search/simulate.py) gives each row's modelled seconds
+    and recorded score instead of training.
     """
 
-    def __init__(self, run_dir: StoragePath, plan: StagePlan, racing, tasks, seed: int, say=None):
+    def __init__(self, run_dir: StoragePath, plan: StagePlan, racing, tasks, seed: int, say=None, replay=None):
         super().__init__(metric="score", mode="max")
         self.run_dir, self.plan, self.racing, self.tasks, self.seed = run_dir, plan, racing, tuple(tasks), seed
         self.say = say or (lambda line: None)
+        self.replay_trial = replay
         self.rows = {row.trial_id: row for row in plan.rows}
+        self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None)
         self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
         self.finished: dict[str, dict] = {}  # finished records read so far: each is read once, not after every trial
+        self.recorded: set[str] = set()
         self.state = self.replay()
 
     def replay(self) -> RaceState:
         records = read_records(self.run_dir, self.plan.stage, finished=self.finished)
+        self.recorded = {r["trial_id"] for r in records}
         return race_state(self.plan, records, self.racing, self.tasks, self.seed)
 
     def suggest(self, trial_id: str):
-        running = set(self.in_flight.values())
-        for row in self.state.pending:
-            if row.trial_id not in running:
-                self.in_flight[trial_id] = row.trial_id
-                return {"run_dir": str(self.run_dir), "row": row.trial_row()}
+        for row in self.dispatch.rows(self.state, self.recorded, set(self.in_flight.values())):
+            self.in_flight[trial_id] = row.trial_id
+            config = {"run_dir": str(self.run_dir), "row": row.trial_row()}
+            if self.replay_trial is not None:
+                config["replay"] = self.replay_trial(row)
+            return config
         return Searcher.FINISHED if self.state.done else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -81,11 +92,13 @@ class StageSearcher(Searcher):
 
 
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
-              racing=None, tasks=(), seed: int = 0) -> None:
+              racing=None, tasks=(), seed: int = 0, replay=None) -> None:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
-    the records, so the rows that already have one are never trained again)."""
-    searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True))
+    the records, so the rows that already have one are never trained again). Once the race is
+    decided, trials still running are stopped; they leave no record (their started markers are
+    removed: nothing of this stage runs any more)."""
+    searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay)
     if searcher.state.done:
         return
     directory = stage_dir(run_dir, plan.stage)
@@ -96,4 +109,8 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
                               lambda: read_records(run_dir, plan.stage, finished=finished), f"{limit}{plan.num_trials}")
     run_experiment(directory, experiment_name(directory, EXPERIMENT), resources=resources, max_concurrent=max_concurrent,
                    retries=retries, progress=progress, searcher=searcher,
-                   num_samples=unrecorded)  # an upper bound: a race usually needs fewer
+                   num_samples=unrecorded,  # an upper bound: a race usually needs fewer
+                   done=lambda: searcher.state.done)
+    if searcher.state.done:
+        for trial_id in started_trials(run_dir, plan.stage):
+            searcher.rows[trial_id].trial_row().started_path(run_dir).unlink(missing_ok=True)

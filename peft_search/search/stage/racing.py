@@ -45,6 +45,7 @@ class RaceState:
     outcome: str = RUNNING  # selected | tie | undecided once done (selection.py)
     tied: tuple[str, ...] = ()  # the tied choices, when the outcome is a tie
     kept: str | None = None  # the choice the procedure keeps: the selected one, or a tie's by `on_tie`
+    decided_at: int | None = None  # once done: the blocks the procedure had judged when it stopped
 
     @property
     def needed(self) -> int:
@@ -64,6 +65,11 @@ def block_scores(records: Sequence[dict], tasks: Sequence[str]) -> dict[str, dic
 def round_of(blocks: int, racing) -> int:
     """The round (0-based) in which a choice's `blocks`-th block ran."""
     return max(0, -(-(blocks - racing.min_blocks) // racing.blocks_per_round))
+
+
+def round_end(blocks: int, racing, planned: int) -> int:
+    """The blocks every survivor has run once the round holding the `blocks`-th block is complete."""
+    return min(planned, racing.min_blocks + racing.blocks_per_round * round_of(blocks, racing))
 
 
 def stop_reason(selection: Selection, racing, planned_blocks: int) -> str:
@@ -121,33 +127,64 @@ def race_state(plan: StagePlan, records: Sequence[dict], racing, tasks: Sequence
         blocks = len({row.block if row.block is not None else row.sample for row in plan.rows})
         return RaceState(0, blocks, choices, pending=pending, done=not pending, reason="every planned design ran",
                          outcome=UNDECIDED if not pending else RUNNING)
-    all_blocks = sorted({row.block for row in plan.rows})
+    rows_by_block: dict[int, list[PlanRow]] = {}
+    for row in plan.rows:
+        rows_by_block.setdefault(row.block, []).append(row)
+    all_blocks = sorted(rows_by_block)
+    planned = len(all_blocks)
     scores = block_scores(records, tasks)
     survivors = list(choices)
     eliminated: dict[str, Elimination] = {}
-    count = min(racing.min_blocks, len(all_blocks))
+    count = min(racing.min_blocks, planned)
+
+    def complete(block: int) -> bool:
+        return all(row.trial_id in recorded for row in rows_by_block[block] if row.choice in survivors)
+
     while True:
-        round_index = round_of(count, racing)
-        in_round = all_blocks[:count]
-        pending = tuple(
-            row for row in plan.rows if row.choice in survivors and row.block in in_round and row.trial_id not in recorded
-        )
+        pending = tuple(row for block in all_blocks[:count] for row in rows_by_block[block]
+                        if row.choice in survivors and row.trial_id not in recorded)
         if pending:
-            return RaceState(round_index, count, tuple(survivors), eliminated, pending)
-        selection = judge(scores, choices, in_round, racing, len(all_blocks))
+            return RaceState(round_of(count, racing), count, tuple(survivors), eliminated, pending)
+        # Judge the longest prefix of blocks complete for the survivors, in block order: blocks that
+        # finished early beyond it wait (stage/dispatch.py). The procedure replays every look up to it.
+        judged = count
+        while judged < planned and complete(all_blocks[judged]):
+            judged += 1
+        selection = judge(scores, choices, all_blocks[:judged], racing, planned)
         eliminated = {c: Elimination(round_of(out.blocks, racing), out.blocks, None, out.by, out.gap, out.allowance)
                       for c, out in selection.dropped.items()}
         survivors = list(selection.survivors)
         if selection.done:
             kept = (selection.survivors[0] if selection.outcome == SELECTED
                     else kept_on_tie(selection, racing.on_tie, plan.component) if selection.outcome == TIE else None)
-            reason = stop_reason(selection, racing, len(all_blocks))
+            reason = stop_reason(selection, racing, planned)
             if selection.outcome == TIE:
                 reason += f"; kept {kept} ({racing.on_tie})"
-            return RaceState(round_index, count, tuple(survivors), eliminated, done=True, reason=reason,
-                             outcome=selection.outcome, tied=selection.tied, kept=kept)
-        count = min(count + racing.blocks_per_round, len(all_blocks))
+            return RaceState(round_of(selection.blocks, racing), round_end(selection.blocks, racing, planned),
+                             tuple(survivors), eliminated, done=True, reason=reason, outcome=selection.outcome,
+                             tied=selection.tied, kept=kept, decided_at=selection.blocks)
+        count = round_end(judged + 1, racing, planned)
 
 
-__all__ = ["Elimination", "RaceState", "block_scores", "judge", "kept_on_tie", "paper_choice", "race_state", "round_of",
-           "stop_reason"]
+def judged_records(plan: StagePlan, race: RaceState, records: Sequence[dict]) -> list[dict]:
+    """The records the race's verdict rests on: blocks up to where it decided (or has judged), and a
+    dropped choice's only up to its drop. The others trained ahead of a decision (the dispatch's
+    look-ahead) and count as spent, not as evidence: the decision is the one a sequential race makes."""
+    if plan.rows and plan.rows[0].block is None:
+        return list(records)
+    blocks = sorted({row.block for row in plan.rows})
+    judged = race.decided_at if race.decided_at is not None else race.blocks
+    position = {block: i for i, block in enumerate(blocks)}
+
+    def counted(record: dict) -> bool:
+        at = position.get(record.get("block"))
+        if at is None:
+            return True
+        out = race.eliminated.get(record.get("choice"))
+        return at < (out.blocks if out is not None else judged)
+
+    return [r for r in records if counted(r)]
+
+
+__all__ = ["Elimination", "RaceState", "block_scores", "judge", "judged_records", "kept_on_tie", "paper_choice", "race_state",
+           "round_of", "stop_reason"]
