@@ -477,8 +477,8 @@ def _add_search_commands(commands) -> None:
     simulate.add_argument("--step-time", type=float, help="seconds per optimiser step on one trial's GPUs (default: "
                           "a measured CPU figure, or --step-time-from)")
     simulate.add_argument("--step-time-from", metavar="RUN", help="take the step time from a run's finished trials")
-    simulate.add_argument("--trial-start", type=float, default=0.8, help="seconds the driver takes to start one trial "
-                          "(default 0.8, measured on a 2-core head)")
+    simulate.add_argument("--trial-start", type=float, default=0.45, help="seconds the driver takes to start one trial "
+                          "(default 0.45, measured on a 2-core head)")
     simulate.add_argument("--scores", default="decisive", help="the recorded stage whose scores are replayed: decisive, "
                           "tied, or a Parquet file of trial records (default decisive)")
     simulate.add_argument("--seed", type=int, default=0, help="seed of the score resampling (default 0)")

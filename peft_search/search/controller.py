@@ -75,6 +75,7 @@ class Controller:
         self.state = state
         self.out = out
         self.final_path: StoragePath | None = None  # final.parquet, once the final evaluation ran
+        self.rehearsal = None  # a cluster rehearsal (search/simulate.py): trials sleep their modelled length
 
     # ---- creating and opening runs ----------------------------------------------------------------
 
@@ -199,6 +200,7 @@ class Controller:
 
     def run_stages(self) -> dict:
         from peft_search.peft import load_backbone, profile_backbone
+        from peft_search.search.ray_tune import cluster_slots
         from peft_search.search.stage.experiment import run_stage
 
         self.say(f"run directory: {self.run_dir}")
@@ -239,7 +241,9 @@ class Controller:
             )
             started = time.monotonic()
             run_stage(self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
-                      self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index))
+                      self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index),
+                      replay=self.rehearsal.for_plan(plan) if self.rehearsal is not None else None,
+                      slots=cluster_slots(self.spec.resources, self.spec.max_concurrent_trials))
             stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
             interrupt.check()  # Tune stopped early: the stage stays undecided, whatever finished
             records = read_records(self.run_dir, index)

@@ -28,6 +28,20 @@ def start_ray(address: str | None, say: Callable[[str], None] = print) -> None:
     quiet_tune_output()
 
 
+def cluster_slots(resources, max_concurrent: int | None) -> int:
+    """Trials the cluster can run at once now (a stage's look-ahead is sized by it): its GPUs over what
+    one trial's workers reserve, or its CPUs for a CPU-only trial, at most `max_concurrent`."""
+    import ray
+
+    have = ray.cluster_resources()
+    if resources.gpus > 0:
+        slots = have.get("GPU", 0) / (resources.gpus * resources.workers)
+    else:
+        slots = have.get("CPU", 0) / (resources.cpus * resources.workers)
+    slots = max(1, int(slots + 1e-9))
+    return min(slots, max_concurrent) if max_concurrent is not None else slots
+
+
 def experiment_name(directory: StoragePath, base: str) -> str:
     """`base`, or `base-<time>` when an experiment of that name exists (a resumed stage: Tune's files
     of the interrupted one stay as they were)."""
@@ -101,4 +115,4 @@ def _trial_name(trial) -> str:
     return row.trial_id if isinstance(row, TrialRow) else f"{trial.trainable_name}_{trial.trial_id}"
 
 
-__all__ = ["experiment_name", "run_experiment", "start_ray"]
+__all__ = ["cluster_slots", "experiment_name", "run_experiment", "start_ray"]

@@ -10,7 +10,7 @@ Nothing of this is copied; only the trials are modelled:
   on a GPU; a CPU-only job takes one slot per trial), at most `max_concurrent_trials` at once.
 - Length: a trial trains its optimiser steps (`estimate.config_steps`: the Hub's published train
   sizes for epoch-based GLUE trials) at `step_time_s` seconds each. Starting a trial costs the
-  driver `start_s` (Tune launches trials one after another; about 0.8 s on a 2-core head): the
+  driver `start_s` (Tune launches trials one after another; about 0.45 s on a 2-core head): the
   slot is held meanwhile and the GPU counts as idle.
 - Scores: replayed from a recorded reference stage (`benchmarks/data/decisions-reference*.parquet`),
   never invented: a plan block takes a reference block (a fresh random permutation of the
@@ -51,8 +51,10 @@ STREAMS = {  # recorded reference stages (docs/benchmarks.md, "Decisions")
     "decisive": REFERENCES / "decisions-reference-tunable.parquet",  # all groups ahead of G4 by 0.051, of G1 by 0.119
     "tied": REFERENCES / "decisions-reference.parquet",  # grouping: the best three within 0.001
 }
-# Tune's driver launches about 1.2 trials per second on the 2-core head (measured; docs/benchmarks.md).
-DEFAULT_START_S = 0.8
+# The driver's time to launch one trial: fitted to a rehearsal on the 2-core head (tests/test_rehearsal.py:
+# 8 logical GPUs, reused actors; docs/benchmarks.md, "A search on a cluster"). 0.8 s was measured there
+# with a fresh actor per trial.
+DEFAULT_START_S = 0.45
 # Seconds per optimiser step when none is given: our LoRA on MiniLM, batch 32, length 128, on the
 # 2-core CPU VM (docs/benchmarks.md, "PEFT injection: training-step time"). A GPU's is far shorter:
 # give --step-time, or --step-time-from a run whose trials ran on the cluster's GPUs.
@@ -152,6 +154,7 @@ class StageResult:
     longest_trial_s: float
     gpu_s: float  # GPUs x wall-clock
     busy_gpu_s: float  # trained GPU-time (a stopped trial up to its stop)
+    stopped_gpu_s: float  # of which trials stopped at the decision (they leave no record)
     wasted_gpu_s: float
     work_bound_s: float  # the needed trials' GPU-time / GPUs
     critical_path_s: float  # the longest needed trial (plus its start)
@@ -233,7 +236,7 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
             lengths[row.task] = model.seconds(row)
         return lengths[row.task]
 
-    dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, length=seconds)
+    dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots, length=seconds)
     records: list[dict] = []
     recorded: set[str] = set()
     running: dict[str, tuple[float, PlanRow]] = {}  # row id -> (its run's start, row)
@@ -255,15 +258,17 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
                     break
         if not events:
             break
-        now, _, trial_id = heapq.heappop(events)
-        start, row = running.pop(trial_id)
-        busy += seconds(row) * per_trial
-        score = replay.score(row)
-        records.append({"trial_id": row.trial_id, "choice": row.choice, "block": row.block, "design_id": row.design_id,
-                        "task": row.task, "seed": row.seed, "status": "finished" if score is not None else "failed",
-                        "score": score, "seconds": seconds(row), "start": start, "end": now})
-        recorded.add(trial_id)
-        outstanding.discard(trial_id)
+        now = events[0][0]
+        while events and events[0][0] == now:  # trials ending at the same moment all report before the next launch
+            _, _, trial_id = heapq.heappop(events)
+            start, row = running.pop(trial_id)
+            busy += seconds(row) * per_trial
+            score = replay.score(row)
+            records.append({"trial_id": row.trial_id, "choice": row.choice, "block": row.block, "design_id": row.design_id,
+                            "task": row.task, "seed": row.seed, "status": "finished" if score is not None else "failed",
+                            "score": score, "seconds": seconds(row), "start": start, "end": now})
+            recorded.add(trial_id)
+            outstanding.discard(trial_id)
         if not outstanding:  # the procedure's next look is complete: judge (the race replays every record)
             state = race_state(plan, records, racing, tasks)
             outstanding = {r.trial_id for r in state.pending}
@@ -285,7 +290,7 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
         stage=plan.stage, component=plan.component, choices=len(plan.choices), outcome=state.outcome, kept=kept,
         best=replay.best, right=right, blocks=state.decided_at or state.blocks, trials=launched,
         trials_wasted=launched - len(used), wall_s=now, longest_trial_s=max(lengths.values(), default=0.0),
-        gpu_s=now * cluster.gpus, busy_gpu_s=busy, wasted_gpu_s=busy - used_gpu_s, work_bound_s=used_gpu_s / cluster.gpus,
+        gpu_s=now * cluster.gpus, busy_gpu_s=busy, stopped_gpu_s=stopped_gpu_s, wasted_gpu_s=busy - used_gpu_s, work_bound_s=used_gpu_s / cluster.gpus,
         critical_path_s=longest_needed + model.start_s, tail_s=now - last_launch,
         tail_idle_gpu_s=max(0.0, (now - last_launch) * cluster.gpus - _busy_between(records, running, last_launch, now, per_trial)),
     )
@@ -354,6 +359,47 @@ def simulate_job(job: str, gpus: float, step_time_s: float | None = None, step_t
     return simulate_search(spec, profile, gpus, TrialModel(step_time_s, start_s), scores, seed, job=str(job)), source
 
 
+class Rehearsal:
+    """A real search on a Ray cluster whose trials do not train: each holds its slot for its modelled
+    seconds and reports the score the simulator replays for its row (the same seeds: the same scores
+    and decisions as `simulate_search`), so a cluster's scheduling can be held against the simulator."""
+
+    def __init__(self, reference: Reference, model: TrialModel, seed: int = 0):
+        self.reference, self.model, self.seed = reference, model, seed
+
+    def for_plan(self, plan: StagePlan):
+        replay = ScoreReplay(self.reference, plan, random.Random(derive_seed(self.seed, "simulate", plan.stage)))
+        return lambda row: {"seconds": self.model.seconds(row), "score": replay.score(row)}
+
+
+@dataclass(frozen=True)
+class RehearsalResult:
+    run_dir: str
+    wall_s: float  # the stages' wall-clock, as the run's state recorded it
+    gpu_use: float  # recorded trials' GPU-time over the GPUs' time while stages ran
+    trials: int  # trials recorded
+    kept: tuple[str | None, ...]  # each stage's kept choice
+
+
+def rehearse(spec, gpus: float, model: TrialModel, scores: str = "decisive", seed: int = 0, address: str | None = None,
+             run_dir=None) -> RehearsalResult:
+    """Run `spec`'s staged search on the Ray cluster at `address` (or one started here) with rehearsed
+    trials, and measure it as the simulator does."""
+    from peft_search.search.controller import Controller
+    from peft_search.search.storage.records import read_records
+
+    controller = Controller.create(spec, run_dir=run_dir)
+    controller.rehearsal = Rehearsal(Reference(STREAMS.get(scores, Path(scores))), model, seed)
+    state = controller.run(address)
+    _, per_trial = Cluster(gpus).slots(spec.resources, spec.max_concurrent_trials)
+    records = read_records(controller.run_dir)
+    stages = [s for s in state["stages"] if s["status"] != "skipped"]
+    wall = sum(s.get("wall_time_s", 0.0) for s in stages)
+    busy = sum(r["wall_time_s"] for r in records if r["status"] == "finished") * per_trial
+    kept = tuple(s.get("winner") for s in state["stages"])
+    return RehearsalResult(str(controller.run_dir), wall, busy / (gpus * wall) if wall else 0.0, len(records), kept)
+
+
 def simulate_search(spec, profile, gpus: float, model: TrialModel, scores: str = "decisive", seed: int = 0,
                     job: str = "job") -> SearchSimulation:
     """The whole staged search on `gpus` GPUs, its scores replayed from `scores` (decisive, tied or a
@@ -369,7 +415,7 @@ def simulate_search(spec, profile, gpus: float, model: TrialModel, scores: str =
         plan = plan_stage(spec, index, space, profile)
         if plan.skipped:
             result.stages.append(StageResult(index, stage.component, len(stage.candidates), "skipped", None, None, None, 0, 0, 0,
-                                             0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+                                             0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
             continue
         replay = ScoreReplay(reference, plan, random.Random(derive_seed(seed, "simulate", index)))
         stage_result = simulate_stage(spec, plan, cluster, model, replay)
@@ -379,4 +425,4 @@ def simulate_search(spec, profile, gpus: float, model: TrialModel, scores: str =
 
 
 __all__ = ["Cluster", "DEFAULT_START_S", "Reference", "STREAMS", "ScoreReplay", "SearchSimulation", "StageResult", "TrialModel",
-           "measured_step_time", "simulate_job", "simulate_search", "simulate_stage"]
+           "Rehearsal", "RehearsalResult", "measured_step_time", "rehearse", "simulate_job", "simulate_search", "simulate_stage"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from peft_search.errors import InputError
 from peft_search.search.spec.errors import SpecError, spec_error
@@ -198,11 +198,6 @@ class Resources(_Strict):
         return self
 
 
-# Blocks a racing stage may train past the procedure's next look (stage/dispatch.py); chosen with
-# the cluster simulator (docs/benchmarks.md, "A search on a cluster").
-DEFAULT_LOOKAHEAD = 4
-
-
 class Racing(_Strict):
     """Racing: a stage runs its blocks in rounds and stops as its selection procedure says (Kim and
     Nelson's KN on paired blocks, with a stop for ties; docs/design.md, "Selection procedure")."""
@@ -231,12 +226,20 @@ class Racing(_Strict):
     blocks_per_round: int = Field(
         1, ge=1, le=MAX_DESIGNS, description="blocks added to every remaining choice per round after the first"
     )
-    lookahead: int = Field(
-        DEFAULT_LOOKAHEAD, ge=0, le=MAX_DESIGNS,
+    lookahead: int | Literal["auto"] = Field(
+        "auto",
         description="blocks past the ones the procedure needs next that may train meanwhile, so that no slot waits "
-        "for a round's slowest trial (0: one round at a time); the procedure still judges blocks in order, and work "
-        "past its decision is stopped and counted as spent (docs/design.md, \"Dispatch\")",
+        "for a round's slowest trial; auto: enough blocks for the surviving choices' rows to fill the cluster's "
+        "trial slots twice; 0: one round at a time. The procedure still judges blocks in order, and work past its "
+        "decision is stopped and counted as spent (docs/design.md, \"Dispatch\")",
     )
+
+    @field_validator("lookahead")
+    @classmethod
+    def _lookahead_in_range(cls, value):
+        if value != "auto" and not 0 <= value <= MAX_DESIGNS:
+            raise ValueError(f"give auto or a whole number of blocks from 0 to {MAX_DESIGNS:,}")
+        return value
 
 
 class JointSearch(_Strict):

@@ -20,6 +20,7 @@ unnecessary (docs/design.md, "Dispatch"). Pure: no ray, no I/O.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Container, Iterator
 
 from peft_search.search.stage.estimate import config_steps
@@ -32,15 +33,24 @@ def row_steps(row: PlanRow) -> int:
     return config_steps(row.config) or 0
 
 
+# `lookahead: auto` looks ahead by the blocks whose rows fill the cluster's slots this many times
+# over (chosen with the simulator: docs/benchmarks.md, "A search on a cluster").
+AUTO_SLOT_FILLS = 2
+
+
 class Dispatch:
     """The order in which a stage's rows go out, and the rows a race can use now."""
 
-    def __init__(self, plan: StagePlan, lookahead: int | None, length: Callable[[PlanRow], float] = row_steps):
-        """`lookahead`: blocks past the procedure's next look that may be handed out (None: every
-        planned block, as a stage without racing trains them all)."""
+    def __init__(self, plan: StagePlan, lookahead: int | str | None, slots: int = 1,
+                 length: Callable[[PlanRow], float] = row_steps):
+        """`lookahead`: blocks past the procedure's next look that may be handed out; `auto`: as many
+        as it takes for the surviving choices' rows to fill `slots` (trials the cluster runs at once)
+        AUTO_SLOT_FILLS times; None: every planned block, as a stage without racing trains them all."""
         blocks = sorted({row.block if row.block is not None else row.sample for row in plan.rows})
         self.position = {block: i for i, block in enumerate(blocks)}
-        self.lookahead = lookahead
+        self.lookahead, self.slots = lookahead, slots
+        choices = {row.choice for row in plan.rows}
+        self.rows_per_choice_block = len(plan.rows) / max(1, len(choices) * len(blocks))  # tasks x seeds
         lengths = {}  # rows of one task and fidelity share their length: count it once per task
         for row in plan.rows:
             if row.task not in lengths:
@@ -48,6 +58,11 @@ class Dispatch:
         self.order: tuple[PlanRow, ...] = tuple(
             sorted(plan.rows, key=lambda row: (self.block_position(row), -lengths[row.task])))  # stable: plan order
         self.start = 0  # the first row that may still go out
+
+    def blocks_ahead(self, survivors: int) -> int:
+        if self.lookahead != "auto":
+            return self.lookahead
+        return math.ceil(AUTO_SLOT_FILLS * self.slots / max(1.0, survivors * self.rows_per_choice_block))
 
     def block_position(self, row: PlanRow) -> int:
         return self.position[row.block if row.block is not None else row.sample]
@@ -58,8 +73,8 @@ class Dispatch:
         and not running now (`running`)."""
         if race.done:
             return
-        limit = len(self.position) if self.lookahead is None else race.blocks + self.lookahead
         survivors = set(race.survivors)
+        limit = len(self.position) if self.lookahead is None else race.blocks + self.blocks_ahead(len(survivors))
         # Rows before `start` are recorded or of a dropped choice: neither comes back within a stage.
         while self.start < len(self.order) and (self.order[self.start].trial_id in recorded
                                                 or self.order[self.start].choice not in survivors):
@@ -71,4 +86,4 @@ class Dispatch:
                 yield row
 
 
-__all__ = ["Dispatch", "row_steps"]
+__all__ = ["AUTO_SLOT_FILLS", "Dispatch", "row_steps"]

@@ -40,13 +40,14 @@ class StageSearcher(Searcher):
     and recorded score instead of training.
     """
 
-    def __init__(self, run_dir: StoragePath, plan: StagePlan, racing, tasks, seed: int, say=None, replay=None):
+    def __init__(self, run_dir: StoragePath, plan: StagePlan, racing, tasks, seed: int, say=None, replay=None,
+                 slots: int = 1):
         super().__init__(metric="score", mode="max")
         self.run_dir, self.plan, self.racing, self.tasks, self.seed = run_dir, plan, racing, tuple(tasks), seed
         self.say = say or (lambda line: None)
         self.replay_trial = replay
         self.rows = {row.trial_id: row for row in plan.rows}
-        self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None)
+        self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots)
         self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
         self.finished: dict[str, dict] = {}  # finished records read so far: each is read once, not after every trial
         self.recorded: set[str] = set()
@@ -92,13 +93,15 @@ class StageSearcher(Searcher):
 
 
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
-              racing=None, tasks=(), seed: int = 0, replay=None) -> None:
+              racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1) -> None:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
-    the records, so the rows that already have one are never trained again). Once the race is
+    the records, so the rows that already have one are never trained again). `slots`: trials the
+    cluster runs at once, which sizes `lookahead: auto`. Once the race is
     decided, trials still running are stopped; they leave no record (their started markers are
     removed: nothing of this stage runs any more)."""
-    searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay)
+    searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay,
+                             slots=slots)
     if searcher.state.done:
         return
     directory = stage_dir(run_dir, plan.stage)
