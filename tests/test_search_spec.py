@@ -268,7 +268,8 @@ def test_schema_documents_every_key():
 
 def test_paired_racing_is_the_default_and_independent_fixed_n_stays_possible():
     spec = spec_from()
-    assert spec.sampling == "paired" and spec.racing.min_blocks == 3 and spec.racing.confidence == 0.95
+    assert spec.sampling == "paired" and spec.racing.min_blocks == 8 and spec.racing.confidence == 0.95
+    assert spec.racing.lookahead == "auto"
     fixed = spec_from(sampling="independent", racing=None)
     assert fixed.sampling == "independent" and fixed.racing is None
 

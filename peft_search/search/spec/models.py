@@ -203,10 +203,11 @@ class Racing(_Strict):
     Nelson's KN on paired blocks, with a stop for ties; docs/design.md, "Selection procedure")."""
 
     min_blocks: int = Field(
-        3, ge=2, le=MAX_DESIGNS,
+        KN_MIN_FIRST_STAGE, ge=2, le=MAX_DESIGNS,
         description="the first stage: blocks every choice runs before anything is decided (at least 2: one block says "
         f"nothing about the noise); choices are dropped only with a first stage of at least {KN_MIN_FIRST_STAGE} blocks "
-        "(below that a stage stops early only for a tie); a stage with fewer planned blocks runs them all"
+        "(below that a stage stops early only for a tie); a stage with fewer planned blocks runs them all. The default "
+        f"{KN_MIN_FIRST_STAGE} lets a decisive stage select (docs/design.md, \"Dispatch\")"
     )
     confidence: float = Field(
         0.95, gt=0.5, lt=1,
