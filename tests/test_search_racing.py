@@ -13,7 +13,7 @@ from peft_search.peft import profile_backbone
 from peft_search.search.spec import SearchSpec
 from peft_search.search.stage.experiment import StageSearcher
 from peft_search.search.stage.plan import plan_stage
-from peft_search.search.stage.racing import race_state
+from peft_search.search.stage.racing import judged_records, race_state
 from peft_search.search.storage.records import read_records
 from peft_search.search.trials import TrialRow, trial_record
 from ray.tune.search import Searcher
@@ -92,8 +92,8 @@ def test_a_race_drops_the_clear_losers_and_stops_early(tmp_path, profile):
 
 
 def test_choices_within_delta_stop_early_as_a_tie_kept_by_the_specs_rule(tmp_path, profile, monkeypatch):
-    # Every pattern within 0.004 of the others, little noise: a tie within 0.05 long before 12 blocks,
-    # with the default first stage (3 blocks: too few for KN to drop anything, enough for a tie).
+    # Every pattern within 0.004 of the others, little noise: a tie within 0.05 before 12 blocks, at
+    # the default first stage of 8 blocks.
     monkeypatch.setitem(globals(), "TRUE_MEANS", {c: 0.70 + 0.001 * i for i, c in enumerate(TRUE_MEANS)})
     spec = make_spec(racing={"delta": 0.05, "on_tie": "paper"})
     plan = plan_stage(spec, 0, spec.initial_space(), profile)
@@ -104,6 +104,44 @@ def test_choices_within_delta_stop_early_as_a_tie_kept_by_the_specs_rule(tmp_pat
     assert trained < plan.num_trials  # stopped before its 12 planned blocks
     assert state.kept == "spindle"  # on_tie: paper (the paper's grouping)
     assert "tie within 0.05" in state.reason and "kept spindle (paper)" in state.reason
+
+
+def drive_out_of_order(searcher: StageSearcher, run_dir, concurrency: int, seed: int) -> None:
+    """Tune's loop with `concurrency` slots, trials finishing in a random order (run times differ)."""
+    rng, in_flight, counter = random.Random(seed), [], 0
+    while True:
+        while len(in_flight) < concurrency and not searcher.state.done:
+            counter += 1
+            config = searcher.suggest(f"t{counter}")
+            if config is None or config == Searcher.FINISHED:
+                break
+            in_flight.append((f"t{counter}", config))
+        if not in_flight or searcher.state.done:
+            return  # a decided race stops what still runs
+        trial_id, config = in_flight.pop(rng.randrange(len(in_flight)))
+        train(run_dir, config)
+        searcher.on_trial_complete(trial_id, {"score": 0.0})
+
+
+@pytest.mark.parametrize("means", [TRUE_MEANS, {c: 0.70 + 0.001 * i for i, c in enumerate(TRUE_MEANS)}],
+                         ids=["decisive", "tied"])
+def test_look_ahead_with_results_out_of_order_decides_as_one_round_at_a_time(tmp_path, profile, monkeypatch, means):
+    """Blocks are judged in order (dispatch.py): however many rows run ahead and in whatever order
+    they finish, the verdict is the sequential race's, on the records it judged."""
+    monkeypatch.setitem(globals(), "TRUE_MEANS", means)
+    verdicts = {}
+    for name, lookahead, slots in (("rounds", 0, 1), ("auto", "auto", 12), ("far", 4, 30)):
+        spec = make_spec(racing={"min_blocks": 8, "delta": 0.05, "lookahead": lookahead})
+        plan = plan_stage(spec, 0, spec.initial_space(), profile)
+        run_dir = tmp_path / name
+        searcher = StageSearcher(run_dir, plan, spec.racing, spec.tasks, seed=7, slots=slots)
+        drive_out_of_order(searcher, run_dir, concurrency=slots, seed=3)
+        state = searcher.state
+        assert state.done
+        judged = judged_records(plan, state, read_records(run_dir, 0))
+        verdicts[name] = (state.outcome, state.kept, state.decided_at, state.tied, sorted(state.eliminated),
+                          sorted(r["trial_id"] for r in judged))
+    assert verdicts["auto"] == verdicts["rounds"] == verdicts["far"]
 
 
 def test_without_racing_every_planned_row_runs(tmp_path, profile):
