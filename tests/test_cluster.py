@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import drivers
+from ray_clusters import local_ray_cluster
 from tiny_search_run import needs_minilm_and_tweets
 
 pytestmark = [needs_minilm_and_tweets, pytest.mark.distributed, pytest.mark.timeout(480)]
@@ -105,26 +104,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray
-    import ray._common.utils
-    import ray._private.utils
-    from ray.cluster_utils import Cluster
 
-    # Ray's sockets live under its temp dir (a Unix socket path holds at most 107 bytes): a short one.
-    temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
-    patch = pytest.MonkeyPatch()
-    # `Cluster` records itself as the machine's current cluster and deletes that record on shutdown;
-    # our drivers are given the address, and nobody else's `ray.init()` may join (or lose) a cluster.
-    patch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
-    patch.setattr(ray._common.utils, "reset_ray_address", lambda *args, **kwargs: None)
-    cluster = None
-    try:
-        # The dashboard on a port of its own: the two-searches test reads its job list.
-        dashboard_port = free_port()
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": True,
-                            "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port},
-        )
+    # The dashboard on a port of its own: the two-searches test reads its job list.
+    dashboard_port = free_port()
+    with local_ray_cluster("rc-", include_dashboard=True, dashboard_host="127.0.0.1",
+                           dashboard_port=dashboard_port) as (cluster, temp_dir):
         local = LocalCluster(cluster, temp_dir, f"http://127.0.0.1:{dashboard_port}")
         local.ensure_workers()
         if ray.is_initialized():  # an in-process run of an earlier test module left its Ray behind
@@ -132,12 +116,6 @@ def ray_cluster():
         ray.init(address=cluster.address, log_to_driver=False)  # for ray.nodes(); it joins the head
         assert sorted(local.roles().values()) == ["head", *WORKERS]
         yield local
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
-        patch.undo()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

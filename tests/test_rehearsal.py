@@ -8,14 +8,12 @@ actors, fitted to this test's first runs), which at trials of 4 to 9 s is not ne
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 import pytest
 
 from peft_search.peft import load_backbone, profile_backbone
 from peft_search.search.simulate import TrialModel, rehearse, simulate_search
 from peft_search.search.spec import SearchSpec
+from ray_clusters import local_ray_cluster
 from tiny_search_run import needs_minilm_and_tweets
 
 pytestmark = [needs_minilm_and_tweets, pytest.mark.distributed, pytest.mark.timeout(600)]
@@ -41,29 +39,11 @@ MODEL = TrialModel(step_time_s=0.05)  # trials of 3.9, 5.75 and 9 s; the default
 
 @pytest.fixture(scope="module")
 def gpu_cluster():
-    import ray
-    import ray._common.utils
-    import ray._private.utils
-    from ray.cluster_utils import Cluster
-
-    temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")  # a short path: Ray's sockets live under it
-    patch = pytest.MonkeyPatch()
-    patch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
-    patch.setattr(ray._common.utils, "reset_ray_address", lambda *args, **kwargs: None)
-    cluster = None
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir,
-                                                                "include_dashboard": False})
+    with local_ray_cluster("rg-", include_dashboard=False) as (cluster, _):
         for _ in range(NODES):
             cluster.add_node(num_cpus=GPUS_PER_NODE, num_gpus=GPUS_PER_NODE)
         cluster.wait_for_nodes()
         yield cluster
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
-        patch.undo()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_rehearsed_search_on_ray_runs_as_the_simulator_predicts(gpu_cluster, tmp_path):

@@ -25,7 +25,7 @@ from peft_search.search import interrupt
 from peft_search.search.preflight import prepare_spec  # noqa: F401 - the controller's entry point, re-exported
 from peft_search.search.spec import SearchSpec, load_run_spec, spec_diff
 from peft_search.search.seeds import derive_seed
-from peft_search.search.stage.decide import Decision, decide_stage, trial_scores
+from peft_search.search.stage.decide import Decision, decide_plan
 from peft_search.search.stage.plan import StagePlan, plan_path, plan_stage, read_plan, write_plan
 from peft_search.search.storage.records import read_records, write_results
 from peft_search.search.storage.paths import StoragePath
@@ -310,17 +310,7 @@ class Controller:
         return self.state
 
     def _decide(self, index: int, plan, records: list[dict]) -> Decision:
-        from peft_search.search.stage.racing import judged_records, race_state
-
-        seed = derive_seed(self.spec.seed, index)
-        # Without racing (fixed N) there is no race to report: every planned design ran.
-        race = race_state(plan, records, self.spec.racing, self.spec.tasks, seed) if self.spec.racing is not None else None
-        if race is not None:  # trials run ahead of the decision are spent, not evidence (stage/dispatch.py)
-            records = judged_records(plan, race, records)
-        decision = decide_stage(
-            plan.component, list(plan.choices), trial_scores(records), self.spec.tasks, seed=seed, race=race,
-            trials_planned=plan.num_trials, racing=self.spec.racing,
-        )
+        decision = decide_plan(plan, records, self.spec.racing, self.spec.tasks, derive_seed(self.spec.seed, index))
         if decision.winner is None:
             self.state["status"] = "failed"
             self.save_state()

@@ -69,8 +69,9 @@ def run_experiment(
     What it trains: `rows` of `run_dir` (each once, as a grid), or whatever `searcher` suggests, at
     most `num_samples` trials: a `TrialRow` (`{"run_dir", "row"}`: Ray pickles it, no JSON) or, with
     `template`, a learning rate in `param_space` applied to that one row. `retries`: Tune restarts a trial that raised this many
-    times. `done()` true ends the experiment early, stopping what still runs (a decided race). Returns when every trial ended or a signal stopped the experiment (the caller then meets
-    `interrupt.check()`); `progress`, our progress line, runs meanwhile."""
+    times. `done()` true ends the experiment early, stopping what still runs (a decided race).
+    Returns when every trial ended, `done()` held or a signal stopped the experiment (the caller then
+    meets `interrupt.check()`); `progress`, our progress line, runs meanwhile."""
     from ray import tune
 
     trainable = trial_trainable

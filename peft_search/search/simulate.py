@@ -40,6 +40,7 @@ import numpy as np
 
 from peft_search.errors import InputError
 from peft_search.search.seeds import derive_seed
+from peft_search.search.stage.decide import decide_plan
 from peft_search.search.stage.dispatch import Dispatch
 from peft_search.search.stage.estimate import config_steps
 from peft_search.search.stage.plan import PlanRow, StagePlan, plan_stage
@@ -144,22 +145,22 @@ class StageResult:
     component: str
     choices: int
     outcome: str  # selected | tie | undecided | skipped
-    kept: str | None
-    best: str | None  # the choice that replays the reference's best
-    right: bool | None  # the kept choice within delta of the best (a tie: every tied choice is); None: no claim
-    blocks: int  # blocks the decision rests on
-    trials: int  # trials started
-    trials_wasted: int  # started, then not used by the decision (look-ahead past it, or stopped)
-    wall_s: float
-    longest_trial_s: float
-    gpu_s: float  # GPUs x wall-clock
-    busy_gpu_s: float  # trained GPU-time (a stopped trial up to its stop)
-    stopped_gpu_s: float  # of which trials stopped at the decision (they leave no record)
-    wasted_gpu_s: float
-    work_bound_s: float  # the needed trials' GPU-time / GPUs
-    critical_path_s: float  # the longest needed trial (plus its start)
-    tail_s: float  # from the last trial launched to the stage's end
-    tail_idle_gpu_s: float  # idle GPU-time in that tail: what starting the next stage early could fill at most
+    kept: str | None = None
+    best: str | None = None  # the choice that replays the reference's best
+    right: bool | None = None  # the kept choice within delta of the best (a tie: every tied choice is); None: no claim
+    blocks: int = 0  # blocks the decision rests on
+    trials: int = 0  # trials started
+    trials_wasted: int = 0  # started, then not used by the decision (look-ahead past it, or stopped)
+    wall_s: float = 0.0
+    longest_trial_s: float = 0.0
+    gpu_s: float = 0.0  # GPUs x wall-clock
+    busy_gpu_s: float = 0.0  # trained GPU-time (a stopped trial up to its stop)
+    stopped_gpu_s: float = 0.0  # of which trials stopped at the decision (they leave no record)
+    wasted_gpu_s: float = 0.0
+    work_bound_s: float = 0.0  # the needed trials' GPU-time / GPUs
+    critical_path_s: float = 0.0  # the longest needed trial (plus its start)
+    tail_s: float = 0.0  # from the last trial launched to the stage's end
+    tail_idle_gpu_s: float = 0.0  # idle GPU-time in that tail: what starting the next stage early could fill at most
 
     @property
     def gpu_use(self) -> float:
@@ -280,7 +281,7 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
     used_gpu_s = sum(r["seconds"] for r in used) * per_trial
     claim = state.outcome in (SELECTED, TIE)
     delta = racing.delta if racing is not None else 0.0
-    kept = state.kept or _best_mean(used)
+    kept = decide_plan(plan, records, racing, tasks).winner  # the controller's decision, on the same records
     right = None
     if claim:
         chosen = state.tied if state.outcome == TIE else (kept,)
@@ -290,9 +291,10 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
         stage=plan.stage, component=plan.component, choices=len(plan.choices), outcome=state.outcome, kept=kept,
         best=replay.best, right=right, blocks=state.decided_at or state.blocks, trials=launched,
         trials_wasted=launched - len(used), wall_s=now, longest_trial_s=max(lengths.values(), default=0.0),
-        gpu_s=now * cluster.gpus, busy_gpu_s=busy, stopped_gpu_s=stopped_gpu_s, wasted_gpu_s=busy - used_gpu_s, work_bound_s=used_gpu_s / cluster.gpus,
-        critical_path_s=longest_needed + model.start_s, tail_s=now - last_launch,
-        tail_idle_gpu_s=max(0.0, (now - last_launch) * cluster.gpus - _busy_between(records, running, last_launch, now, per_trial)),
+        gpu_s=now * cluster.gpus, busy_gpu_s=busy, stopped_gpu_s=stopped_gpu_s, wasted_gpu_s=busy - used_gpu_s,
+        work_bound_s=used_gpu_s / cluster.gpus, critical_path_s=longest_needed + model.start_s, tail_s=now - last_launch,
+        tail_idle_gpu_s=max(0.0, (now - last_launch) * cluster.gpus
+                            - _busy_between(records, running, last_launch, now, per_trial)),
     )
 
 
@@ -300,14 +302,6 @@ def _busy_between(records: list[dict], running: dict, since: float, until: float
     """GPU-time trained between `since` and `until`, by finished and by stopped trials."""
     spans = [(r["start"], r["end"]) for r in records] + [(start, until) for start, _ in running.values()]
     return sum(max(0.0, min(end, until) - max(start, since)) for start, end in spans) * per_trial
-
-
-def _best_mean(records: list[dict]) -> str | None:
-    by_choice: dict[str, list[float]] = {}
-    for r in records:
-        if r["score"] is not None:
-            by_choice.setdefault(r["choice"], []).append(r["score"])
-    return max(by_choice, key=lambda c: np.mean(by_choice[c])) if by_choice else None
 
 
 def measured_step_time(run: str) -> float:
@@ -414,8 +408,7 @@ def simulate_search(spec, profile, gpus: float, model: TrialModel, scores: str =
     for index, stage in enumerate(spec.stages):
         plan = plan_stage(spec, index, space, profile)
         if plan.skipped:
-            result.stages.append(StageResult(index, stage.component, len(stage.candidates), "skipped", None, None, None, 0, 0, 0,
-                                             0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+            result.stages.append(StageResult(index, stage.component, len(stage.candidates), "skipped"))
             continue
         replay = ScoreReplay(reference, plan, random.Random(derive_seed(seed, "simulate", index)))
         stage_result = simulate_stage(spec, plan, cluster, model, replay)

@@ -194,6 +194,19 @@ def decide_stage(
                     collapsed_trials=sum(1 for t in trials if t.collapsed))
 
 
+def decide_plan(plan, records: Sequence[dict], racing, tasks: Sequence[str], seed: int = 0) -> Decision:
+    """A planned stage's decision from its trial records, as the controller makes it: the race's
+    verdict over the records it judged (rows trained ahead of the decision are spent, not evidence:
+    stage/dispatch.py), or without racing the best mean over every planned design."""
+    from peft_search.search.stage.racing import judged_records, race_state
+
+    race = race_state(plan, records, racing, tasks, seed) if racing is not None else None
+    if race is not None:
+        records = judged_records(plan, race, records)
+    return decide_stage(plan.component, list(plan.choices), trial_scores(records), tasks, seed=seed, race=race,
+                        trials_planned=plan.num_trials, racing=racing)
+
+
 def _procedure_verdict(decision: Decision, race, racing) -> Decision:
     """A raced stage's decision as its selection procedure made it: the choice it kept (the selected
     one, a tie's by `on_tie`; undecided: the best mean), and no P(best): the blocked posterior
@@ -280,6 +293,7 @@ __all__ = [
     "Decision",
     "DesignScore",
     "TrialScore",
+    "decide_plan",
     "decide",
     "decide_stage",
     "decide_trials",
