@@ -12,20 +12,24 @@ from peft_search.search.spec import Fidelity, SearchSpec
 from peft_search.train.tasks import get_task
 
 
-def trial_steps(fidelity: Fidelity, spec: SearchSpec, train_size: int | None = None) -> int | None:
-    """Optimiser steps of one trial; None when it depends on a dataset size nobody gave.
-
-    As the trial layer trains: exactly `max_steps` when given, else `epochs` passes; batch_size is the
-    global batch (split over workers), times gradient_accumulation_steps per optimiser step.
-    """
-    if fidelity.max_steps is not None:
-        return fidelity.max_steps
-    sizes = [n for n in (fidelity.max_train_examples, train_size) if n is not None]
-    if not sizes:
+def optimiser_steps(max_steps: int | None, epochs: float, train_size: int | None, global_batch: int) -> int | None:
+    """As the trial layer trains: exactly `max_steps` when given, else `epochs` passes over
+    `train_size` examples at `global_batch` examples per optimiser step (the batch over every worker,
+    times gradient accumulation); None when the size is unknown."""
+    if max_steps is not None:
+        return max_steps
+    if train_size is None:
         return None
+    return math.ceil(epochs * math.ceil(train_size / global_batch))
+
+
+def trial_steps(fidelity: Fidelity, spec: SearchSpec, train_size: int | None = None) -> int | None:
+    """Optimiser steps of one trial of `spec` at `fidelity`; None when it depends on a dataset size
+    nobody gave (`max_train_examples` caps `train_size`)."""
+    sizes = [n for n in (fidelity.max_train_examples, train_size) if n is not None]
     hyper = spec.hyperparameters
-    steps_per_epoch = math.ceil(min(sizes) / (hyper.batch_size * hyper.gradient_accumulation_steps))
-    return math.ceil(fidelity.epochs * steps_per_epoch)
+    return optimiser_steps(fidelity.max_steps, fidelity.epochs, min(sizes) if sizes else None,
+                           hyper.batch_size * hyper.gradient_accumulation_steps)
 
 
 def known_train_size(task: str, data_source: str, max_train_examples: int | None = None) -> int | None:
@@ -43,16 +47,10 @@ def default_train_sizes(spec: SearchSpec) -> dict[str, int]:
 
 
 def config_steps(config) -> int | None:
-    """Optimiser steps of the trial a `TrialConfig` trains, counted as `trial_steps` counts them (a
-    held-back tuning slice is ignored); None when they depend on a dataset size not known before
-    reading it."""
-    if config.max_steps is not None:
-        return config.max_steps
+    """Optimiser steps of the trial a `TrialConfig` trains (a held-back tuning slice is ignored); None
+    when they depend on a dataset size not known before reading it."""
     size = known_train_size(config.task, "hub" if config.data_dir is None else "local", config.max_train_examples)
-    if size is None:
-        return None
-    steps_per_epoch = math.ceil(size / (config.batch_size * config.gradient_accumulation_steps))
-    return math.ceil(config.epochs * steps_per_epoch)
+    return optimiser_steps(config.max_steps, config.epochs, size, config.batch_size * config.gradient_accumulation_steps)
 
 
 @dataclass(frozen=True)
@@ -163,4 +161,4 @@ def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None)
 
 
 __all__ = ["SearchEstimate", "StageEstimate", "config_steps", "default_train_sizes", "estimate_search", "known_train_size",
-           "trial_steps"]
+           "optimiser_steps", "trial_steps"]

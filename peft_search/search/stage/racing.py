@@ -5,7 +5,10 @@ A paired stage plans `designs_per_choice` blocks. Racing runs them in rounds: ro
 selection procedure (`selection.select`: KN on the paired block scores, with a stop for ties;
 docs/design.md, "Selection procedure") drops the choices it can and says whether the stage is
 done: one choice selected, a tie within `delta`, or every planned block run (undecided).
-Otherwise the next round adds `blocks_per_round` blocks to every remaining choice.
+Otherwise the next round adds `blocks_per_round` blocks to every remaining choice. Rounds say what
+the procedure needs next, not what may run: later blocks train meanwhile (stage/dispatch.py), and
+`race_state` judges the longest prefix of blocks complete for the survivors, in block order, so a
+block that finished early never changes a verdict (`judged_records`: the records it rests on).
 
 The race is a pure function of (plan, trial records, racing settings): `race_state` replays it
 from the records every time, so a resumed stage continues exactly where the race stopped, and a
