@@ -288,7 +288,7 @@ def test_a_killed_driver_resumes_a_race_on_the_cluster_from_its_records(cluster,
     Both drivers' trials ran on the two worker nodes, never on the head."""
     from peft_search.search.spec import load_run_spec
     from peft_search.search.stage.plan import plan_path, read_plan
-    from peft_search.search.stage.racing import race_state
+    from peft_search.search.stage.racing import judged_records, race_state
     from peft_search.search.storage.paths import StoragePath
     from peft_search.search.storage.records import read_records
     from peft_search.search.storage.run_dir import SPEC_FILE
@@ -321,11 +321,13 @@ def test_a_killed_driver_resumes_a_race_on_the_cluster_from_its_records(cluster,
     if replayed.kept is not None:  # selected, or a tie kept by `on_tie`; undecided keeps the best mean
         assert decision["winner"] == replayed.kept, (decision, replayed)
     assert decision["trials_run"] == len(records) and decision["trials_planned"] == len(planned(run)) == 9
-    blocks = {c: sorted(r["block"] for r in records.values() if r["choice"] == c) for c in candidates}
+    # The verdict rests on the blocks it judged (rows trained ahead of it are spent, not evidence).
+    judged = judged_records(read_plan(plan_path(run_dir, 0)), replayed, list(records.values()))
+    blocks = {c: sorted(r["block"] for r in judged if r["choice"] == c) for c in candidates}
     for choice in candidates:
         # With 3 blocks at most nothing is screened out (KN needs a first stage of 8): every choice
         # ran the race's blocks, none skipped, none twice.
-        assert blocks[choice] == list(range(replayed.blocks)), f"{choice}: blocks {blocks[choice]}\n{logs}"
+        assert blocks[choice] == list(range(replayed.decided_at)), f"{choice}: blocks {blocks[choice]}\n{logs}"
     check_finished_run(run, set(records), logs)
 
 

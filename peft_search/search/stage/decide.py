@@ -197,14 +197,15 @@ def decide_stage(
 def decide_plan(plan, records: Sequence[dict], racing, tasks: Sequence[str], seed: int = 0) -> Decision:
     """A planned stage's decision from its trial records, as the controller makes it: the race's
     verdict over the records it judged (rows trained ahead of the decision are spent, not evidence:
-    stage/dispatch.py), or without racing the best mean over every planned design."""
+    stage/dispatch.py), or without racing the best mean over every planned design. `trials_run`
+    counts every trial the stage trained, those ahead of the decision included."""
     from peft_search.search.stage.racing import judged_records, race_state
 
     race = race_state(plan, records, racing, tasks, seed) if racing is not None else None
-    if race is not None:
-        records = judged_records(plan, race, records)
-    return decide_stage(plan.component, list(plan.choices), trial_scores(records), tasks, seed=seed, race=race,
-                        trials_planned=plan.num_trials, racing=racing)
+    judged = judged_records(plan, race, records) if race is not None else records
+    decision = decide_stage(plan.component, list(plan.choices), trial_scores(judged), tasks, seed=seed, race=race,
+                            trials_planned=plan.num_trials, racing=racing)
+    return _replace(decision, trials_run=len(records))  # what the stage cost: every trial it trained
 
 
 def _procedure_verdict(decision: Decision, race, racing) -> Decision:
