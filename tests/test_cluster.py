@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from peft_search.search.stage.decide import OUTCOMES
 
 import drivers
 from ray_clusters import local_ray_cluster
@@ -231,15 +232,15 @@ def check_finished_run(run: Path, expected: set[str] | None, log: str) -> dict[s
     assert sorted(results) == sorted(records), "results.parquet should hold each record exactly once"
     finished = state(run)
     assert finished["status"] == "finished", f"{finished}\n{log}"
-    assert finished["stages"][0]["status"] == "decided" and finished["stages"][0]["winner"] is not None
+    assert finished["stages"][0]["status"] in OUTCOMES and finished["stages"][0]["winner"] is not None
 
     status = cli("status", str(run), "--json")
     assert status.returncode == 0, status.stderr[-3000:]
     summary = json.loads(status.stdout)
-    assert summary["status"] == "finished" and summary["stages"][0]["status"] == "decided"
+    assert summary["status"] == "finished" and summary["stages"][0]["status"] == finished["stages"][0]["status"]
     assert summary["trials_done"] == len(records) and summary["trials_running"] == 0, summary
     text = cli("status", str(run)).stdout
-    assert text.splitlines()[0].endswith(": finished") and "decided" in text, text
+    assert text.splitlines()[0].endswith(": finished") and finished["stages"][0]["status"] in text, text
     return records
 
 

@@ -212,14 +212,14 @@ def test_a_design_repeated_in_every_block_is_scored_per_block():
 
 
 @pytest.mark.parametrize("outcome, kept, words", [
-    ("tie", "uniform", "tie within 0.05 of uniform, spindle over 3 blocks"),
-    ("selected", "spindle", "selected by KN over 3 blocks (confidence 0.9 if at least 0.05 better"),
-    ("undecided", None, "undecided after 3 blocks (best mean; no guarantee at delta 0.05)"),
+    ("tie", "uniform", ("tie: uniform: mean ", "within 0.05 of uniform, spindle over 3 blocks")),
+    ("selected", "spindle", ("selected: spindle: mean ", "by KN over 3 blocks (confidence 0.9 if at least 0.05 better")),
+    ("undecided", None, ("undecided: spindle: mean ", "the best mean after 3 blocks (no guarantee at delta 0.05)")),
 ])
 def test_a_finished_race_decides_as_its_selection_procedure_says_and_claims_no_p_best(outcome, kept, words):
     from peft_search.search.spec import Racing
     from peft_search.search.stage.racing import RaceState
-    from peft_search.search.status import decision_summary
+    from peft_search.search.controller import describe_decision
 
     trials = paired_trials({"uniform": 0.70, "spindle": 0.72}, [0.0, 0.01, -0.01])
     race = RaceState(round=1, blocks=3, survivors=("uniform", "spindle") if outcome != "selected" else ("spindle",),
@@ -231,5 +231,6 @@ def test_a_finished_race_decides_as_its_selection_procedure_says_and_claims_no_p
     assert decision.outcome == outcome and decision.win_probability is None
     assert all(stats.p_best is None for stats in decision.choices)
     assert decision.stats("uniform").diff_high is not None  # the paired interval to the best stays
-    assert words in decision_summary(decision)
+    line = describe_decision(0, 1, decision)  # the run's line: the outcome, once
+    assert line.startswith("stage 1/1 (grouping) " + words[0]) and words[1] in line and line.count(outcome) == 1
     assert Decision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision

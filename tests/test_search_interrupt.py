@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from peft_search.search.stage.decide import OUTCOMES
 
 from drivers import write_job
 from tiny_search_run import needs_minilm_and_tweets
@@ -86,7 +87,7 @@ def stage_status(storage: Path, stage: int) -> str | None:
     (signal.SIGINT, lambda storage: len(records(storage, 0)) >= 1, [("interrupted", "pending")]),
     # SIGTERM (`ray job stop`, a preempted driver) between stages: stage 0 decided, no trial of stage 1
     # done (stage 1 may have started or not when the signal lands).
-    (signal.SIGTERM, lambda storage: stage_status(storage, 0) == "decided", [("decided", "interrupted"), ("decided", "pending")]),
+    (signal.SIGTERM, lambda storage: stage_status(storage, 0) in OUTCOMES, [(o, s) for o in OUTCOMES for s in ("interrupted", "pending")]),
 ], ids=["sigint-mid-stage", "sigterm-between-stages"])
 def test_an_interrupted_run_decides_nothing_and_resumes_to_the_uninterrupted_decisions(
         job, uninterrupted, tmp_path, capsys, signum, when, stage_statuses):
@@ -105,7 +106,7 @@ def test_an_interrupted_run_decides_nothing_and_resumes_to_the_uninterrupted_dec
     state = state_of(run)
     assert state["status"] == "interrupted"
     assert tuple(stage["status"] for stage in state["stages"]) in stage_statuses
-    decided = [stage["status"] == "decided" for stage in state["stages"]]
+    decided = [stage["status"] in OUTCOMES for stage in state["stages"]]
     # A decided stage is decided as in the uninterrupted run; an undecided one has no decision at all.
     assert [d for d, done in zip(decisions(state), decided) if done] == [d for d, done in zip(uninterrupted, decided) if done]
     assert all(d is None for d, done in zip(decisions(state), decided) if not done)

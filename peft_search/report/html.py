@@ -29,6 +29,7 @@ from peft_search.report.tables import (
     paired_differences,
     space_path,
 )
+from peft_search.search.stage.decide import OUTCOMES, decision_outcome
 from peft_search.search.status import choice_cells, collapse_warning, decision_summary
 from peft_search.search.storage.paths import LocalStaging, StoragePath
 from peft_search.space import Design
@@ -102,7 +103,7 @@ def _table(headers: list[str], rows: list[str], cls: str = "", attrs: str = "") 
 
 def _header(run: RunView) -> str:
     spec = run.spec
-    decided = sum(1 for s in run.stages if s.status == "decided")
+    decided = sum(1 for s in run.stages if s.status in OUTCOMES)
     lines = [
         f"<h1>peft-search report: {escape(run.name)}</h1>",
         f'<p>Run <code>{escape(str(run.run_dir))}</code>: <b>{escape(run.state["status"])}</b>, '
@@ -173,7 +174,7 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
         return "\n".join(parts)
     image = f"edf-stage{view.stage}.png"
     edf_plot(decision, f"{title}: EDF of design scores per choice", out_dir / image)
-    parts.append(f'<p><b>Decision: {escape(decision_summary(decision))}</b></p>')
+    parts.append(f'<p><b>Decision ({escape(decision_outcome(decision))}): {escape(decision_summary(decision))}</b></p>')
     parts.append(f'<img class="edf" src="{image}" alt="EDF of design scores per choice, stage {view.stage + 1}">')
     rows = []
     for stats in decision.choices:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from peft_search.errors import InputError
 from peft_search.search.stage.confidence import CONFIDENCE_LEVEL, t_quantile
-from peft_search.search.stage.decide import Decision
+from peft_search.search.stage.decide import Decision, stage_outcome
 from peft_search.search.storage.records import final_done, final_rows, read_records
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.run_dir import STATE_FILE, require_run
@@ -30,7 +30,7 @@ class StageView:
     stage: int
     component: str
     choices: tuple[str, ...]
-    status: str  # pending | running | decided | skipped
+    status: str  # pending | running | interrupted | failed | skipped, or decided: selected | tie | undecided
     decision: Decision | None
     space_before: dict | None  # DesignSpace.to_dict() the stage started from
     records: tuple[dict, ...]  # its trial records, grouped by choice (candidate order), then sample
@@ -100,7 +100,7 @@ def load_run(path: str | Path) -> RunView:
                 stage=index,
                 component=stage["component"],
                 choices=tuple(stage["choices"]),
-                status=stage["status"],
+                status=stage_outcome(stage),
                 decision=Decision.from_dict(stage["decision"]) if stage.get("decision") else None,
                 space_before=stage.get("space"),
                 records=tuple(mine),

@@ -25,7 +25,7 @@ from peft_search.search import interrupt
 from peft_search.search.preflight import prepare_spec  # noqa: F401 - the controller's entry point, re-exported
 from peft_search.search.spec import SearchSpec, load_run_spec, spec_diff
 from peft_search.search.seeds import derive_seed
-from peft_search.search.stage.decide import Decision, decide_plan
+from peft_search.search.stage.decide import Decision, decide_plan, decision_outcome, is_done, stage_outcome
 from peft_search.search.stage.plan import StagePlan, plan_path, plan_stage, read_plan, write_plan
 from peft_search.search.storage.records import read_records, write_results
 from peft_search.search.storage.paths import StoragePath
@@ -76,6 +76,7 @@ class Controller:
         self.out = out
         self.final_path: StoragePath | None = None  # final.parquet, once the final evaluation ran
         self.rehearsal = None  # a cluster rehearsal (search/simulate.py): trials sleep their modelled length
+        self.tracker = None  # the spec's experiment trackers, once running (search/tracking.py)
 
     # ---- creating and opening runs ----------------------------------------------------------------
 
@@ -125,6 +126,8 @@ class Controller:
         run_dir = require_run(path)
         spec = load_run_spec(run_dir / SPEC_FILE)
         state = read_json(run_dir / STATE_FILE)
+        for stage_state in state["stages"]:  # a state written before outcomes says `decided`
+            stage_state["status"] = stage_outcome(stage_state)
         if new_spec is not None:
             differences = spec_diff(spec, new_spec, ignore=("storage",))
             if differences and not force:
@@ -174,7 +177,7 @@ class Controller:
         self.state[f"{status}_at"] = utc_now()
         for stage_state in self.state["stages"]:
             if stage_state["status"] == "running":
-                stage_state["status"] = status  # undecided; `resume` runs it again from its records
+                stage_state["status"] = status  # not decided; `resume` runs it again from its records
         try:
             self.save_state()
         except OSError:
@@ -188,6 +191,7 @@ class Controller:
             self.state.pop("error", None)
             self.save_state()
         start_ray(address, self.say)
+        self.tracker = open_tracker(self.spec, self.run_dir.name)
         if self.spec.joint is not None:
             self.run_joint()
         else:
@@ -208,7 +212,7 @@ class Controller:
         space = DesignSpace.from_dict(self.state["space"])
         num_stages = len(self.spec.stages)
         for index, stage_state in enumerate(self.state["stages"]):
-            if stage_state["status"] in ("decided", "skipped"):
+            if is_done(stage_state):
                 continue
             interrupt.check()  # between stages: the next one does not start
             component = stage_state["component"]
@@ -231,7 +235,9 @@ class Controller:
                 self.save_state()
                 self.say(f"stage {index + 1}/{num_stages} ({component}): skipped, {plan.skipped}")
                 continue
-            stage_state["status"] = "running"
+            slots = cluster_slots(self.spec.resources, self.spec.max_concurrent_trials)
+            # `slots`: the trials the cluster ran at once, for `status`'s time left (search/time_left.py).
+            stage_state.update(status="running", slots=slots)
             stage_state.setdefault("started_at", utc_now())
             self.save_state()
             redraws = sum(plan.redraws.values())
@@ -240,16 +246,17 @@ class Controller:
                 + (f", {redraws} infeasible draw{'s' if redraws != 1 else ''} redrawn" if redraws else "")
             )
             started = time.monotonic()
+            tracked = self.tracker.stage_started(index, component, plan.choices) if self.tracker else None
             run_stage(self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
                       self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index),
                       replay=self.rehearsal.for_plan(plan) if self.rehearsal is not None else None,
-                      slots=cluster_slots(self.spec.resources, self.spec.max_concurrent_trials))
+                      slots=slots, callbacks=[self.tracker.callback(self.run_dir, tracked)] if self.tracker else None)
             stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
-            interrupt.check()  # Tune stopped early: the stage stays undecided, whatever finished
+            interrupt.check()  # Tune stopped early: the stage is not decided, whatever finished
             records = read_records(self.run_dir, index)
             decision = self._decide(index, plan, records)
             stage_state.update(
-                status="decided",
+                status=decision_outcome(decision),
                 decision=decision.to_dict(),
                 winner=decision.winner,
                 finished=sum(1 for r in records if r["status"] == "finished"),
@@ -262,6 +269,8 @@ class Controller:
             write_results(self.run_dir)
             self.save_state()
             self.say(describe_decision(index, num_stages, decision))
+            if self.tracker:
+                self.tracker.stage_decided(tracked, decision, decision_outcome(decision))
         self.state["status"] = "finished"
         self.state["finished_at"] = utc_now()
         write_results(self.run_dir)
@@ -274,7 +283,7 @@ class Controller:
         from peft_search.search.stage.joint import decide_joint, run_joint
 
         stage_state = self.state["stages"][0]
-        if stage_state["status"] != "decided":
+        if not is_done(stage_state):
             self.say(f"run directory: {self.run_dir}")
             joint = self.spec.joint
             self.say(f"joint search ({joint.sampler}): {joint.trials} designs over {', '.join(stage_state['components'])}, "
@@ -294,7 +303,7 @@ class Controller:
                 self.save_state()
                 raise SearchFailed(f"joint search: no design finished; every trial is recorded (peft-search status {self.run_dir})")
             stage_state.update(
-                status="decided", decision=decision.to_dict(), winner=decision.winner,
+                status=decision_outcome(decision), decision=decision.to_dict(), winner=decision.winner,
                 infeasible_draws=outcome["infeasible"],
                 finished=sum(1 for r in records if r["status"] == "finished"),
                 failed=sum(1 for r in records if r["status"] != "finished"), decided_at=utc_now(),
@@ -330,8 +339,28 @@ class Controller:
                 "design": design.to_dict()}
 
 
+def open_tracker(spec: SearchSpec, run_name: str):
+    """The spec's experiment trackers (None without a `tracking` section). A new run checked them in
+    `preflight` before its directory existed; one that stops answering later (here, on resume) warns
+    and is switched off: the search goes on, its records are the source of truth."""
+    if spec.tracking is None:
+        return None
+    from peft_search.search.tracking import Tracker
+
+    tracker = Tracker(spec, run_name)
+    for backend in tracker.backends:
+        try:
+            Tracker.check_one(backend)
+        except InputError as error:
+            tracker.failed.add(backend.name)
+            tracker.say(f"warning: {error.field}: {error.message}; the search goes on without it")
+            continue
+        print(f"tracking: {backend.where()}", flush=True)
+    return tracker
+
+
 def describe_decision(index: int, num_stages: int, decision: Decision) -> str:
-    """The decision as one line: winner, its P(best) and what stands behind it."""
+    """The decision as one line: its outcome, the kept choice, how sure and what stands behind it."""
     from peft_search.search.status import decision_summary
 
-    return f"stage {index + 1}/{num_stages} ({decision.component}) decided: {decision_summary(decision)}"
+    return f"stage {index + 1}/{num_stages} ({decision.component}) {decision_outcome(decision)}: {decision_summary(decision)}"

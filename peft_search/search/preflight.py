@@ -75,6 +75,7 @@ def preflight(
             unchecked.append(f"storage: {root} (an object store; a dry run does not contact it)")
         if address is None:
             check_local_resources(spec)
+        check_tracking(spec, offline, unchecked)
         first_plan, memory, full_memory = None, None, None
         backbone = load_profile(spec, offline, unchecked)
         if backbone is not None:
@@ -125,6 +126,20 @@ def check_size(spec: SearchSpec) -> None:
         f"each x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) = {largest.trials:,}; the final evaluation: "
         f"{estimate.final_trials:,}); {lower}, or fewer tasks or seeds",
     )
+
+
+def check_tracking(spec: SearchSpec, offline: bool, unchecked: list[str]) -> None:
+    """The experiment trackers answer (their client is installed; the MLflow server is reached and the
+    experiment found or created; W&B online has a key). A dry run only checks the clients."""
+    if spec.tracking is None:
+        return
+    from peft_search.search.tracking import Tracker
+
+    tracker = Tracker(spec, "preflight")  # InputError naming the field when a client is missing
+    if offline:
+        unchecked.extend(f"{backend.name}: not contacted by a dry run" for backend in tracker.backends)
+    else:
+        tracker.check()
 
 
 def check_data(spec: SearchSpec, unchecked: list[str]) -> None:

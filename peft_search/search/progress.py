@@ -1,5 +1,6 @@
 """Progress lines on the terminal, read from the trial records (the source of truth, so they are
-right after a resume too): trials done of the total, failures, collapsed trials, best score so far.
+right after a resume too): trials done of the total, failures, collapsed trials, best score so far
+and, where the caller can estimate it, the time left (search/time_left.py).
 Used by every long run: a stage, the final evaluation, the fidelity pilot. Pure Python."""
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ def quiet_tune_output() -> None:
 
 
 class RecordProgress(threading.Thread):
-    def __init__(self, prefix: str, read_records: Callable[[], list[dict]], total, interval_s: float = 2.0, out=None):
+    def __init__(self, prefix: str, read_records: Callable[[], list[dict]], total, interval_s: float = 2.0, out=None,
+                 time_left: Callable[[list[dict]], str | None] | None = None):
         super().__init__(daemon=True)
         self.prefix, self.read_records, self.total, self.interval_s, self.out = prefix, read_records, total, interval_s, out
+        self.time_left = time_left  # records -> "at most 3.2 min left", or None while nothing is measured
         self.stopped = threading.Event()
         self.last_line = ""
 
@@ -34,6 +37,8 @@ class RecordProgress(threading.Thread):
         text += f", {failed} failed" if failed else ""
         text += f", {collapsed} collapsed" if collapsed else ""
         text += f", best trial so far {best[0]:.4f}" + (f" ({best[1]})" if best[1] else "") if best else ""
+        left = self.time_left(records) if self.time_left is not None else None
+        text += f", {left}" if left else ""
         return text
 
     def report(self) -> None:

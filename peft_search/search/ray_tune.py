@@ -63,6 +63,7 @@ def run_experiment(
     param_space: dict | None = None,
     template: TrialRow | None = None,
     done: Callable[[], bool] | None = None,
+    callbacks: list | None = None,
 ) -> None:
     """One Tune experiment under `directory / name`, every trial one `trial_trainable` on `resources`.
 
@@ -70,6 +71,7 @@ def run_experiment(
     most `num_samples` trials: a `TrialRow` (`{"run_dir", "row"}`: Ray pickles it, no JSON) or, with
     `template`, a learning rate in `param_space` applied to that one row. `retries`: Tune restarts a trial that raised this many
     times. `done()` true ends the experiment early, stopping what still runs (a decided race).
+    `callbacks`: Tune callbacks on the driver besides Tune's own loggers (experiment tracking).
     Returns when every trial ended, `done()` held or a signal stopped the experiment (the caller then
     meets `interrupt.check()`); `progress`, our progress line, runs meanwhile."""
     from ray import tune
@@ -98,6 +100,7 @@ def run_experiment(
             storage_path=str(directory),
             failure_config=tune.FailureConfig(max_failures=retries),
             stop=tune_stopper(done),  # SIGINT / SIGTERM end the experiment; nothing is decided from it
+            callbacks=callbacks,
             verbose=0,
         ),
     )

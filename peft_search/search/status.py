@@ -7,16 +7,19 @@ from pathlib import Path
 
 from peft_search.search.final.evaluate import FINAL_SUMMARY_FILE, evaluated_final
 from peft_search.search.spec import load_run_spec
-from peft_search.search.stage.decide import ChoiceStats, Decision
+from peft_search.search.stage.decide import ChoiceStats, Decision, is_done, stage_outcome
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import FINAL_DIR, final_done, read_final_records, read_records, started_trials
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run
+from peft_search.search.time_left import describe_time_left, list_schedule_s, rows_left, task_durations, unplanned_stage_tasks
 
 
 def run_status(path: str | Path) -> dict:
     run_dir = require_run(path)
     state = read_json(run_dir / STATE_FILE)
     records = read_records(run_dir)
+    spec = load_run_spec(run_dir / "spec.yaml")
+    left = time_left(run_dir, spec, state, records)
     stages = []
     for stage in state["stages"]:
         mine = [r for r in records if r["stage"] == stage["stage"]]
@@ -29,7 +32,7 @@ def run_status(path: str | Path) -> dict:
             {
                 "stage": stage["stage"],
                 "component": stage["component"],
-                "status": stage["status"],
+                "status": stage_outcome(stage),  # docs/design.md, "Outcomes"
                 "planned": planned,
                 "done": done,
                 "failed": failed,
@@ -37,15 +40,17 @@ def run_status(path: str | Path) -> dict:
                 "collapse_warning": collapse_warning(collapsed, done),
                 "running": running,
                 # A decided stage needs nothing more (a race stops before its planned maximum).
-                "remaining": 0 if stage["status"] in ("decided", "skipped") else (planned - done) if planned is not None else None,
+                "remaining": 0 if is_done(stage) else (planned - done) if planned is not None else None,
                 "winner": stage.get("winner"),
                 "decision": stage.get("decision"),
                 "skipped": stage.get("skipped"),
+                "time_left_s": left[stage["stage"]],  # None: nothing measured yet
             }
         )
     walls = [r["wall_time_s"] for r in records if r.get("wall_time_s")]
     mean_trial_s = sum(walls) / len(walls) if walls else None
     remaining = sum(s["remaining"] or 0 for s in stages)
+    stage_times = [s["time_left_s"] for s in stages]
     status = {
         "run_dir": str(run_dir),
         "status": state["status"],
@@ -57,13 +62,45 @@ def run_status(path: str | Path) -> dict:
         "mean_trial_s": mean_trial_s,
         # Planned stages only: later stages are planned once their predecessors decide.
         "remaining_trials_planned": remaining,
-        "estimated_remaining_s": round(remaining * mean_trial_s, 1) if mean_trial_s else None,
+        # Every stage not decided, planned or not (search/time_left.py); "at most" under racing.
+        "estimated_remaining_s": None if None in stage_times else round(sum(stage_times), 1),
+        "time_left_at_most": spec.racing is not None and spec.joint is None,
         "discovered": state.get("discovered"),
         "space": state["space"],
         "final": final_status(run_dir),
     }
     status["text"] = format_status(status)
     return status
+
+
+def time_left(run_dir: StoragePath, spec, state: dict, records: list[dict]) -> dict[int, float | None]:
+    """stage -> the seconds it may still take (search/time_left.py): 0 once decided or skipped; the
+    rows its race may still need for a planned stage; every block for one not planned yet. None
+    before any trial of the run has a wall time."""
+    from peft_search.search.seeds import derive_seed
+    from peft_search.search.stage.plan import plan_path, read_plan
+    from peft_search.search.stage.racing import race_state
+
+    durations = task_durations(records)
+    # The trials the cluster ran at once, as the latest stage saw it (a run before 0.4: the spec's cap, or 1).
+    slots = next((s["slots"] for s in reversed(state["stages"]) if s.get("slots")), spec.max_concurrent_trials or 1)
+    left: dict[int, float | None] = {}
+    for stage in state["stages"]:
+        index = stage["stage"]
+        mine = [r for r in records if r["stage"] == index]
+        if is_done(stage):
+            tasks = []
+        elif spec.joint is not None:  # designs in any order: each remaining trial at the mean duration
+            tasks = ["*"] * max(0, (stage.get("trials") or 0) - len(mine))
+        elif plan_path(run_dir, index).is_file():
+            plan = read_plan(plan_path(run_dir, index))
+            race = race_state(plan, mine, spec.racing, spec.tasks, derive_seed(spec.seed, index)) if spec.racing else None
+            tasks = [] if race is not None and race.done else [
+                row.task for row in rows_left(plan, mine, race.survivors if race is not None else None)]
+        else:
+            tasks = unplanned_stage_tasks(spec, index)
+        left[index] = list_schedule_s(tasks, durations, slots)
+    return left
 
 
 def final_status(run_dir: StoragePath) -> dict | None:
@@ -134,7 +171,8 @@ def collapse_warning(collapsed: int, trials: int) -> str | None:
 
 
 def decision_summary(decision: Decision) -> str:
-    """`winner: mean m [lo, hi], P(best) p over K blocks, ...`, the one-line form of a decision."""
+    """`winner: mean m [lo, hi], P(best) p over K blocks, ...`, the one-line form of a decision; its
+    outcome (selected, tie, undecided) stands beside it, in the run's line and status's column."""
     if decision.winner is None:
         return "no choice has a finished design"
     w = decision.stats(decision.winner)
@@ -151,10 +189,10 @@ def decision_summary(decision: Decision) -> str:
     evidence = f"{decision.blocks} blocks" if decision.method == "blocked" else f"{w.n_finished} designs each"
     if decision.outcome is not None:  # decided by the selection procedure (selection.py)
         text += {
-            "selected": f", selected by KN over {w.blocks} blocks (confidence {decision.selection_confidence:g} if at least "
+            "selected": f", by KN over {w.blocks} blocks (confidence {decision.selection_confidence:g} if at least "
                         f"{decision.delta:g} better than the rest)",
-            "tie": f", tie within {decision.delta:g} of {', '.join(decision.tied)} over {w.blocks} blocks",
-            "undecided": f", undecided after {w.blocks} blocks (best mean; no guarantee at delta {decision.delta:g})",
+            "tie": f", within {decision.delta:g} of {', '.join(decision.tied)} over {w.blocks} blocks",
+            "undecided": f", the best mean after {w.blocks} blocks (no guarantee at delta {decision.delta:g})",
         }[decision.outcome]
     elif decision.win_probability is None:
         text += f", P(best) unknown ({evidence}: too few to estimate the noise)"
@@ -176,10 +214,11 @@ def format_status(status: dict) -> str:
         + (f", {status['trials_running']} running (or interrupted, if the driver is gone: resume reruns them)"
            if status["trials_running"] else "")
         + (f", {status['remaining_trials_planned']} planned and not done" if status["remaining_trials_planned"] else "")
-        + (f"; about {status['estimated_remaining_s'] / 60:.1f} min left in planned stages" if status["estimated_remaining_s"] else "")
+        + (f"; {describe_time_left(status['estimated_remaining_s'], status['time_left_at_most'])} in the search's stages"
+           if status["estimated_remaining_s"] else "")
     )
     lines.append("")
-    lines.append(f"{'stage':<6} {'component':<15} {'status':<9} {'trials':>9} {'failed':>6} {'collapsed':>9}  decision")
+    lines.append(f"{'stage':<6} {'component':<15} {'status':<11} {'trials':>9} {'failed':>6} {'collapsed':>9}  decision")
     for stage in status["stages"]:
         planned = stage["planned"] if stage["planned"] is not None else "-"
         decision = ""
@@ -187,8 +226,10 @@ def format_status(status: dict) -> str:
             decision = decision_summary(Decision.from_dict(stage["decision"]))
         elif stage["skipped"]:
             decision = f"skipped: {stage['skipped']}"
+        elif stage["time_left_s"] is not None:
+            decision = describe_time_left(stage["time_left_s"], status["time_left_at_most"])
         lines.append(
-            f"{stage['stage']:<6} {stage['component']:<15} {stage['status']:<9} {str(stage['done']) + '/' + str(planned):>9} "
+            f"{stage['stage']:<6} {stage['component']:<15} {stage['status']:<11} {str(stage['done']) + '/' + str(planned):>9} "
             f"{stage['failed']:>6} {stage['collapsed']:>9}  {decision}"
         )
     for stage in status["stages"]:

@@ -258,8 +258,8 @@ GUIDE = """
 - `sampling: paired` (default): a stage's designs come in blocks; block k draws every free
   component except the one under study once, and every candidate gets that draw (and the same
   seeds, so the same data order). `designs_per_choice` is then the number of blocks a stage plans.
-- `racing` (default `{min_blocks: 3, confidence: 0.95, delta: 0.05, on_tie: best_mean,
-  blocks_per_round: 1}`): a stage runs its blocks in rounds under a selection procedure with a
+- `racing` (default `{min_blocks: 8, confidence: 0.95, delta: 0.05, on_tie: best_mean,
+  blocks_per_round: 1, lookahead: auto}`): a stage runs its blocks in rounds under a selection procedure with a
   stated guarantee (docs/design.md, "Selection procedure"): Kim and Nelson's KN on the paired
   blocks. Every choice first runs `min_blocks` blocks (the first stage); after each round a choice
   that has fallen behind another by more than KN's allowance is dropped (only with a first stage of
@@ -305,20 +305,23 @@ checks). The first problem exits with status 2 and an error naming the file and 
    included), and `resources.workers` x 0.5 CPU (plus 0.1 for the trial that drives them) within its
    CPUs. Otherwise a trial would wait forever for resources that never come. With `--address` the
    cluster decides.
-7. The backbone: an installed alias, a local directory or a Hub id whose config loads and is of a
+7. The experiment trackers (`tracking`): the client of each is installed (`pip install
+   'peft-search[mlflow]'`, `[wandb]`); the MLflow server answers and the experiment is found or
+   created; W&B online has a key in the environment. A dry run checks the clients only.
+8. The backbone: an installed alias, a local directory or a Hub id whose config loads and is of a
    supported type (errors name `backbone`); `num_groups` at most its blocks; `max_length` at most
    its positions; a `budget_fraction` that buys at least the smallest design.
-8. Stage 0 planned exactly as the run plans it (module sizes, infeasible draws redrawn, a stage none
+9. Stage 0 planned exactly as the run plans it (module sizes, infeasible draws redrawn, a stage none
    of whose candidates can meet the budget refused); the run starts from this plan.
 
 Later stages are planned when they start, since they depend on the decisions before them. A run
-that ends early for any reason (an error, a stage with no finished design, Ctrl-C) says `failed` in
-its `state.json`, with the reason under `error`; `peft-search resume RUN` continues it. A run
+that ends early (an error, a stage with no finished design) says `failed` in its `state.json`, with
+the reason under `error` (Ctrl-C or SIGTERM: `interrupted`); `peft-search resume RUN` continues it. A run
 killed outright (kill -9, a lost machine) stays `running` and resumes the same way. A failure of one
 trial (a NaN loss, out of memory, a download that fails) is recorded as that trial's status.
 
 What a dry run cannot check offline, it lists: a Hub backbone not in the local Hugging Face cache
-(the run downloads its config first, then makes the checks of steps 7 and 8), and data read from
+(the run downloads its config first, then makes the checks of steps 8 and 9), and data read from
 the Hub (GLUE tasks with `data.source: hub`), which trials download when they first need it. A
 dry run checks resources against this machine too; for a job meant for a cluster, give the
 cluster's `--address` (a dry run never connects).

@@ -257,6 +257,43 @@ class JointSearch(_Strict):
     )
 
 
+class MLflowTracking(_Strict):
+    """An MLflow tracking server (docs/design.md, "Experiment tracking"). Credentials come from the
+    environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), never from here."""
+
+    tracking_uri: str = Field(
+        min_length=1, description="the tracking server, such as http://mlflow.internal:5000 (or a local sqlite:/// or file: store)"
+    )
+    experiment: str | None = Field(None, min_length=1, description="the MLflow experiment; null = the job's name")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value):
+        from urllib.parse import urlsplit
+
+        if urlsplit(value).password is not None or urlsplit(value).username is not None:
+            raise ValueError("holds a user name or password: give them in the environment (MLFLOW_TRACKING_USERNAME, "
+                             "MLFLOW_TRACKING_PASSWORD), never in the job spec")
+        return value
+
+
+class WandbTracking(_Strict):
+    """Weights & Biases. The API key comes from the environment (WANDB_API_KEY) or `wandb login`, never from here."""
+
+    project: str = Field(min_length=1, description="the W&B project")
+    entity: str | None = Field(None, min_length=1, description="the W&B team or user; null = the key's default entity")
+    mode: Literal["online", "offline"] = Field(
+        "online", description="online: log to the W&B server; offline: write run files (wandb/ under WANDB_DIR) to `wandb sync` later"
+    )
+
+
+class Tracking(_Strict):
+    """Experiment trackers that receive every trial and decision, besides the run directory."""
+
+    mlflow: MLflowTracking | None = Field(None, description="log to an MLflow tracking server; null = no")
+    wandb: WandbTracking | None = Field(None, description="log to Weights & Biases; null = no")
+
+
 class Tuning(_Strict):
     """Learning-rate tuning of each final contender: Optuna TPE through Ray Tune, on held-back training data."""
 
@@ -420,6 +457,10 @@ class SearchSpec(_Strict):
     storage: str = Field("runs", min_length=1, description="where runs are kept: a local directory; on a cluster a shared (NFS/EFS/PVC) one, or s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (credentials from the environment)")
     cache_dir: str | None = Field(None, description="tokenisation cache directory; null = the trial layer's default")
     final: FinalSpec | None = Field(None, description="optional final evaluation; null = none")
+    tracking: Tracking | None = Field(
+        None, description="experiment trackers (MLflow, W&B) that receive every trial and decision; null = none (TensorBoard "
+        "files are written either way: tensorboard --logdir RUN/stages)"
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -677,10 +718,13 @@ __all__ = [
     "Fidelity",
     "Hyperparameters",
     "JointSearch",
+    "MLflowTracking",
     "Racing",
     "Resources",
     "SearchSpec",
     "SpecError",
     "StageSpec",
+    "Tracking",
     "Tuning",
+    "WandbTracking",
 ]

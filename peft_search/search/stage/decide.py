@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from peft_search.search.stage.confidence import DRAWS, Comparison, compare_blocks, compare_independent, t_quantile
+from peft_search.search.stage.selection import RUNNING, SELECTED, TIE, UNDECIDED  # noqa: F401 (RUNNING: a status)
 from peft_search.search.stage.scores import DesignScore, TrialScore, design_scores, trial_scores
 
 CONFIDENCE = 0.95
@@ -110,6 +111,33 @@ class Decision:
         """The best-scoring design of `choice` (ties: the smaller design id)."""
         scored = [d for d in self.designs if d.choice == choice and d.score is not None]
         return max(scored, key=lambda d: (d.score, d.design_id)) if scored else None
+
+
+# A stage's status is what happened to it (docs/design.md, "Outcomes"): before and while it runs,
+# pending | running | interrupted | failed | skipped; once decided, its outcome.
+PENDING, INTERRUPTED, FAILED, SKIPPED = "pending", "interrupted", "failed", "skipped"
+OUTCOMES = (SELECTED, TIE, UNDECIDED)
+DECIDED_BEFORE_OUTCOMES = "decided"  # the status of every decided stage in a state.json written before 0.4
+
+
+def decision_outcome(decision: Decision) -> str:
+    """selected | tie | undecided. A raced stage's is its selection procedure's verdict; a stage decided
+    without one (racing off, the joint search, a run before racing) kept the best mean by the paper's
+    rule and states its P(best) instead of a guarantee: `selected`."""
+    return decision.outcome or SELECTED
+
+
+def stage_outcome(stage: Mapping) -> str:
+    """A stage's status from its `state.json` entry, as everything shows it: a state written before
+    outcomes says `decided`, read as its decision's outcome."""
+    if stage["status"] == DECIDED_BEFORE_OUTCOMES:
+        return decision_outcome(Decision.from_dict(stage["decision"])) if stage.get("decision") else SELECTED
+    return stage["status"]
+
+
+def is_done(stage: Mapping) -> bool:
+    """Decided or skipped: nothing of the stage is left to run."""
+    return stage_outcome(stage) in (*OUTCOMES, SKIPPED)
 
 
 def summarize_choice(choice: str, scores: Sequence[float | None], failed_trials: int = 0,

@@ -22,6 +22,7 @@ from peft_search.search.stage.racing import RaceState, race_state
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_records, started_trials
 from peft_search.search.storage.run_dir import stage_dir
+from peft_search.search.time_left import describe_time_left, list_schedule_s, rows_left, task_durations
 from peft_search.search.trials import record_failure
 
 EXPERIMENT = "tune"
@@ -93,11 +94,12 @@ class StageSearcher(Searcher):
 
 
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
-              racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1) -> None:
+              racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1, callbacks: list | None = None) -> None:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
     the records, so the rows that already have one are never trained again). `slots`: trials the
-    cluster runs at once, which sizes `lookahead: auto`. Once the race is
+    cluster runs at once, which sizes `lookahead: auto`; `callbacks`, Tune callbacks (experiment
+    tracking: search/tracking.py). Once the race is
     decided, trials still running are stopped; they leave no record (their started markers are
     removed: nothing of this stage runs any more)."""
     searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay,
@@ -108,12 +110,21 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     unrecorded = len({row.trial_id for row in plan.rows} - {r["trial_id"] for r in read_records(run_dir, plan.stage)})
     limit = "at most " if racing is not None else ""
     finished: dict[str, dict] = {}  # every 2 s the progress line lists the records; each finished one is read once
+    earlier = [r for r in read_records(run_dir) if r["stage"] < plan.stage]  # their durations count until this stage has its own
+
+    def time_left(records: list[dict]) -> str | None:
+        survivors = searcher.state.survivors if racing is not None else None
+        left = rows_left(plan, records, survivors)
+        seconds = list_schedule_s([row.task for row in left], task_durations(earlier + records), slots)
+        return describe_time_left(seconds, at_most=racing is not None)
+
     progress = RecordProgress(f"stage {plan.stage + 1}/{num_stages} ({plan.component})",
-                              lambda: read_records(run_dir, plan.stage, finished=finished), f"{limit}{plan.num_trials}")
+                              lambda: read_records(run_dir, plan.stage, finished=finished), f"{limit}{plan.num_trials}",
+                              time_left=time_left)
     run_experiment(directory, experiment_name(directory, EXPERIMENT), resources=resources, max_concurrent=max_concurrent,
                    retries=retries, progress=progress, searcher=searcher,
                    num_samples=unrecorded,  # an upper bound: a race usually needs fewer
-                   done=lambda: searcher.state.done)
+                   done=lambda: searcher.state.done, callbacks=callbacks)
     if searcher.state.done:
         for trial_id in started_trials(run_dir, plan.stage):
             searcher.rows[trial_id].trial_row().started_path(run_dir).unlink(missing_ok=True)

@@ -32,7 +32,7 @@ picking among them by noise.
 
 KN screens only with a first stage of at least KN_MIN_FIRST_STAGE blocks: its normal theory takes
 the variances from the first stage, and stage scores are heavy-tailed (see the constant). With a
-smaller first stage (the default, n0 = 3) a stage stops early only for a tie.
+smaller first stage (`racing.min_blocks` below 8) a stage stops early only for a tie.
 
 When the planned blocks run out first, the stage keeps the survivors' best mean and claims
 nothing ("undecided": no guarantee).

@@ -1,0 +1,73 @@
+"""Time left in a stage and in a search, from the trials' measured durations (docs/design.md, "Time
+left"): the progress line and `status` say it.
+
+A stage still trains the rows its race may need: the rows without a record of the choices still in
+it (every row without a record, without racing). A task's trial lasts, by estimate, the mean wall
+time of the run's trials on it (the mean over every task for a task not yet measured). Rows run
+`slots` at a time (the cluster's trial slots, recorded per stage), each on the first slot that
+frees, in the plan's order, as the dispatch hands them out block by block (list scheduling).
+A race can stop at any look, so under racing it is "at most"; a stage not yet planned counts every
+block it could run. Pure Python.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+
+def task_durations(records: Iterable[dict]) -> dict[str, float]:
+    """task -> mean wall time (s) of its trials that recorded one; `*`: the mean over every task."""
+    walls: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        if record.get("wall_time_s"):
+            walls[record["task"]].append(float(record["wall_time_s"]))
+    durations = {task: sum(w) / len(w) for task, w in walls.items()}
+    every = [w for ws in walls.values() for w in ws]
+    if every:
+        durations["*"] = sum(every) / len(every)
+    return durations
+
+
+def list_schedule_s(tasks: Sequence[str], durations: dict[str, float], slots: int) -> float | None:
+    """How long trials of these tasks take on `slots` slots, each started in order on the first slot
+    that frees; 0 with nothing to run, None with nothing measured yet."""
+    if not tasks:
+        return 0.0
+    if "*" not in durations:
+        return None
+    free_at = [0.0] * max(1, min(slots, len(tasks)))  # when each slot is next free
+    for task in tasks:
+        heapq.heappush(free_at, heapq.heappop(free_at) + durations.get(task, durations["*"]))
+    return max(free_at)
+
+
+def rows_left(plan, records: Sequence[dict], survivors: Sequence[str] | None = None) -> list:
+    """The plan's rows without a record, of the choices still in the race (`survivors`; None: all),
+    block by block as the dispatch hands them out."""
+    recorded = {r["trial_id"] for r in records}
+    left = [row for row in plan.rows if row.trial_id not in recorded and (survivors is None or row.choice in survivors)]
+    return sorted(left, key=lambda row: row.block if row.block is not None else row.sample)
+
+
+def unplanned_stage_tasks(spec, index: int) -> list[str]:
+    """A stage not yet planned: the task of every trial it could run (every candidate, every block)."""
+    stage = spec.stages[index]
+    return [task for task in spec.tasks for _ in range(len(stage.candidates) * spec.designs_per_choice * len(spec.seeds))]
+
+
+def describe_time_left(seconds: float | None, at_most: bool) -> str | None:
+    """`at most 3.2 min left` (racing) or `about 3.2 min left`; None when nothing was measured yet."""
+    if seconds is None or seconds <= 0:
+        return None
+    if seconds >= 3600:
+        amount = f"{seconds / 3600:.1f} h"
+    elif seconds >= 60:
+        amount = f"{seconds / 60:.1f} min"
+    else:
+        amount = f"{seconds:.0f} s"
+    return f"{'at most' if at_most else 'about'} {amount} left"
+
+
+__all__ = ["describe_time_left", "list_schedule_s", "rows_left", "task_durations", "unplanned_stage_tasks"]

@@ -1,0 +1,56 @@
+"""Time left (search/time_left.py): list scheduling of the rows left over the trials' measured
+durations per task, worked by hand; and `status` on a copy of a real run killed mid-stage
+(tests/data/runs-v0.1/partial: stage 1 has 2 of its 4 trials)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from peft_search.search.status import run_status
+from peft_search.search.time_left import describe_time_left, list_schedule_s, task_durations
+
+PARTIAL = Path(__file__).parent / "data" / "runs-v0.1" / "partial"
+
+
+def test_durations_are_each_tasks_mean_and_the_overall_mean_stands_in_for_an_unmeasured_task():
+    records = [{"task": "sst2", "wall_time_s": 10.0}, {"task": "sst2", "wall_time_s": 20.0},
+               {"task": "cola", "wall_time_s": 45.0}, {"task": "cola", "wall_time_s": None}]
+    durations = task_durations(records)
+    assert durations == {"sst2": 15.0, "cola": 45.0, "*": 25.0}
+    assert list_schedule_s(["mrpc"], durations, slots=1) == 25.0
+
+
+def test_each_trial_starts_on_the_first_slot_that_frees_in_the_plans_order():
+    durations = {"sst2": 10.0, "cola": 30.0, "*": 20.0}
+    # On 2 slots: sst2 | sst2 from 0 to 10, then cola on the first free one, 10 to 40.
+    assert list_schedule_s(["sst2", "sst2", "cola"], durations, slots=2) == 40.0
+    # cola first: cola 0-30 | sst2 0-10, sst2 10-20: 30.
+    assert list_schedule_s(["cola", "sst2", "sst2"], durations, slots=2) == 30.0
+    assert list_schedule_s(["sst2"] * 8, durations, slots=8) == 10.0  # one wave
+    assert list_schedule_s(["sst2"] * 8, durations, slots=1) == 80.0
+    assert list_schedule_s([], durations, slots=4) == 0.0
+    assert list_schedule_s(["sst2"], {}, slots=4) is None  # nothing measured yet: no figure
+
+
+@pytest.mark.parametrize("seconds, at_most, text", [
+    (42.4, True, "at most 42 s left"), (192.0, False, "about 3.2 min left"), (9000.0, True, "at most 2.5 h left"),
+    (None, True, None), (0.0, True, None),
+])
+def test_time_left_says_at_most_under_racing(seconds, at_most, text):
+    assert describe_time_left(seconds, at_most) == text
+
+
+def test_status_gives_the_running_stage_and_the_search_their_time_left(tmp_path):
+    run = tmp_path / "partial"
+    shutil.copytree(PARTIAL, run)
+    records = [json.loads(p.read_text()) for p in run.glob("stages/*/trials/*.json")]
+    trial_s = sum(r["wall_time_s"] for r in records) / len(records)  # one task: its mean
+    status = run_status(run)
+    stages = {s["stage"]: s for s in status["stages"]}
+    assert stages[0]["status"] == "selected" and stages[0]["time_left_s"] == 0
+    # 2 rows left, one at a time (the spec's max_concurrent_trials: the run predates recorded slots).
+    assert stages[1]["time_left_s"] == pytest.approx(2 * trial_s)
+    assert status["estimated_remaining_s"] == pytest.approx(2 * trial_s, abs=0.1)
+    assert f"{describe_time_left(2 * trial_s, status['time_left_at_most'])} in the search's stages" in status["text"]
