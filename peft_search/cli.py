@@ -227,96 +227,90 @@ def _add_train_parser(commands) -> None:
 
 
 def cmd_run(args) -> int:
-    from peft_search.search.controller import Controller
+    from peft_search import api
     from peft_search.search.preflight import preflight
     from peft_search.search.stage.estimate import estimate_search
 
-    # The same checks either way; a dry run makes them offline and lists what needs the network.
-    checked = preflight(args.job, storage=args.storage, data_dir=args.data_dir, address=args.address, offline=args.dry_run)
+    if not args.dry_run:
+        return _searched(lambda: api.run(args.job, storage=args.storage, data_dir=args.data_dir, address=args.address,
+                                         progress="print", report=False))
+    # The run's checks, offline; the dry run lists what needs the network.
+    checked = preflight(args.job, storage=args.storage, data_dir=args.data_dir, address=args.address, offline=True)
     spec = checked.spec
-    if args.dry_run:
-        print(spec.initial_space().describe())
-        print()
-        print(estimate_search(spec).describe())
-        if checked.first_plan is not None:
-            plan = checked.first_plan
-            redraws = sum(plan.redraws.values())
-            print(f"stage 0 planned: {plan.num_trials:,} trials, {redraws} infeasible draws redrawn"
-                  + (f"; no feasible design for {', '.join(plan.infeasible)}" if plan.infeasible else ""))
-        if checked.memory is not None:
-            hyper = spec.hyperparameters
-            print(f"memory: {checked.memory.describe()} (batch {hyper.batch_size // spec.resources.workers} per worker, "
-                  f"length {hyper.max_length}, backbone in {hyper.backbone_dtype}; an estimate: docs/design.md, "
-                  "\"Memory per trial\")")
-        if checked.full_memory is not None:
-            print(f"memory of the final evaluation's full fine-tuning: {checked.full_memory.describe()}")
-        if checked.unchecked:
-            print("\nnot checked offline (the run checks these first):\n  " + "\n  ".join(checked.unchecked))
-        passed = "every other check of `run` passed" if checked.unchecked else "every check of `run` passed"
-        print(f"\n(dry run: {passed}; nothing was created)")
-        return 0
-    controller = Controller.create(spec, first_plan=checked.first_plan, job_path=args.job)
-    return _run_controller(controller, args.address)
+    print(spec.initial_space().describe())
+    print()
+    print(estimate_search(spec).describe())
+    if checked.first_plan is not None:
+        plan = checked.first_plan
+        redraws = sum(plan.redraws.values())
+        print(f"stage 0 planned: {plan.num_trials:,} trials, {redraws} infeasible draws redrawn"
+              + (f"; no feasible design for {', '.join(plan.infeasible)}" if plan.infeasible else ""))
+    if checked.memory is not None:
+        hyper = spec.hyperparameters
+        print(f"memory: {checked.memory.describe()} (batch {hyper.batch_size // spec.resources.workers} per worker, "
+              f"length {hyper.max_length}, backbone in {hyper.backbone_dtype}; an estimate: docs/design.md, "
+              "\"Memory per trial\")")
+    if checked.full_memory is not None:
+        print(f"memory of the final evaluation's full fine-tuning: {checked.full_memory.describe()}")
+    if checked.unchecked:
+        print("\nnot checked offline (the run checks these first):\n  " + "\n  ".join(checked.unchecked))
+    passed = "every other check of `run` passed" if checked.unchecked else "every check of `run` passed"
+    print(f"\n(dry run: {passed}; nothing was created)")
+    return 0
 
 
 def cmd_resume(args) -> int:
-    from peft_search.search.controller import Controller
-    from peft_search.search.preflight import check_local_resources, prepare_spec
+    from peft_search import api
+    from peft_search.search.preflight import prepare_spec
 
     new_spec = prepare_spec(args.spec, address=args.address) if args.spec else None
-    controller = Controller.open(args.run, new_spec=new_spec, force=args.force)
-    if controller.state["status"] == "finished":
-        print(f"{controller.run_dir} is already finished; nothing to resume")
+    if api.status(args.run).status == "finished":
+        print(f"{args.run} is already finished; nothing to resume")
         return 0
-    if args.address is None:
-        check_local_resources(controller.spec)
-    return _run_controller(controller, args.address)
+    return _searched(lambda: api.resume(args.run, address=args.address, progress="print", report=False,
+                                        spec=new_spec, force=args.force))
 
 
-def _run_controller(controller, address) -> int:
+def _searched(search) -> int:
+    """Run `search()` (api.run or api.resume) and print where everything landed."""
+    from peft_search import api
     from peft_search.search.controller import SearchFailed
 
-    def continue_with() -> str:
+    def continue_with(stop) -> str:
         # A finished search stays finished; what was cut short then is its final evaluation.
-        command = "evaluate" if controller.state["status"] == "finished" else "resume"
-        return f"peft-search {command} {controller.run_dir}"
+        return f"peft-search {'evaluate' if getattr(stop, 'search_finished', False) else 'resume'} {getattr(stop, 'run_dir', 'RUN')}"
 
     try:
         with interrupted_exits(continue_with):
-            state = controller.run(address=address)
+            result = search()
     except SearchFailed as error:
         print(f"peft-search: search failed: {error}", file=sys.stderr)
         return 1
-    discovered = state["discovered"]
-    print(f"\nsearch finished: {controller.run_dir}")
-    if discovered:
-        from peft_search.space import Design
-
-        design = Design.from_dict(discovered["design"])
-        print(f"discovered design {design.design_id} (score {discovered['score']:.4f}): {design.summary()}")
+    print(f"\nsearch finished: {result.run_dir}")
+    if result.discovered is not None:
+        design = result.discovered
+        print(f"discovered design {design.design_id} (score {result.discovered_score:.4f}): {design.summary()}")
         print(f"design JSON: {design.to_json()}")
-    print(f"results: {controller.run_dir / 'results.parquet'}")
-    if controller.final_path is not None:
-        print(f"final:   {controller.final_path}")
-    from peft_search.report import write_report
-
-    print(f"report:  {write_report(controller.run_dir)}")
-    print(f"status:  peft-search status {controller.run_dir}")
+    print(f"results: {result.run_dir}/results.parquet")
+    if result.final_path is not None:
+        print(f"final:   {result.final_path}")
+    print(f"report:  {api.report(result)}")
+    print(f"status:  peft-search status {result.run_dir}")
     return 0
 
 
 def cmd_status(args) -> int:
+    from peft_search import api
     from peft_search.search.status import run_status
 
-    status = run_status(args.run)
-    print(json.dumps(status, indent=2) if args.json else status["text"])
+    print(json.dumps(run_status(args.run), indent=2) if args.json else api.status(args.run).text)
     return 0
 
 
 def cmd_report(args) -> int:
-    from peft_search.report import write_report
+    from peft_search import api
 
-    print(f"report: {write_report(args.run, args.out)}")
+    print(f"report: {api.report(args.run, args.out)}")
     return 0
 
 
@@ -327,7 +321,8 @@ class Interrupted(SystemExit):
 @contextlib.contextmanager
 def interrupted_exits(continue_with):
     """SIGINT / SIGTERM end the block's work undecided (search/interrupt.py) and the command with
-    the shell's status and how to continue (`continue_with`: a command, or a function giving it)."""
+    the shell's status and how to continue (`continue_with`: a command, or a function of the
+    interruption giving it)."""
     from peft_search.search import interrupt
 
     with interrupt.interruptible():
@@ -336,14 +331,13 @@ def interrupted_exits(continue_with):
         except (interrupt.RunInterrupted, KeyboardInterrupt) as stop:
             name = stop.signal_name if isinstance(stop, interrupt.RunInterrupted) else "a second signal"
             print(f"\npeft-search: interrupted by {name}; nothing unfinished was decided, and every finished trial "
-                  f"is kept.\ncontinue with: {continue_with() if callable(continue_with) else continue_with}",
+                  f"is kept.\ncontinue with: {continue_with(stop) if callable(continue_with) else continue_with}",
                   file=sys.stderr, flush=True)
             raise Interrupted(stop.exit_code if isinstance(stop, interrupt.RunInterrupted) else 130) from None
 
 
 def cmd_evaluate(args) -> int:
-    from peft_search.report import write_report
-    from peft_search.search.final.evaluate import evaluate_run
+    from peft_search import api
     from peft_search.search.storage.run_dir import require_run
     from peft_search.search.spec import load_final_file, load_run_spec
 
@@ -351,16 +345,16 @@ def cmd_evaluate(args) -> int:
     if args.final:
         final = load_final_file(args.final, load_run_spec(require_run(args.run) / "spec.yaml"))
     with interrupted_exits(f"peft-search evaluate {args.run}"):
-        path = evaluate_run(args.run, final=final, address=args.address)
+        path = api.evaluate(args.run, final=final, address=args.address, progress="print")
     print(f"final:  {path}")
-    print(f"report: {write_report(args.run)}")
+    print(f"report: {api.report(args.run)}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from peft_search.search.final.export import export_run
+    from peft_search import api
 
-    out = export_run(args.run, args.out)
+    out = api.export(args.run, args.out)
     print(f"exported to {out} (model card: {out / 'README.md'})")
     return 0
 

@@ -15,8 +15,8 @@ import pytest
 
 from peft_search.cli import main
 from peft_search.errors import InputError
-from peft_search.report import write_report
-from peft_search.report.tables import comparison, format_mean_std, paired_differences
+from peft_search.reporting import write_report
+from peft_search.reporting.tables import comparison, format_mean_std, paired_differences
 from peft_search.search.spec import load_spec
 from peft_search.search.status import run_status
 from peft_search.train.data import hold_out

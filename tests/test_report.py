@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from peft_search.cli import main
-from peft_search.report import write_report
+from peft_search.reporting import write_report
 from peft_search.search.seeds import derive_seed
 from peft_search.search.stage.decide import decide_stage, trial_scores
 from peft_search.search.stage.plan import plan_path, read_plan

@@ -81,7 +81,7 @@ def test_failed_and_diverged_trials_are_recorded_and_the_stage_still_decides(tmp
     from peft_search.search.controller import Controller, prepare_spec
     from peft_search.search.stage.plan import PlanRow, plan_path, plan_stage, write_plan
     from peft_search.peft import load_backbone, profile_backbone
-    from peft_search.report import write_report
+    from peft_search.reporting import write_report
 
     job = write_job(tmp_path, stages=[{"component": "grouping", "candidates": ["uniform", "spindle"]}])
     spec = prepare_spec(job, storage=str(tmp_path / "runs"))

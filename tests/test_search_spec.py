@@ -46,6 +46,8 @@ def test_shipped_jobs_match_their_purpose():
     assert (paper.budget_fraction, paper.designs_per_choice, paper.fidelity.epochs) == (0.005, 100, 3)
     assert [s.component for s in paper.stages] == list(component_names(4))
     assert paper.resources.gpus >= 1
+    tracked = load_spec(JOBS / "tracked.yaml")
+    assert tracked.tracking.mlflow.tracking_uri == "http://127.0.0.1:5000" and tracked.data.source == "bundled"
     cpu = load_spec(JOBS / "glue-minilm-cpu.yaml")
     assert cpu.data.source == "local" and cpu.data.dir is None
     assert [s.component for s in cpu.stages] == list(component_names(4))

@@ -19,7 +19,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from peft_search.report.tables import collapsed_note, comparison, format_interval, load_run, paired_differences
+from peft_search.reporting.tables import collapsed_note, comparison, format_interval, load_run, paired_differences
 from peft_search.search.fidelity import spearman
 from peft_search.search.stage.confidence import compare_independent
 from peft_search.space import DesignSpace

@@ -6,7 +6,7 @@ plan; run them as one Ray Tune experiment; read the trial records (once); decide
 score; clamp the space to the winner; write the state atomically; go on. The state lives outside
 Tune (`state.json`), so `resume` can pick up any interrupted run: decided stages are not touched, a
 finished trial is never run again (its record exists) and never lost. The report is written by the
-caller (`peft_search.report` sits above search and reads what this leaves).
+caller (`peft_search.reporting` sits above search and reads what this leaves).
 
 A job is checked completely before its run directory exists (`preflight.py`, re-exported here as
 `prepare_spec`); a run that ends early anyway says `failed` in its state, with the reason.
@@ -199,7 +199,7 @@ class Controller:
         if self.spec.final is not None:
             from peft_search.search.final.evaluate import evaluate_run
 
-            self.final_path = evaluate_run(self.run_dir, address=address, say=self.say)
+            self.final_path = evaluate_run(self.run_dir, address=address, say=self.say, tracker=self.tracker)
         return self.state
 
     def run_stages(self) -> dict:
@@ -293,7 +293,9 @@ class Controller:
             self.save_state()
             started = time.monotonic()
             profile = profile_backbone(load_backbone(self.spec.backbone, meta=True))
-            outcome = run_joint(self.run_dir, self.spec, profile, trial_resources(self.spec.resources), say=self.say)
+            tracked = self.tracker.stage_started(0, "joint", stage_state["choices"]) if self.tracker else None
+            outcome = run_joint(self.run_dir, self.spec, profile, trial_resources(self.spec.resources), say=self.say,
+                                callbacks=[self.tracker.callback(self.run_dir, tracked)] if self.tracker else None)
             stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
             interrupt.check()
             records = read_records(self.run_dir, 0)
@@ -312,6 +314,8 @@ class Controller:
             write_results(self.run_dir)
             self.save_state()
             self.say(describe_decision(0, 1, decision))
+            if self.tracker:
+                self.tracker.stage_decided(tracked, decision, decision_outcome(decision))
         self.state["status"] = "finished"
         self.state["finished_at"] = utc_now()
         write_results(self.run_dir)

@@ -50,13 +50,22 @@ class Preflight:
 
 
 def preflight(
-    job_path: str | Path, storage: str | None = None, data_dir: str | None = None, address: str | None = None,
-    offline: bool = False,
+    job_path: str | Path | dict | SearchSpec, storage: str | None = None, data_dir: str | None = None,
+    address: str | None = None, offline: bool = False,
 ) -> Preflight:
     """Load and check a job spec completely before anything is created (see the module's docstring);
-    `address` None means Ray would start here, so resources are checked against this machine."""
-    source = str(job_path)
-    spec = load_spec(job_path, known_tasks=get_task)
+    `address` None means Ray would start here, so resources are checked against this machine. The
+    job is a file, or (the Python API) its parsed mapping or a `SearchSpec`."""
+    if isinstance(job_path, (dict, SearchSpec)):
+        source = "spec"
+        spec = job_path if isinstance(job_path, SearchSpec) else SearchSpec.from_dict(job_path, source)
+        try:
+            spec.check_tasks(get_task)
+        except SpecError as error:
+            raise SpecError(error.path, error.message, source) from None
+    else:
+        source = str(job_path)
+        spec = load_spec(job_path, known_tasks=get_task)
     try:
         if data_dir is not None:
             spec = spec.with_data_dir(Path(data_dir).expanduser().resolve())
@@ -96,7 +105,7 @@ def preflight(
 
 
 def prepare_spec(
-    job_path: str | Path, storage: str | None = None, data_dir: str | None = None, address: str | None = None,
+    job_path: str | Path | dict | SearchSpec, storage: str | None = None, data_dir: str | None = None, address: str | None = None,
     offline: bool = False,
 ) -> SearchSpec:
     """The checked spec of a job (`preflight`, without its plan)."""

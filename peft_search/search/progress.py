@@ -5,11 +5,26 @@ Used by every long run: a stage, the final evaluation, the fidelity pilot. Pure 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 from typing import Callable
+
+# Who else wants each progress line besides the terminal (the Python API's tqdm bar): called with
+# (prefix, trials done, the line).
+_listeners: list[Callable[[str, int, str], None]] = []
+
+
+@contextlib.contextmanager
+def listening(listener: Callable[[str, int, str], None]):
+    """Pass every progress line to `listener` too while the block runs."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 def quiet_tune_output() -> None:
@@ -27,8 +42,11 @@ class RecordProgress(threading.Thread):
         self.stopped = threading.Event()
         self.last_line = ""
 
+    done = 0  # trials with a record, as of the last line
+
     def line(self) -> str:
         records = self.read_records()
+        self.done = len(records)
         failed = sum(1 for r in records if r["status"] != "finished")
         collapsed = sum(1 for r in records if r.get("collapsed"))
         scored = [(r["score"], r.get("choice") or "") for r in records if r["status"] == "finished" and r["score"] is not None]
@@ -46,6 +64,8 @@ class RecordProgress(threading.Thread):
         if line != self.last_line:
             print(line, file=self.out or sys.stdout, flush=True)
             self.last_line = line
+            for listener in list(_listeners):
+                listener(self.prefix, self.done, line)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
@@ -56,4 +76,4 @@ class RecordProgress(threading.Thread):
         self.report()
 
 
-__all__ = ["RecordProgress", "quiet_tune_output"]
+__all__ = ["RecordProgress", "listening", "quiet_tune_output"]

@@ -269,14 +269,33 @@ class Tracker:
 
     # ---- what a search logs ---------------------------------------------------------------------------
 
-    def stage_started(self, stage: int, component: str, choices, kind: str = "stage") -> dict:
-        return self.start(f"{self.run_name} stage {stage} {component}", {"component": component, "choices": ", ".join(choices)},
+    def stage_started(self, stage: int | str, component: str, choices, kind: str = "stage") -> dict:
+        """The parent run of a stage's trials (`kind` final: the final evaluation's seeded runs)."""
+        name = f"{self.run_name} stage {stage} {component}" if kind == "stage" else f"{self.run_name} {component}"
+        return self.start(name, {"component": component, "choices": ", ".join(choices)},
                           {"peft_search.stage": str(stage), "peft_search.kind": kind})
 
     def stage_decided(self, handle: dict, decision, outcome: str) -> None:
         params, metrics = decision_summary(decision, outcome)
         self.log(handle, metrics, params=params)
         self.attach(handle, "decision.json", json.dumps(decision.to_dict(), indent=1, sort_keys=True))
+        self.end(handle)
+
+    def contenders_compared(self, handle: dict, records: list[dict]) -> None:
+        """The final evaluation: one run per contender under `handle`, its mean dev score per task
+        (over its finished seeds) and over the tasks; then `handle` ends."""
+        by_contender: dict[str, dict[str, list[float]]] = {}
+        for record in records:
+            if record["status"] == "finished" and record.get("score") is not None:
+                by_contender.setdefault(record["contender"], {}).setdefault(record["task"], []).append(record["score"])
+        for contender, tasks in by_contender.items():
+            means = {task: sum(scores) / len(scores) for task, scores in tasks.items()}
+            metrics = {metric_key(f"{task}.mean"): mean for task, mean in means.items()}
+            metrics["average"] = sum(means.values()) / len(means)
+            run = self.start(f"{self.run_name} final {contender}", {"contender": contender, "seeds": str(max(map(len, tasks.values())))},
+                             {"peft_search.stage": "final", "peft_search.kind": "contender"}, parent=handle)
+            self.log(run, metrics)
+            self.end(run)
         self.end(handle)
 
     def callback(self, run_dir, parent: dict | None = None) -> "TrialLogger":

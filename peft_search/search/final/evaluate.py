@@ -231,8 +231,11 @@ def tune_learning_rate(run_dir: StoragePath, spec: SearchSpec, final: FinalSpec,
     return best
 
 
-def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str | None = None, say=print) -> StoragePath:
-    """Run (or finish) the final evaluation of a run; returns the path of final.parquet."""
+def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str | None = None, say=print,
+                 tracker=None) -> StoragePath:
+    """Run (or finish) the final evaluation of a run; returns the path of final.parquet. `tracker`
+    (search/tracking.py): its seeded runs are tracked under a `final` run, which ends with one run
+    per contender (its mean dev score per task and over the tasks)."""
     from peft_search.search.ray_tune import run_experiment, start_ray as start_ray_once
 
     run_dir, spec, final, discovered = open_final(path, final)
@@ -272,10 +275,14 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
         start_ray()
         progress = RecordProgress("final: seeded runs", lambda: [read_json(row.record_path(run_dir)) for row in rows
                                                                  if row.record_path(run_dir).is_file()], len(rows))
+        tracked = tracker.stage_started("final", "final evaluation", [c.name for c in chosen], kind="final") if tracker else None
         run_experiment(directory / "tune", f"runs-{int(time.time())}", resources=trial_resources(spec.final_resources),
                        max_concurrent=spec.final_max_concurrent_trials, retries=spec.retries, progress=progress,
-                       run_dir=run_dir, rows=pending)
+                       run_dir=run_dir, rows=pending, callbacks=[tracker.callback(run_dir, tracked)] if tracker else None)
         interrupt.check()
+        if tracker:
+            tracker.contenders_compared(tracked, [read_json(row.record_path(run_dir)) for row in rows
+                                                  if row.record_path(run_dir).is_file()])
     path = write_final(run_dir)
     write_json_atomic(directory / FINAL_DONE_FILE, {"finished_at": utc_now(), "runs": len(rows), "skipped": skipped})
     say(f"final evaluation: {path}")

@@ -241,9 +241,10 @@ def recorded_designs(records: list[dict], tasks, seeds) -> dict[str, dict]:
     return done
 
 
-def run_joint(run_dir: StoragePath, spec, profile, resources: dict, say=print) -> dict:
+def run_joint(run_dir: StoragePath, spec, profile, resources: dict, say=print, callbacks: list | None = None) -> dict:
     """Train the joint search's designs still missing as one Tune experiment under `stages/0/tune`
-    (`tune-<time>` when resumed); returns what the stage state records (designs, infeasible draws)."""
+    (`tune-<time>` when resumed); returns what the stage state records (designs, infeasible draws).
+    `callbacks`: Tune callbacks (experiment tracking)."""
     searcher = JointSearcher(run_dir, spec, profile, say=say)
     rows_per_design = len(spec.tasks) * len(spec.seeds)
     to_train = (spec.joint.trials - searcher.designs_done) * rows_per_design + len(searcher.queue)
@@ -254,7 +255,8 @@ def run_joint(run_dir: StoragePath, spec, profile, resources: dict, say=print) -
                                   lambda: read_records(run_dir, STAGE, finished=finished), str(spec.joint.trials * rows_per_design))
         run_experiment(directory, experiment_name(directory, "tune"), resources=resources,
                        max_concurrent=spec.max_concurrent_trials, retries=spec.retries, progress=progress,
-                       searcher=searcher, num_samples=to_train)  # at most: an exhausted space ends sooner
+                       searcher=searcher, num_samples=to_train,  # at most: an exhausted space ends sooner
+                       callbacks=callbacks)
     return {"designs": len(recorded_designs(read_records(run_dir, STAGE), spec.tasks, spec.seeds)),
             "infeasible": searcher.infeasible}
 

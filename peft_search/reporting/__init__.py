@@ -5,7 +5,7 @@ Imports pyarrow, matplotlib and read-only helpers of `peft_search.search` (run d
 records, decisions, status formatting); never ray or torch.
 """
 
-from peft_search.report.html import INDEX, REPORT_DIR, write_report
-from peft_search.report.tables import RunView, comparison, load_run
+from peft_search.reporting.html import INDEX, REPORT_DIR, write_report
+from peft_search.reporting.tables import RunView, comparison, load_run
 
 __all__ = ["INDEX", "REPORT_DIR", "RunView", "comparison", "load_run", "write_report"]

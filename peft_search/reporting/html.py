@@ -17,8 +17,8 @@ import json
 from html import escape
 from pathlib import Path
 
-from peft_search.report.plots import comparison_plot, edf_plot
-from peft_search.report.tables import (
+from peft_search.reporting.plots import comparison_plot, edf_plot
+from peft_search.reporting.tables import (
     RunView,
     StageView,
     comparison,
