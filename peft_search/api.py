@@ -149,14 +149,14 @@ def resume(run: str | Path | RunResult, *, address: str | None = None, progress:
     return status(controller.run_dir)
 
 
-def report(run: str | Path | RunResult, out: str | Path | None = None) -> Path:
-    """Write the run's HTML report; returns the path of its index.html."""
+def report(run: str | Path | RunResult, out: str | Path | None = None) -> Path | str:
+    """Write the run's HTML report; returns where its index.html is (a URI for an object store)."""
     from peft_search.reporting import write_report
 
-    return Path(str(write_report(_run_dir(run), out)))
+    return _location(write_report(_run_dir(run), out))
 
 
-def evaluate(run: str | Path | RunResult, *, final=None, address: str | None = None, progress: Progress = "log") -> Path:
+def evaluate(run: str | Path | RunResult, *, final=None, address: str | None = None, progress: Progress = "log") -> Path | str:
     """Run (or finish) the final evaluation: the discovered design against the presets, learning
     rates tuned alike. `final`: a final section (mapping) when the spec has none or another is
     wanted. Returns the path of final.parquet."""
@@ -168,15 +168,15 @@ def evaluate(run: str | Path | RunResult, *, final=None, address: str | None = N
     if final is not None and not hasattr(final, "contenders"):
         final = load_run_spec(require_run(run_dir) / "spec.yaml").with_final(final).final
     with _progress(progress) as say:
-        return Path(str(evaluate_run(run_dir, final=final, address=address, say=say)))
+        return _location(evaluate_run(run_dir, final=final, address=address, say=say))
 
 
-def export(run: str | Path | RunResult, out: str | Path) -> Path:
+def export(run: str | Path | RunResult, out: str | Path) -> Path | str:
     """Export the discovered design, its trained weights per task and a model card; `load_peft`
     loads them onto a backbone. Returns the export directory."""
     from peft_search.search.final.export import export_run
 
-    return Path(str(export_run(_run_dir(run), out)))
+    return _location(export_run(_run_dir(run), out))
 
 
 def load_peft(model, path: str | Path):
@@ -201,6 +201,12 @@ def _check_progress(kind: Progress) -> None:
         from peft_search.errors import InputError
 
         raise InputError("progress", f"give log, tqdm or print; got {kind!r}")
+
+
+def _location(path) -> Path | str:
+    """A local path as a Path; an object-store location (s3://, gs://) as its URI."""
+    text = str(path)
+    return text if "://" in text else Path(text)
 
 
 def _run_dir(run: str | Path | RunResult) -> str:

@@ -355,7 +355,7 @@ def cmd_export(args) -> int:
     from peft_search import api
 
     out = api.export(args.run, args.out)
-    print(f"exported to {out} (model card: {out / 'README.md'})")
+    print(f"exported to {out} (model card: {out}/README.md)")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -228,8 +227,8 @@ def test_a_server_that_is_down_stops_the_run_before_anything_is_created(tmp_path
 @needs_minilm_and_tweets
 @needs_server
 @pytest.mark.timeout(600)
-def test_a_server_killed_mid_stage_costs_a_warning_and_no_trial(tmp_path):
-    server = MLflowServer(tmp_path / "mlflow")
+def test_a_server_killed_mid_stage_costs_a_warning_and_no_trial(server, tracked_run, tmp_path):
+    # The module's server, killed here: this test runs last in the module (tracked_run is read before).
     job = write_job(tmp_path / "job.yaml", mlflow={"tracking_uri": server.uri})
     storage = tmp_path / "runs"
     driver = subprocess.Popen([sys.executable, "-m", "peft_search.cli", "run", str(job), "--storage", str(storage)],
@@ -250,4 +249,3 @@ def test_a_server_killed_mid_stage_costs_a_warning_and_no_trial(tmp_path):
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "finished" and state["stages"][0]["status"] in ("selected", "tie", "undecided")
     assert len(records(run)) == state["stages"][0]["decision"]["trials_run"] >= 2
-    shutil.rmtree(tmp_path / "mlflow", ignore_errors=True)
