@@ -67,14 +67,26 @@ def cmd_space_show(args) -> int:
     return 0
 
 
+def _counting_backbone(model: str):
+    """A weightless (meta-device) model, enough to plan, inject and count parameters: with the
+    checkpoint's own classification head when it has one (said on stderr), else a 2-label head."""
+    from peft_search.peft import load_backbone
+    from peft_search.peft.backbones import checkpoint_head
+
+    head = checkpoint_head(model)
+    if head.labels is not None:
+        print(f"the checkpoint's {head.describe()} is counted as the head here; a task with another number of labels "
+              "trains a new head in its place", file=sys.stderr)
+    return load_backbone(model, num_labels=head.labels or 2, meta=True)
+
+
 def cmd_space_sample(args) -> int:
     import copy
 
-    from peft_search.peft import inject, load_backbone, plan_budget, profile_backbone
+    from peft_search.peft import inject, plan_budget, profile_backbone
 
     space = _space_from_args(args)
-    # A weightless (meta-device) model is enough to plan, inject and count parameters.
-    model = load_backbone(args.model, meta=True)
+    model = _counting_backbone(args.model)
     profile = profile_backbone(model)
     result = space.sample(
         args.samples, args.seed, profile.num_blocks, lambda d: plan_budget(profile, d, args.budget).feasible
@@ -113,10 +125,10 @@ def read_design_file(name: str):
 
 
 def cmd_space_plan(args) -> int:
-    from peft_search.peft import inject, load_backbone
+    from peft_search.peft import inject
 
     design = read_design_file(args.design)
-    report = inject(load_backbone(args.model, meta=True), design, args.budget)
+    report = inject(_counting_backbone(args.model), design, args.budget)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -252,6 +264,8 @@ def cmd_run(args) -> int:
               "\"Memory per trial\")")
     if checked.full_memory is not None:
         print(f"memory of the final evaluation's full fine-tuning: {checked.full_memory.describe()}")
+    for note in checked.head_notes:
+        print(note)
     if checked.unchecked:
         print("\nnot checked offline (the run checks these first):\n  " + "\n  ".join(checked.unchecked))
     passed = "every other check of `run` passed" if checked.unchecked else "every check of `run` passed"

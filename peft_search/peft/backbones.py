@@ -260,6 +260,106 @@ def max_positions(config) -> int | None:
     return config.max_position_embeddings
 
 
+@dataclass(frozen=True)
+class CheckpointHead:
+    """What a checkpoint's own sequence-classification head is, against the head a task needs
+    (docs/design.md, "Backbones": a checkpoint's own head)."""
+
+    labels: int | None  # the checkpoint's head outputs; None: it has no classification head
+    regression: bool = False  # one output: a regression head
+
+    def fits(self, num_labels: int, problem_type: str | None) -> bool:
+        """The task can start from this head: the same outputs (one is a regression, two or more classes)."""
+        return self.labels == num_labels
+
+    def fate(self, num_labels: int, problem_type: str | None) -> str:
+        """new (no head in the checkpoint) | kept (it fits) | replaced (a new head of the task's size)."""
+        return "new" if self.labels is None else "kept" if self.fits(num_labels, problem_type) else "replaced"
+
+    def describe(self) -> str:
+        return "regression head" if self.regression else f"{self.labels}-label head"
+
+    def message(self, num_labels: int, problem_type: str | None, task: str, future: bool = False) -> str | None:
+        """What a run says once per task about the checkpoint's head (`future`: a dry run's "will be");
+        None without one."""
+        new = "regression head" if problem_type == "regression" else f"{num_labels}-label head"
+        verb = "will be" if future else "is"
+        return {
+            "new": None,
+            "kept": f"the checkpoint's {self.describe()} {verb} kept for {task} (it fits: training starts from it)",
+            "replaced": f"the checkpoint's {self.describe()} {verb} replaced by a new {new} for {task}",
+        }[self.fate(num_labels, problem_type)]
+
+
+def checkpoint_head(name_or_path: str, local_files_only: bool = False) -> CheckpointHead:
+    """The head a checkpoint was saved with. Its config says whether it has one (a
+    `...ForSequenceClassification` architecture) and of how many outputs; a local checkpoint's
+    weights have the last word: a config may leave out a head's labels (transformers writes no
+    `id2label` for default names, and bart's default is 3 labels), so the head's tensors are measured
+    against the shapes its config implies, from the safetensors headers (no weights read)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = load_config(name_or_path, local_files_only=local_files_only)
+    architectures = getattr(config, "architectures", None) or ()
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        return CheckpointHead(None)
+    labels = config.num_labels
+    saved = saved_tensor_shapes(resolve_model(name_or_path))
+    if saved:
+        with torch.device("meta"):
+            implied = AutoModelForSequenceClassification.from_config(config)
+        head_shapes = {f"{name}.{key}": tuple(parameter.shape) for name, module in implied.named_children()
+                       if name != implied.base_model_prefix for key, parameter in module.named_parameters()}
+        if not any(key in saved for key in head_shapes):
+            return CheckpointHead(None)  # its config names a classifier; it was saved without one
+        for key, shape in head_shapes.items():
+            if key in saved and saved[key] != shape:
+                labels = saved[key][0]  # the output layer, the one whose size the labels set
+    return CheckpointHead(labels, regression=labels == 1)
+
+
+def saved_tensor_shapes(source: str) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor's shape in a local checkpoint's safetensors files (one, or sharded with an index),
+    read from their headers; None for a Hub id or a checkpoint in another format."""
+    import json
+
+    from safetensors import safe_open
+
+    directory = Path(source)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        return None
+    shapes = {}
+    for name in files:
+        with safe_open(str(directory / name), framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def head_modules(model) -> list[nn.Module]:
+    """The task head: every top-level module outside the base model (bert's `classifier`; roberta's
+    `classifier` with its dense layer; deberta-v2's `pooler` and `classifier`; xlnet's
+    `sequence_summary` and `logits_proj`; the decoders' `score`; t5 and bart's `classification_head`),
+    what a bare backbone lacks."""
+    return [module for name, module in model.named_children() if name != model.base_model_prefix]
+
+
+def reinitialise_head(model) -> None:
+    """A freshly initialised head, as transformers gives a checkpoint without one: each head module
+    through the model's own `_init_weights` (its flag that a tensor was loaded cleared first)."""
+    for head in head_modules(model):
+        for parameter in head.parameters():
+            parameter._is_hf_initialized = False
+        for module in head.modules():
+            model._init_weights(module)
+
+
 def load_backbone(
     name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False, local_files_only: bool = False,
     pad_token_id: int | None = None, dtype: str = "float32",
@@ -267,13 +367,23 @@ def load_backbone(
     """A sequence-classification model on the backbone; `meta=True` builds it without weights (for
     planning and counting, no memory used); `local_files_only` as for `load_config`.
 
+    A checkpoint saved with a classification head keeps it when it fits the task (same outputs,
+    regression or not) and otherwise gets a freshly initialised head of the task's size, as a bare
+    backbone does; the backbone's own weights load either way. `model.checkpoint_head` says which:
+    new | kept | replaced, with the checkpoint's head size (`CheckpointHead.message` says it in words).
+
     A decoder-only model scores the last token that is not its config's `pad_token_id`; a config
     without one (gpt2, llama) gets `pad_token_id` (the tokenizer's, which pads the batches) or else
     its end-of-sequence token, which is what its tokenizer pads with here (`train.prepare`)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    head = checkpoint_head(name_or_path, local_files_only=local_files_only)
+    fate = head.fate(num_labels, problem_type)
     overrides = {"num_labels": num_labels}
+    if fate != "kept":  # the checkpoint's label names describe its own head, not this task's
+        overrides["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
+        overrides["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
     if problem_type is not None:
         overrides["problem_type"] = problem_type
     config = load_config(name_or_path, local_files_only=local_files_only, **overrides)
@@ -282,15 +392,25 @@ def load_backbone(
         config.pad_token_id = pad_token_id if pad_token_id is not None else eos
     if meta:
         with torch.device("meta"):
-            return AutoModelForSequenceClassification.from_config(config)
+            model = AutoModelForSequenceClassification.from_config(config)
+        model.checkpoint_head = {"head": fate, "checkpoint_labels": head.labels}
+        return model
     from transformers.utils import logging
 
-    # The task head is new by design; its "newly initialized" warning would only confuse users.
+    # The task head is new by design (or replaced: said once per run by the caller); transformers'
+    # "newly initialized" and size-mismatch reports would only confuse users.
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(name_or_path), config=config, local_files_only=local_files_only, dtype=getattr(torch, dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(name_or_path), config=config, local_files_only=local_files_only, dtype=getattr(torch, dtype),
+            ignore_mismatched_sizes=fate == "replaced",
         )
     finally:
         logging.set_verbosity(verbosity)
+    if fate == "replaced":
+        # A head of the same shape (2 labels -> regression's 1 does not; a dense layer inside roberta's
+        # head does) would otherwise keep the checkpoint's weights: the whole head starts afresh.
+        reinitialise_head(model)
+    model.checkpoint_head = {"head": fate, "checkpoint_labels": head.labels}
+    return model

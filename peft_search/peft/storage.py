@@ -28,6 +28,9 @@ def save_peft(model, report: InjectionReport, directory: str | Path) -> Path:
         "design_id": report.design.design_id,
         "realised_params": report.realised_params,
         "head_params": report.head_params,
+        # The head it trained: from the checkpoint (kept), or new (a bare backbone's, or replacing the
+        # checkpoint's own head of another size: docs/design.md, "Backbones").
+        **{key: value for key, value in (getattr(model, "checkpoint_head", None) or {}).items()},
         "plan": report.plan.to_dict(),
     }
     # Weights first, design last: a design.json always has its complete weights beside it.
@@ -50,6 +53,9 @@ def load_peft(model, directory: str | Path) -> InjectionReport:
         raise InputError(
             "model", f"the PEFT state was trained on a {saved['model_type']} backbone, not {model.config.model_type}"
         )
+    if saved.get("num_labels") is not None and saved["num_labels"] != model.config.num_labels:
+        raise InputError("model", f"the PEFT state trained a {saved['num_labels']}-output head; load the backbone with "
+                         f"num_labels={saved['num_labels']} (it has {model.config.num_labels})")
     report = apply_plan(model, BudgetPlan.from_dict(saved["plan"]))
     tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
     expected = {name for name, p in model.named_parameters() if p.requires_grad}

@@ -23,6 +23,7 @@ from pathlib import Path
 from peft_search.errors import InputError
 from peft_search.search import interrupt
 from peft_search.search.preflight import prepare_spec  # noqa: F401 - the controller's entry point, re-exported
+from peft_search.search.preflight import say_checkpoint_heads
 from peft_search.search.spec import SearchSpec, load_run_spec, spec_diff
 from peft_search.search.seeds import derive_seed
 from peft_search.search.stage.decide import Decision, decide_plan, decision_outcome, is_done, stage_outcome
@@ -192,6 +193,7 @@ class Controller:
             self.save_state()
         start_ray(address, self.say)
         self.tracker = open_tracker(self.spec, self.run_dir.name)
+        say_checkpoint_heads(self.spec.backbone, self.spec.tasks, self.say)  # its own head: kept or replaced
         if self.spec.joint is not None:
             self.run_joint()
         else:

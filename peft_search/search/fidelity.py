@@ -23,6 +23,7 @@ import numpy as np
 
 from peft_search.errors import InputError
 from peft_search.search import interrupt
+from peft_search.search.preflight import say_checkpoint_heads
 from peft_search.search.progress import RecordProgress
 from peft_search.search.spec import Fidelity, SearchSpec, load_run_spec
 from peft_search.search.seeds import derive_seed
@@ -160,6 +161,7 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SPEC_FILE).write_text(spec.to_yaml())
     pending = [row for row in rows if not row.record_path(run_dir).is_file()]
+    say_checkpoint_heads(spec.backbone, spec.tasks, say)
     say(f"fidelity pilot: {designs} designs x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) at {', '.join(map(str, lengths))} "
         f"steps: {len(rows)} trials ({len(rows) - len(pending)} already done) in {run_dir}")
     if pending:

@@ -47,6 +47,7 @@ class Preflight:
     unchecked: tuple[str, ...]  # what a dry run could not check offline, one line each
     memory: TrialMemory | None = None  # one search trial's estimate; None as for first_plan
     full_memory: TrialMemory | None = None  # the final evaluation's full fine-tuning run, when it has one
+    head_notes: tuple[str, ...] = ()  # what happens to the checkpoint's own head, per task
 
 
 def preflight(
@@ -85,7 +86,7 @@ def preflight(
         if address is None:
             check_local_resources(spec)
         check_tracking(spec, offline, unchecked)
-        first_plan, memory, full_memory = None, None, None
+        first_plan, memory, full_memory, head_notes = None, None, None, []
         backbone = load_profile(spec, offline, unchecked)
         if backbone is not None:
             profile, config = backbone
@@ -95,13 +96,15 @@ def preflight(
                 full_memory = search_trial_memory(spec, profile, config, full=True)
             if spec.joint is None:  # a joint search has no plan: its searcher proposes designs as it goes
                 first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
+            head_notes = checkpoint_head_notes(spec.backbone, list(dict.fromkeys([*spec.tasks, *spec.final_tasks])),
+                                               offline=offline)
     except SpecError as error:
         raise error if error.source else SpecError(error.path, error.message, source) from None
     except InputError as error:
         if error.field.startswith("--"):  # a command-line option, not a key of the file
             raise
         raise SpecError(error.field, error.message, source) from None
-    return Preflight(spec, first_plan, tuple(unchecked), memory, full_memory)
+    return Preflight(spec, first_plan, tuple(unchecked), memory, full_memory, tuple(head_notes))
 
 
 def prepare_spec(
@@ -207,6 +210,30 @@ def _check_resources(resources, field: str, have: dict) -> None:
             most = int((have["CPU"] - trial_resources(resources)["cpu"]) / CPU_PER_WORKER)
             raise SpecError(f"{field}.workers", f"{resources.workers} workers reserve {needed:g} CPUs ({CPU_PER_WORKER:g} "
                             f"each), but {machine}; give at most {max(most, 1)} workers, or run on a cluster (--address)")
+
+
+_heads_said: set[tuple[str, str]] = set()
+
+
+def checkpoint_head_notes(backbone: str, tasks, offline: bool = False) -> list[str]:
+    """Per task, what happens to the checkpoint's own classification head (kept, or replaced by a new
+    head of the task's size; nothing for a checkpoint without one): docs/design.md, "Backbones"."""
+    from peft_search.peft.backbones import model_location
+    from peft_search.train.prepare import checkpoint_head_note
+
+    if offline and model_location(backbone) == "hub":
+        return []  # a dry run does not fetch a Hub config it lacks; the run says it
+    notes = (checkpoint_head_note(backbone, get_task(task), local_files_only=offline, future=offline) for task in tasks)
+    return [note for note in notes if note]
+
+
+def say_checkpoint_heads(backbone: str, tasks, say) -> None:
+    """`checkpoint_head_notes`, each said once per process (a run's stages and its final evaluation)."""
+    for task in tasks:
+        if (backbone, task) not in _heads_said:
+            _heads_said.add((backbone, task))
+            for note in checkpoint_head_notes(backbone, [task]):
+                say(note)
 
 
 def load_profile(spec: SearchSpec, offline: bool, unchecked: list[str]):

@@ -93,6 +93,8 @@ def trial_record(row: TrialRow, result: dict, started_at: str, finished_at: str)
         "realised_params": result.get("realised_params"),
         "target_params": result.get("target_params"),
         "head_params": result.get("head_params"),
+        "head": result.get("head"),
+        "checkpoint_head_labels": result.get("checkpoint_head_labels"),
         "wall_time_s": result.get("wall_time_s"),
         "train_samples_per_s": result.get("train_samples_per_s"),
         "peak_memory_mb": result.get("peak_memory_mb"),

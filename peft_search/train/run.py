@@ -51,6 +51,8 @@ def run_trial(
         realised_params=outcome.get("realised_params"),
         target_params=outcome.get("target_params"),
         head_params=outcome.get("head_params"),
+        head=outcome.get("head"),
+        checkpoint_head_labels=outcome.get("checkpoint_head_labels"),
         wall_time_s=round(time.perf_counter() - started, 3),
         train_samples_per_s=outcome.get("train_samples_per_s"),
         peak_memory_mb=outcome.get("peak_memory_mb"),

@@ -207,6 +207,8 @@ class TrialResult:
     baseline_score: float | None = None
     collapsed: bool = False
     learning_rates: dict | None = None  # each parameter group's peak rate: {"lora": 5e-3, "head": 5e-3}
+    head: str | None = None  # new | kept (the checkpoint's own head) | replaced (by a new one of the task's size)
+    checkpoint_head_labels: int | None = None  # the checkpoint's own head's outputs; None: it had none
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -236,14 +236,14 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
     """Run (or finish) the final evaluation of a run; returns the path of final.parquet. `tracker`
     (search/tracking.py): its seeded runs are tracked under a `final` run, which ends with one run
     per contender (its mean dev score per task and over the tasks)."""
+    from peft_search.search.preflight import check_local_resources, say_checkpoint_heads
     from peft_search.search.ray_tune import run_experiment, start_ray as start_ray_once
 
     run_dir, spec, final, discovered = open_final(path, final)
     if address is None:
         # Before anything is written: final runs reserving more than this machine has would wait forever.
-        from peft_search.search.preflight import check_local_resources
-
         check_local_resources(spec)
+
     chosen, skipped = contenders(spec, final, discovered)
     directory = final_dir(run_dir)
     directory.mkdir(exist_ok=True)
@@ -256,6 +256,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
         start_ray_once(address, say)
 
     tasks = list(final.tasks or spec.tasks)
+    say_checkpoint_heads(spec.backbone, tasks, say)
     say(f"final evaluation of {run_dir}: {', '.join(c.name for c in chosen)} on {', '.join(tasks)}, "
         f"seeds {final.seeds}" + (f" (left out: {', '.join(skipped)})" if skipped else ""))
     rows = []

@@ -28,6 +28,7 @@ from peft_search.search.storage.paths import LocalStaging, StoragePath
 from peft_search.search.storage.records import read_final_records
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run, task_slug, write_json_atomic
 from peft_search.space import Design
+from peft_search.train.tasks import get_task
 
 EXPORT_FILE = "export.json"
 
@@ -82,6 +83,7 @@ def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None
             config = json.loads(kept["config_json"])
             score, metrics = kept["score"], json.loads(kept["metrics_json"])
             realised, head, source = kept["realised_params"], kept["head_params"], "the final evaluation"
+            head_fate = {"head": kept.get("head"), "checkpoint_head_labels": kept.get("checkpoint_head_labels")}
         else:
             if final is not None:
                 trial = final_row(spec, final, Contender(DISCOVERED, None, design), task, seed,
@@ -95,6 +97,7 @@ def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None
             config = trial.to_dict()
             score, metrics = result.score, result.metrics
             realised, head, source = result.realised_params, result.head_params, "trained by export"
+            head_fate = {"head": result.head, "checkpoint_head_labels": result.checkpoint_head_labels}
         tasks[task] = {
             "directory": task_slug(task),
             "score": score,
@@ -103,6 +106,10 @@ def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None
             "seed": seed,
             "realised_params": realised,
             "head_params": head,
+            # The head it trained, of `num_labels` outputs: new, or the checkpoint's own (kept), or new in
+            # place of the checkpoint's head of another size (replaced; docs/design.md, "Backbones").
+            "num_labels": get_task(task).num_labels,
+            **head_fate,
             "weights_from": source,
             "config": config,
         }
@@ -158,7 +165,7 @@ dev scores on {f"a fixed subsample of {target['max_eval_examples']}" if target['
 ```python
 from peft_search.peft import load_backbone, load_peft
 
-model = load_backbone("{summary['backbone']}", num_labels=NUM_LABELS)  # the task's number of classes
+model = load_backbone("{summary['backbone']}", num_labels={first['num_labels']})  # {first_task}'s head: {first['num_labels']} outputs
 load_peft(model, "{first['directory']}")  # injects the saved plan and loads the trained tensors
 model.eval()
 ```

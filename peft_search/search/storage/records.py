@@ -19,8 +19,8 @@ RESULT_COLUMNS = (  # one row per stage trial record; storage.columns says what 
     "trial_id", "stage", "component", "choice", "sample", "block", "design_id", "design_json", "grouping",
     "allocation", "tunable_groups", "strategies", "task", "seed", "status", "score", "baseline_score",
     "collapsed", "metrics_json", "learning_rate", "learning_rates_json", "realised_params", "target_params",
-    "head_params", "wall_time_s", "train_samples_per_s", "peak_memory_mb", "error", "node", "node_id",
-    "started_at", "finished_at",
+    "head_params", "head", "checkpoint_head_labels", "wall_time_s", "train_samples_per_s", "peak_memory_mb", "error",
+    "node", "node_id", "started_at", "finished_at",
 )
 RESULT_SCHEMA = schema(RESULT_COLUMNS)
 
@@ -76,7 +76,7 @@ FINAL_COLUMNS = (  # one row per final-evaluation record
     "trial_id", "phase", "contender", "task", "seed", "learning_rate", "status", "score", "metrics_json",
     "design_id", "design_json", "realised_params", "target_params", "head_params", "wall_time_s", "error",
     "weights", "config_json", "node", "started_at", "finished_at", "baseline_score", "collapsed",
-    "learning_rates_json",
+    "learning_rates_json", "head", "checkpoint_head_labels",
 )
 FINAL_SCHEMA = schema(FINAL_COLUMNS)
 
