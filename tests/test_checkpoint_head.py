@@ -131,17 +131,22 @@ def test_a_trial_on_a_checkpoint_whose_head_has_another_size_trains(arch, three_
 
 
 @needs_minilm
-def test_train_says_which_head_it_trained_and_keeps_one_that_fits(tmp_path):
+def test_train_says_which_head_it_trained_and_keeps_one_that_fits(three_classes, tmp_path):
+    from peft_search.train import TrialConfig, run_trial
+
+    # The command: a 2-label checkpoint on the 3-class tweets.
     replaced = cli("train", "--model", checkpoint(tmp_path / "two", "gpt2"), "--task", "tweets", "--preset", "lora",
                    "--max-steps", "4", "--max-length", "32", "--budget", "0.02", "--json")
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert "the checkpoint's 2-label head is replaced by a new 3-label head for tweets" in replaced.stderr
     assert json.loads(replaced.stdout)["result"]["head"] == "replaced"
-    kept = cli("train", "--model", checkpoint(tmp_path / "three", "gpt2", labels=3), "--task", "tweets", "--preset",
-               "lora", "--max-steps", "4", "--max-length", "32", "--budget", "0.02", "--json")
-    assert kept.returncode == 0, kept.stderr[-3000:]
-    assert "the checkpoint's 3-label head is kept for tweets" in kept.stderr
-    assert (json.loads(kept.stdout)["result"]["head"], json.loads(kept.stdout)["result"]["checkpoint_head_labels"]) == ("kept", 3)
+    # A 3-label checkpoint on a 3-class task starts from its own head.
+    lines = []
+    kept = run_trial(TrialConfig(model=checkpoint(tmp_path / "three", "gpt2", labels=3), task="file:text=sentence,label=label",
+                                 data_dir=three_classes, preset="lora", max_steps=2, batch_size=8, max_length=24,
+                                 budget_fraction=0.02, cache_dir=str(tmp_path / "cache")), log=lines.append)
+    assert kept.status == "finished" and (kept.head, kept.checkpoint_head_labels) == ("kept", 3)
+    assert any(line.startswith("the checkpoint's 3-label head is kept for file:") for line in lines)
 
 
 @needs_minilm
