@@ -45,7 +45,7 @@ def test_a_joint_search_trains_whole_designs_survives_kill_9_and_decides(tmp_pat
     assert all(after[name] == text for name, text in before.items()), "a finished design was trained again"
     state = json.loads((run / "state.json").read_text())
     (stage,) = state["stages"]
-    assert state["status"] == "finished" and stage["component"] == "joint" and stage["status"] == "selected"
+    assert state["status"] == "finished" and stage["component"] == "joint" and stage["status"] == "undecided"
     records = [json.loads(text) for text in after.values()]
     assert len(records) == len({r["design_id"] for r in records}) == 4  # four distinct designs, one task, one seed
     for record in records:

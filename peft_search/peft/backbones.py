@@ -399,8 +399,9 @@ def load_backbone(
 
     # The task head is new by design (or replaced: said once per run by the caller); transformers'
     # "newly initialized" and size-mismatch reports would only confuse users.
-    verbosity = logging.get_verbosity()
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()  # a "Loading weights" bar per load says nothing a user needs
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             resolve_model(name_or_path), config=config, local_files_only=local_files_only, dtype=getattr(torch, dtype),
@@ -408,6 +409,8 @@ def load_backbone(
         )
     finally:
         logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
     if fate == "replaced":
         # A head of the same shape (2 labels -> regression's 1 does not; a dense layer inside roberta's
         # head does) would otherwise keep the checkpoint's weights: the whole head starts afresh.

@@ -121,17 +121,17 @@ DECIDED_BEFORE_OUTCOMES = "decided"  # the status of every decided stage in a st
 
 
 def decision_outcome(decision: Decision) -> str:
-    """selected | tie | undecided. A raced stage's is its selection procedure's verdict; a stage decided
+    """selected | tie | undecided. A raced stage's is its selection procedure's verdict. A stage decided
     without one (racing off, the joint search, a run before racing) kept the best mean by the paper's
-    rule and states its P(best) instead of a guarantee: `selected`."""
-    return decision.outcome or SELECTED
+    rule with no guarantee, so it is `undecided` (its P(best) says how sure, where it has one)."""
+    return decision.outcome or UNDECIDED
 
 
 def stage_outcome(stage: Mapping) -> str:
     """A stage's status from its `state.json` entry, as everything shows it: a state written before
     outcomes says `decided`, read as its decision's outcome."""
     if stage["status"] == DECIDED_BEFORE_OUTCOMES:
-        return decision_outcome(Decision.from_dict(stage["decision"])) if stage.get("decision") else SELECTED
+        return decision_outcome(Decision.from_dict(stage["decision"])) if stage.get("decision") else UNDECIDED
     return stage["status"]
 
 
