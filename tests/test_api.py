@@ -103,3 +103,15 @@ def test_bad_input_raises_input_error_naming_the_field_and_creates_nothing(tmp_p
         peft_search.run(JOB, storage=str(tmp_path / "runs"), progress="loud")
     assert error.value.field == "progress"
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_progress_lines_become_tqdm_bars_and_stdout_stays_clean(capsys):
+    from peft_search.api import _progress
+    from peft_search.search.progress import RecordProgress
+
+    records = [{"status": "finished", "score": 0.5, "choice": "uniform"}, {"status": "failed", "score": None}]
+    with _progress("tqdm"):
+        RecordProgress("stage 1/1 (grouping)", lambda: records, "at most 4").report()
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the progress line went to the bar (and the logger), not to stdout
+    assert "stage 1/1 (grouping)" in captured.err and "2/at most 4 trials done, 1 failed" in captured.err

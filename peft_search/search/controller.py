@@ -353,7 +353,11 @@ def open_tracker(spec: SearchSpec, run_name: str):
         return None
     from peft_search.search.tracking import Tracker
 
-    tracker = Tracker(spec, run_name)
+    try:
+        tracker = Tracker(spec, run_name)
+    except InputError as error:  # its client was uninstalled since the run started
+        print(f"warning: {error.field}: {error.message}; the search goes on without tracking", file=sys.stderr, flush=True)
+        return None
     for backend in tracker.backends:
         try:
             Tracker.check_one(backend)

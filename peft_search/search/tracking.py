@@ -83,7 +83,7 @@ def record_outcome(record: dict) -> tuple[dict[str, float], dict[str, str]]:
     return {metric_key(k): float(v) for k, v in metrics.items() if math.isfinite(v)}, {metric_key(k): v for k, v in params.items()}
 
 
-def decision_summary(decision, outcome: str) -> tuple[dict[str, str], dict[str, float]]:
+def decision_fields(decision, outcome: str) -> tuple[dict[str, str], dict[str, float]]:
     """A stage decision as parameters (outcome, kept choice, blocks, trials) and metrics (per choice:
     mean, its interval, P(best) where there is one)."""
     params = {"component": decision.component, "outcome": outcome, "kept": decision.winner or "-",
@@ -276,7 +276,7 @@ class Tracker:
                           {"peft_search.stage": str(stage), "peft_search.kind": kind})
 
     def stage_decided(self, handle: dict, decision, outcome: str) -> None:
-        params, metrics = decision_summary(decision, outcome)
+        params, metrics = decision_fields(decision, outcome)
         self.log(handle, metrics, params=params)
         self.attach(handle, "decision.json", json.dumps(decision.to_dict(), indent=1, sort_keys=True))
         self.end(handle)
@@ -359,4 +359,4 @@ class TrialLogger(Callback):
         self.tracker.end(handle, ok=record["status"] == "finished")
 
 
-__all__ = ["Tracker", "TrialLogger", "decision_summary", "metric_key", "record_outcome", "trial_params"]
+__all__ = ["Tracker", "TrialLogger", "decision_fields", "metric_key", "record_outcome", "trial_params"]
