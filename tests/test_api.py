@@ -1,6 +1,6 @@
 """The Python API (peft_search/api.py) end to end, in this process as a notebook would use it: a
 small real search from a mapping (MiniLM on the bundled tweets, one stage of two choices, two
-blocks of 4-step trials), its status as objects, report, export and load_peft; progress to the
+blocks of 3-step trials), its status as objects, report, export and load_peft; progress to the
 `peft_search` logger and not to stdout; bad input raises InputError naming the field before
 anything is created. One local Ray serves the module."""
 
@@ -12,23 +12,10 @@ import logging
 import pytest
 
 import peft_search
+from drivers import TINY_JOB
 from tiny_search_run import needs_minilm_and_tweets
 
-JOB = {
-    "name": "api",
-    "backbone": "minilm",
-    "tasks": ["tweets"],
-    "data": {"source": "bundled"},
-    "budget_fraction": 0.005,
-    "stages": [{"component": "grouping", "candidates": ["uniform", "spindle"]}],
-    "designs_per_choice": 2,
-    "fidelity": {"max_steps": 4, "max_train_examples": 64, "max_eval_examples": 32},
-    "hyperparameters": {"batch_size": 8, "max_length": 32},
-    "seeds": [0],
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 2,
-    "retries": 0,
-}
+JOB = {**TINY_JOB, "name": "api", "stages": TINY_JOB["stages"][:1]}  # one stage of two choices, two blocks
 
 
 @pytest.fixture(scope="module", autouse=True)

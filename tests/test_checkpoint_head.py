@@ -160,7 +160,7 @@ def test_a_search_evaluation_and_export_on_a_checkpoint_with_a_wrong_size_head(t
     model = checkpoint(tmp_path / "llama", "llama")
     job = write_job(tmp_path, backbone=model, budget_fraction=0.02, racing=None, designs_per_choice=1,
                     stages=[{"component": "strategy.G1", "candidates": ["adapter", "lora"]}],
-                    final={"contenders": ["discovered", "bitfit"], "seeds": [0],
+                    final={"contenders": ["discovered"], "seeds": [0],
                            "fidelity": {"max_steps": 4, "max_train_examples": 64, "max_eval_examples": 32},
                            "tuning": {"trials": 1}},
                     storage=str(tmp_path / "runs"))

@@ -34,7 +34,9 @@ def one_ray_for_the_module():
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    return write_job(tmp_path_factory.mktemp("interrupt"), designs_per_choice=1, racing=None)
+    # One trial at a time: a stage's second trial starts after its first is recorded, so a signal sent
+    # on that record lands mid-stage (two trials side by side end together, and it could land after).
+    return write_job(tmp_path_factory.mktemp("interrupt"), designs_per_choice=1, racing=None, max_concurrent_trials=1)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,8 @@ def test_run_decides_every_stage_and_status_reports_it(tmp_path_factory):
     assert "decided" not in stdout.replace("undecided", "")  # never "decided" beside "undecided"
     # The progress line gives the time left once a trial has a duration; "at most": the race may stop earlier.
     assert re.search(r"trials done.*, at most \d+(\.\d)? (s|min) left", stdout), stdout
+    # ... and, before the last stage, the search's: this stage's rows and every block of the later ones.
+    assert re.search(r"stage 1/2 \(grouping\): .*left \(the search: at most \d+(\.\d)? (s|min)\)", stdout), stdout
     assert "discovered design" in stdout
 
     assert state["status"] == "finished"

@@ -1,7 +1,7 @@
 """Experiment tracking against the real thing (search/tracking.py): a real `mlflow server` (SQLite
 backend store, local artifact root, a loopback port) started here, and W&B in offline mode.
 
-One small real search (MiniLM on the bundled tweets, one stage of two choices, two blocks of 4-step
+One small real search (MiniLM on the bundled tweets, one stage of two choices, two blocks of 3-step
 trials) logs to both; MLflow's client reads back one run per trial with its parameters and metrics,
 nested under the stage's run, which holds the decision; the W&B offline run files hold the same.
 A server that is down at the start stops `run` with exit 2 naming `tracking.mlflow` before the run
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers import cli
+from drivers import TINY_JOB, cli
 from tiny_search_run import needs_minilm_and_tweets
 
 pytest.importorskip("mlflow", reason="the MLflow client is an optional extra: pip install 'peft-search[mlflow]'")
@@ -38,21 +38,7 @@ SERVER = os.environ.get("MLFLOW_SERVER") or str(REPO / ".venv-mlflow" / "bin" / 
 needs_server = pytest.mark.skipif(not Path(SERVER).is_file(),
                                   reason=f"no MLflow server at {SERVER} (make test installs it in .venv-mlflow/)")
 
-JOB = {
-    "name": "tracked",
-    "backbone": "minilm",
-    "tasks": ["tweets"],
-    "data": {"source": "bundled"},
-    "budget_fraction": 0.005,
-    "stages": [{"component": "grouping", "candidates": ["uniform", "spindle"]}],
-    "designs_per_choice": 2,
-    "fidelity": {"max_steps": 4, "max_train_examples": 64, "max_eval_examples": 32},
-    "hyperparameters": {"batch_size": 8, "max_length": 32},
-    "seeds": [0],
-    "resources": {"cpus": 1},
-    "max_concurrent_trials": 2,
-    "retries": 0,
-}
+JOB = {**TINY_JOB, "name": "tracked", "stages": TINY_JOB["stages"][:1]}  # one stage of two choices, two blocks
 
 
 def free_port() -> int:

@@ -39,6 +39,7 @@ from peft_search.search.storage.run_dir import (
     utc_now,
     write_json_atomic,
 )
+from peft_search.search.time_left import unplanned_stage_tasks
 from peft_search.search.trials import trial_resources
 from peft_search.space import Design, DesignSpace
 
@@ -252,7 +253,8 @@ class Controller:
             run_stage(self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
                       self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index),
                       replay=self.rehearsal.for_plan(plan) if self.rehearsal is not None else None,
-                      slots=slots, callbacks=[self.tracker.callback(self.run_dir, tracked)] if self.tracker else None)
+                      slots=slots, callbacks=[self.tracker.callback(self.run_dir, tracked)] if self.tracker else None,
+                      later_stages=[unplanned_stage_tasks(self.spec, later) for later in range(index + 1, num_stages)])
             stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
             interrupt.check()  # Tune stopped early: the stage is not decided, whatever finished
             records = read_records(self.run_dir, index)

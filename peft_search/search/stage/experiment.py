@@ -94,12 +94,14 @@ class StageSearcher(Searcher):
 
 
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
-              racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1, callbacks: list | None = None) -> None:
+              racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1, callbacks: list | None = None,
+              later_stages: list[list[str]] = ()) -> None:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
     the records, so the rows that already have one are never trained again). `slots`: trials the
     cluster runs at once, which sizes `lookahead: auto`; `callbacks`, Tune callbacks (experiment
-    tracking: search/tracking.py). Once the race is
+    tracking: search/tracking.py); `later_stages`, the tasks of every trial each later stage could
+    run (the progress line's time left in the search: search/time_left.py). Once the race is
     decided, trials still running are stopped; they leave no record (their started markers are
     removed: nothing of this stage runs any more)."""
     searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay,
@@ -114,9 +116,13 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
 
     def time_left(records: list[dict]) -> str | None:
         survivors = searcher.state.survivors if racing is not None else None
-        left = rows_left(plan, records, survivors)
-        seconds = list_schedule_s([row.task for row in left], task_durations(earlier + records), slots)
-        return describe_time_left(seconds, at_most=racing is not None)
+        durations = task_durations(earlier + records)
+        stage_s = list_schedule_s([row.task for row in rows_left(plan, records, survivors)], durations, slots)
+        text = describe_time_left(stage_s, at_most=racing is not None)
+        if text is None or not later_stages:
+            return text
+        search_s = stage_s + sum(list_schedule_s(stage_tasks, durations, slots) for stage_tasks in later_stages)
+        return f"{text} (the search: {describe_time_left(search_s, at_most=racing is not None).removesuffix(' left')})"
 
     progress = RecordProgress(f"stage {plan.stage + 1}/{num_stages} ({plan.component})",
                               lambda: read_records(run_dir, plan.stage, finished=finished), f"{limit}{plan.num_trials}",
