@@ -160,15 +160,19 @@ def evaluate(run: str | Path | RunResult, *, final=None, address: str | None = N
     """Run (or finish) the final evaluation: the discovered design against the presets, learning
     rates tuned alike. `final`: a final section (mapping) when the spec has none or another is
     wanted. Returns the path of final.parquet."""
+    from peft_search.search.controller import open_tracker
     from peft_search.search.final.evaluate import evaluate_run
     from peft_search.search.spec import load_run_spec
     from peft_search.search.storage.run_dir import require_run
 
-    run_dir = _run_dir(run)
+    run_dir = require_run(_run_dir(run))
+    spec = load_run_spec(run_dir / "spec.yaml")
     if final is not None and not hasattr(final, "contenders"):
-        final = load_run_spec(require_run(run_dir) / "spec.yaml").with_final(final).final
+        final = spec.with_final(final).final
     with _progress(progress) as say:
-        return _location(evaluate_run(run_dir, final=final, address=address, say=say))
+        # The run's trackers log its seeded runs and contenders, as when the search ran it.
+        return _location(evaluate_run(run_dir, final=final, address=address, say=say,
+                                      tracker=open_tracker(spec, run_dir.name)))
 
 
 def export(run: str | Path | RunResult, out: str | Path) -> Path | str:
