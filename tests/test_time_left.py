@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peft_search.search.status import run_status
-from peft_search.search.time_left import describe_time_left, list_schedule_s, task_durations
+from peft_search.search.time_left import TRIAL_START_S, describe_time_left, list_schedule_s, task_durations
 
 PARTIAL = Path(__file__).parent / "data" / "runs-v0.1" / "partial"
 
@@ -19,17 +19,18 @@ def test_durations_are_each_tasks_mean_and_the_overall_mean_stands_in_for_an_unm
                {"task": "cola", "wall_time_s": 45.0}, {"task": "cola", "wall_time_s": None}]
     durations = task_durations(records)
     assert durations == {"sst2": 15.0, "cola": 45.0, "*": 25.0}
-    assert list_schedule_s(["mrpc"], durations, slots=1) == 25.0
+    assert list_schedule_s(["mrpc"], durations, slots=1, start_s=0) == 25.0
 
 
 def test_each_trial_starts_on_the_first_slot_that_frees_in_the_plans_order():
     durations = {"sst2": 10.0, "cola": 30.0, "*": 20.0}
     # On 2 slots: sst2 | sst2 from 0 to 10, then cola on the first free one, 10 to 40.
-    assert list_schedule_s(["sst2", "sst2", "cola"], durations, slots=2) == 40.0
+    assert list_schedule_s(["sst2", "sst2", "cola"], durations, slots=2, start_s=0) == 40.0
     # cola first: cola 0-30 | sst2 0-10, sst2 10-20: 30.
-    assert list_schedule_s(["cola", "sst2", "sst2"], durations, slots=2) == 30.0
-    assert list_schedule_s(["sst2"] * 8, durations, slots=8) == 10.0  # one wave
-    assert list_schedule_s(["sst2"] * 8, durations, slots=1) == 80.0
+    assert list_schedule_s(["cola", "sst2", "sst2"], durations, slots=2, start_s=0) == 30.0
+    assert list_schedule_s(["sst2"] * 8, durations, slots=8, start_s=0) == 10.0  # one wave
+    assert list_schedule_s(["sst2"] * 8, durations, slots=1, start_s=0) == 80.0
+    assert list_schedule_s(["sst2"] * 8, durations, slots=1) == pytest.approx(8 * (10 + TRIAL_START_S))  # Tune's start cost
     assert list_schedule_s([], durations, slots=4) == 0.0
     assert list_schedule_s(["sst2"], {}, slots=4) is None  # nothing measured yet: no figure
 
@@ -51,6 +52,7 @@ def test_status_gives_the_running_stage_and_the_search_their_time_left(tmp_path)
     stages = {s["stage"]: s for s in status["stages"]}
     assert stages[0]["status"] == "undecided" and stages[0]["time_left_s"] == 0  # decided before outcomes: no guarantee
     # 2 rows left, one at a time (the spec's max_concurrent_trials: the run predates recorded slots).
-    assert stages[1]["time_left_s"] == pytest.approx(2 * trial_s)
-    assert status["estimated_remaining_s"] == pytest.approx(2 * trial_s, abs=0.1)
-    assert f"{describe_time_left(2 * trial_s, status['time_left_at_most'])} in the search's stages" in status["text"]
+    left = 2 * (trial_s + TRIAL_START_S)
+    assert stages[1]["time_left_s"] == pytest.approx(left)
+    assert status["estimated_remaining_s"] == pytest.approx(left, abs=0.1)
+    assert f"{describe_time_left(status['estimated_remaining_s'], status['time_left_at_most'])} in the search's stages" in status["text"]

@@ -40,6 +40,7 @@ import numpy as np
 
 from peft_search.errors import InputError
 from peft_search.search.seeds import derive_seed
+from peft_search.search.time_left import TRIAL_START_S
 from peft_search.search.stage.decide import decide_plan
 from peft_search.search.stage.dispatch import Dispatch
 from peft_search.search.stage.estimate import config_steps
@@ -55,7 +56,7 @@ STREAMS = {  # recorded reference stages (docs/benchmarks.md, "Decisions")
 # The driver's time to launch one trial: fitted to a rehearsal on the 2-core head (tests/test_rehearsal.py:
 # 8 logical GPUs, reused actors; docs/benchmarks.md, "A search on a cluster"). 0.8 s was measured there
 # with a fresh actor per trial.
-DEFAULT_START_S = 0.45
+DEFAULT_START_S = TRIAL_START_S  # search/time_left.py: the same figure estimates a run's time left
 # Seconds per optimiser step when none is given: our LoRA on MiniLM, batch 32, length 128, on the
 # 2-core CPU VM (docs/benchmarks.md, "PEFT injection: training-step time"). A GPU's is far shorter:
 # give --step-time, or --step-time-from a run whose trials ran on the cluster's GPUs.

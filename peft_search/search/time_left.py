@@ -3,9 +3,11 @@ left"): the progress line and `status` say it.
 
 A stage still trains the rows its race may need: the rows without a record of the choices still in
 it (every row without a record, without racing). A task's trial lasts, by estimate, the mean wall
-time of the run's trials on it (the mean over every task for a task not yet measured). Rows run
-`slots` at a time (the cluster's trial slots, recorded per stage), each on the first slot that
-frees, in the plan's order, as the dispatch hands them out block by block (list scheduling).
+time of the run's trials on it (the mean over every task for a task not yet measured), plus Tune's
+cost of starting it (TRIAL_START_S, the cluster simulator's figure: a record's wall time is the
+trainable's own). Rows run `slots` at a time (the cluster's trial slots, recorded per stage), each
+on the first slot that frees, in the plan's order, as the dispatch hands them out block by block
+(list scheduling).
 A race can stop at any look, so under racing it is "at most"; a stage not yet planned counts every
 block it could run. Pure Python.
 """
@@ -15,6 +17,10 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from typing import Iterable, Sequence
+
+# Seconds Tune's driver takes to start a trial, on top of the trial's own wall time: fitted on a
+# 2-core head with reused actors (tests/test_rehearsal.py); the cluster simulator's default too.
+TRIAL_START_S = 0.45
 
 
 def task_durations(records: Iterable[dict]) -> dict[str, float]:
@@ -30,16 +36,18 @@ def task_durations(records: Iterable[dict]) -> dict[str, float]:
     return durations
 
 
-def list_schedule_s(tasks: Sequence[str], durations: dict[str, float], slots: int) -> float | None:
+def list_schedule_s(tasks: Sequence[str], durations: dict[str, float], slots: int,
+                    start_s: float = TRIAL_START_S) -> float | None:
     """How long trials of these tasks take on `slots` slots, each started in order on the first slot
-    that frees; 0 with nothing to run, None with nothing measured yet."""
+    that frees and costing its measured duration plus `start_s`; 0 with nothing to run, None with
+    nothing measured yet."""
     if not tasks:
         return 0.0
     if "*" not in durations:
         return None
     free_at = [0.0] * max(1, min(slots, len(tasks)))  # when each slot is next free
     for task in tasks:
-        heapq.heappush(free_at, heapq.heappop(free_at) + durations.get(task, durations["*"]))
+        heapq.heappush(free_at, heapq.heappop(free_at) + durations.get(task, durations["*"]) + start_s)
     return max(free_at)
 
 
@@ -70,4 +78,4 @@ def describe_time_left(seconds: float | None, at_most: bool) -> str | None:
     return f"{'at most' if at_most else 'about'} {amount} left"
 
 
-__all__ = ["describe_time_left", "list_schedule_s", "rows_left", "task_durations", "unplanned_stage_tasks"]
+__all__ = ["TRIAL_START_S", "describe_time_left", "list_schedule_s", "rows_left", "task_durations", "unplanned_stage_tasks"]
