@@ -3,6 +3,8 @@
 VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3.11
+# The test set-up builds two virtual environments (.venv/ and the MLflow server's): side by side.
+MAKEFLAGS += --jobs=2
 
 .PHONY: setup test quickstart
 
