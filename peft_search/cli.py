@@ -71,13 +71,13 @@ def _counting_backbone(model: str):
     """A weightless (meta-device) model, enough to plan, inject and count parameters: with the
     checkpoint's own classification head when it has one (said on stderr), else a 2-label head."""
     from peft_search.peft import load_backbone
-    from peft_search.peft.backbones import checkpoint_head
+    from peft_search.peft.backbones import head_name
 
-    head = checkpoint_head(model)
-    if head.labels is not None:
-        print(f"the checkpoint's {head.describe()} is counted as the head here; a task with another number of labels "
-              "trains a new head in its place", file=sys.stderr)
-    return load_backbone(model, num_labels=head.labels or 2, meta=True)
+    backbone = load_backbone(model, num_labels=None, meta=True)  # the checkpoint's own head size
+    if backbone.checkpoint_head["head"] == "kept":
+        print(f"the checkpoint's {head_name(backbone.config.num_labels)} is counted as the head here; a task with "
+              "another number of labels trains a new head in its place", file=sys.stderr)
+    return backbone
 
 
 def cmd_space_sample(args) -> int:

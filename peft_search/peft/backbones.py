@@ -265,30 +265,26 @@ class CheckpointHead:
     """What a checkpoint's own sequence-classification head is, against the head a task needs
     (docs/design.md, "Backbones": a checkpoint's own head)."""
 
-    labels: int | None  # the checkpoint's head outputs; None: it has no classification head
-    regression: bool = False  # one output: a regression head
+    labels: int | None  # the checkpoint's head outputs (one: a regression); None: it has no classification head
 
-    def fits(self, num_labels: int, problem_type: str | None) -> bool:
-        """The task can start from this head: the same outputs (one is a regression, two or more classes)."""
-        return self.labels == num_labels
+    def fate(self, num_labels: int) -> str:
+        """new (no head in the checkpoint) | kept (the task's outputs: one for a regression, the number
+        of classes otherwise) | replaced (by a new head of the task's size)."""
+        return "new" if self.labels is None else "kept" if self.labels == num_labels else "replaced"
 
-    def fate(self, num_labels: int, problem_type: str | None) -> str:
-        """new (no head in the checkpoint) | kept (it fits) | replaced (a new head of the task's size)."""
-        return "new" if self.labels is None else "kept" if self.fits(num_labels, problem_type) else "replaced"
-
-    def describe(self) -> str:
-        return "regression head" if self.regression else f"{self.labels}-label head"
-
-    def message(self, num_labels: int, problem_type: str | None, task: str, future: bool = False) -> str | None:
+    def message(self, num_labels: int, task: str, future: bool = False) -> str | None:
         """What a run says once per task about the checkpoint's head (`future`: a dry run's "will be");
         None without one."""
-        new = "regression head" if problem_type == "regression" else f"{num_labels}-label head"
         verb = "will be" if future else "is"
         return {
             "new": None,
-            "kept": f"the checkpoint's {self.describe()} {verb} kept for {task} (it fits: training starts from it)",
-            "replaced": f"the checkpoint's {self.describe()} {verb} replaced by a new {new} for {task}",
-        }[self.fate(num_labels, problem_type)]
+            "kept": f"the checkpoint's {head_name(self.labels)} {verb} kept for {task} (it fits: training starts from it)",
+            "replaced": f"the checkpoint's {head_name(self.labels)} {verb} replaced by a new {head_name(num_labels)} for {task}",
+        }[self.fate(num_labels)]
+
+
+def head_name(labels: int) -> str:
+    return "regression head" if labels == 1 else f"{labels}-label head"
 
 
 def checkpoint_head(name_or_path: str, local_files_only: bool = False) -> CheckpointHead:
@@ -316,7 +312,7 @@ def checkpoint_head(name_or_path: str, local_files_only: bool = False) -> Checkp
         for key, shape in head_shapes.items():
             if key in saved and saved[key] != shape:
                 labels = saved[key][0]  # the output layer, the one whose size the labels set
-    return CheckpointHead(labels, regression=labels == 1)
+    return CheckpointHead(labels)
 
 
 def saved_tensor_shapes(source: str) -> dict[str, tuple[int, ...]] | None:
@@ -361,8 +357,8 @@ def reinitialise_head(model) -> None:
 
 
 def load_backbone(
-    name_or_path: str, num_labels: int = 2, problem_type: str | None = None, meta: bool = False, local_files_only: bool = False,
-    pad_token_id: int | None = None, dtype: str = "float32",
+    name_or_path: str, num_labels: int | None = 2, problem_type: str | None = None, meta: bool = False,
+    local_files_only: bool = False, pad_token_id: int | None = None, dtype: str = "float32",
 ):
     """A sequence-classification model on the backbone; `meta=True` builds it without weights (for
     planning and counting, no memory used); `local_files_only` as for `load_config`.
@@ -371,6 +367,7 @@ def load_backbone(
     regression or not) and otherwise gets a freshly initialised head of the task's size, as a bare
     backbone does; the backbone's own weights load either way. `model.checkpoint_head` says which:
     new | kept | replaced, with the checkpoint's head size (`CheckpointHead.message` says it in words).
+    `num_labels=None`: the checkpoint's own head size (2 without one), for counting parameters.
 
     A decoder-only model scores the last token that is not its config's `pad_token_id`; a config
     without one (gpt2, llama) gets `pad_token_id` (the tokenizer's, which pads the batches) or else
@@ -379,7 +376,8 @@ def load_backbone(
     from transformers import AutoModelForSequenceClassification
 
     head = checkpoint_head(name_or_path, local_files_only=local_files_only)
-    fate = head.fate(num_labels, problem_type)
+    num_labels = num_labels if num_labels is not None else head.labels or 2
+    fate = head.fate(num_labels)
     overrides = {"num_labels": num_labels}
     if fate != "kept":  # the checkpoint's label names describe its own head, not this task's
         overrides["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}

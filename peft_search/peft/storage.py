@@ -30,7 +30,7 @@ def save_peft(model, report: InjectionReport, directory: str | Path) -> Path:
         "head_params": report.head_params,
         # The head it trained: from the checkpoint (kept), or new (a bare backbone's, or replacing the
         # checkpoint's own head of another size: docs/design.md, "Backbones").
-        **{key: value for key, value in (getattr(model, "checkpoint_head", None) or {}).items()},
+        **(getattr(model, "checkpoint_head", None) or {}),
         "plan": report.plan.to_dict(),
     }
     # Weights first, design last: a design.json always has its complete weights beside it.

@@ -218,22 +218,21 @@ _heads_said: set[tuple[str, str]] = set()
 def checkpoint_head_notes(backbone: str, tasks, offline: bool = False) -> list[str]:
     """Per task, what happens to the checkpoint's own classification head (kept, or replaced by a new
     head of the task's size; nothing for a checkpoint without one): docs/design.md, "Backbones"."""
-    from peft_search.peft.backbones import model_location
-    from peft_search.train.prepare import checkpoint_head_note
+    from peft_search.peft.backbones import checkpoint_head, model_location
 
     if offline and model_location(backbone) == "hub":
         return []  # a dry run does not fetch a Hub config it lacks; the run says it
-    notes = (checkpoint_head_note(backbone, get_task(task), local_files_only=offline, future=offline) for task in tasks)
+    head = checkpoint_head(backbone, local_files_only=offline)  # once, whatever the number of tasks
+    notes = (head.message(get_task(task).num_labels, task, future=offline) for task in tasks)
     return [note for note in notes if note]
 
 
 def say_checkpoint_heads(backbone: str, tasks, say) -> None:
     """`checkpoint_head_notes`, each said once per process (a run's stages and its final evaluation)."""
-    for task in tasks:
-        if (backbone, task) not in _heads_said:
-            _heads_said.add((backbone, task))
-            for note in checkpoint_head_notes(backbone, [task]):
-                say(note)
+    unsaid = [task for task in tasks if (backbone, task) not in _heads_said]
+    _heads_said.update((backbone, task) for task in unsaid)
+    for note in checkpoint_head_notes(backbone, unsaid) if unsaid else ():
+        say(note)
 
 
 def load_profile(spec: SearchSpec, offline: bool, unchecked: list[str]):

@@ -14,7 +14,7 @@ import torch
 
 from peft_search.errors import InputError
 from peft_search.peft import apply_plan, load_backbone, profile_backbone, resolve_model
-from peft_search.peft.backbones import PADS_LEFT, checkpoint_head, load_config
+from peft_search.peft.backbones import PADS_LEFT, CheckpointHead, load_config
 from peft_search.train.data import TaskData, load_task_data
 from peft_search.train.fit import Fit, plan_fit
 from peft_search.train.tasks import Task, get_task
@@ -54,13 +54,6 @@ def load_data(config, tokenizer) -> TaskData:
 
 def problem_type(task: Task) -> str:
     return "regression" if task.regression else "single_label_classification"
-
-
-def checkpoint_head_note(model: str, task: Task, local_files_only: bool = False, future: bool = False) -> str | None:
-    """What happens to `model`'s own classification head on `task` (backbones.CheckpointHead): kept,
-    replaced by a new head of the task's size, or None when the checkpoint has none."""
-    head = checkpoint_head(model, local_files_only=local_files_only)
-    return head.message(task.num_labels, problem_type(task), task.name, future=future)
 
 
 def load_model(model: str, task: Task, meta: bool = False, tokenizer=None, dtype: str = "float32"):
@@ -138,8 +131,8 @@ def prepare(config, log=None) -> Prepared:
     # Seed before building the model: the task head and the PEFT modules are initialised at random.
     set_seed(config.seed)
     model = load_model(config.model, data.task, tokenizer=tokenizer, dtype=config.backbone_dtype)
-    if model.checkpoint_head["head"] != "new":
-        say(checkpoint_head_note(config.model, data.task))
+    if model.checkpoint_head["head"] != "new":  # what became of the checkpoint's own head (backbones.py)
+        say(CheckpointHead(model.checkpoint_head["checkpoint_labels"]).message(data.task.num_labels, data.task.name))
     fit = check_fit(config, model)
     # Which head it trains: new, the checkpoint's own (kept), or a new one replacing it (backbones.py).
     counts = {**fit.counts(), "head": model.checkpoint_head["head"], "checkpoint_head_labels": model.checkpoint_head["checkpoint_labels"]}
