@@ -27,17 +27,15 @@ import time
 from typing import Callable
 
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from peft_search.errors import InputError
 from peft_search.search.storage.run_dir import read_json
 
-# Tune fills these into every result; the tracker logs what the trial itself reported.
-TUNE_RESULT_KEYS = frozenset({
-    "training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip", "hostname", "pid",
-    "time_this_iter_s", "timestamp", "date", "time_since_restore", "timesteps_since_restore",
-    "iterations_since_restore", "config", "checkpoint_dir_name", "done", "trial_id", "experiment_tag", "replayed",
-    "should_checkpoint",
-})
+# Tune fills these into every result (ours: the trial id, and whether a record was replayed); the
+# tracker logs what the trial itself reported.
+TUNE_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"time_this_iter_s", "done", "trial_id", "experiment_tag", "replayed",
+                                                 "should_checkpoint"}
 # A tracking server that does not answer fails fast: a few tries over seconds, not MLflow's default of minutes.
 # Our lines say where the runs are, once (`Tracker.where`), instead of MLflow's two lines per run.
 MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -130,6 +128,9 @@ class MLflowBackend:
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(self.experiment_name))
 
+    def describe(self) -> str:
+        return f"the MLflow tracking server at {self.uri}"
+
     def where(self) -> str:
         base = self.uri.rstrip("/")
         url = f"{base}/#/experiments/{self.experiment_id}" if base.startswith("http") else base
@@ -174,6 +175,9 @@ class WandbBackend:
         if self.section.mode == "online" and not (os.environ.get("WANDB_API_KEY") or self.wandb.api.api_key):
             raise InputError(self.name, "mode online needs an API key: set WANDB_API_KEY or run `wandb login` (or give "
                              "mode: offline and `wandb sync` the runs later)")
+
+    def describe(self) -> str:
+        return "W&B"
 
     def where(self) -> str:
         if self.section.mode == "offline":
@@ -236,7 +240,7 @@ class Tracker:
         except InputError:
             raise
         except Exception as error:
-            raise InputError(backend.name, f"{describe(backend)} does not answer: {short(error)}") from None
+            raise InputError(backend.name, f"{backend.describe()} does not answer: {short(error)}") from None
 
     def _each(self, what: str, call) -> dict[str, object]:
         """`call(backend)` on every tracker still on; a failure warns once and switches that one off."""
@@ -301,10 +305,6 @@ class Tracker:
     def callback(self, run_dir, parent: dict | None = None) -> "TrialLogger":
         """A Ray Tune callback that logs each trial of an experiment under `parent` (a stage's handle)."""
         return TrialLogger(self, run_dir, parent)
-
-
-def describe(backend) -> str:
-    return f"the MLflow tracking server at {backend.uri}" if isinstance(backend, MLflowBackend) else "W&B"
 
 
 def short(error: BaseException) -> str:

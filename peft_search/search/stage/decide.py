@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from peft_search.search.stage.confidence import DRAWS, Comparison, compare_blocks, compare_independent, t_quantile
-from peft_search.search.stage.selection import RUNNING, SELECTED, TIE, UNDECIDED  # noqa: F401 (RUNNING: a status)
+from peft_search.search.stage.selection import SELECTED, TIE, UNDECIDED
 from peft_search.search.stage.scores import DesignScore, TrialScore, design_scores, trial_scores
 
 CONFIDENCE = 0.95
@@ -115,7 +115,7 @@ class Decision:
 
 # A stage's status is what happened to it (docs/design.md, "Outcomes"): before and while it runs,
 # pending | running | interrupted | failed | skipped; once decided, its outcome.
-PENDING, INTERRUPTED, FAILED, SKIPPED = "pending", "interrupted", "failed", "skipped"
+SKIPPED = "skipped"
 OUTCOMES = (SELECTED, TIE, UNDECIDED)
 DECIDED_BEFORE_OUTCOMES = "decided"  # the status of every decided stage in a state.json written before 0.4
 

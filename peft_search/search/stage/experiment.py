@@ -20,7 +20,7 @@ from peft_search.search.stage.dispatch import Dispatch
 from peft_search.search.stage.plan import StagePlan
 from peft_search.search.stage.racing import RaceState, race_state
 from peft_search.search.storage.paths import StoragePath
-from peft_search.search.storage.records import read_records, started_trials
+from peft_search.search.storage.records import read_records, read_results, started_trials
 from peft_search.search.storage.run_dir import stage_dir
 from peft_search.search.time_left import describe_time_left, list_schedule_s, rows_left, task_durations
 from peft_search.search.trials import record_failure
@@ -112,7 +112,9 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     unrecorded = len({row.trial_id for row in plan.rows} - {r["trial_id"] for r in read_records(run_dir, plan.stage)})
     limit = "at most " if racing is not None else ""
     finished: dict[str, dict] = {}  # every 2 s the progress line lists the records; each finished one is read once
-    earlier = [r for r in read_records(run_dir) if r["stage"] < plan.stage]  # their durations count until this stage has its own
+    # Earlier stages' trial durations count until this stage has its own: from results.parquet, one
+    # read (on an object store, reading every record again would be one GET each).
+    earlier = [r for r in read_results(run_dir, ["stage", "task", "wall_time_s"]) if r["stage"] < plan.stage]
 
     def time_left(records: list[dict]) -> str | None:
         survivors = searcher.state.survivors if racing is not None else None

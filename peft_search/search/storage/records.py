@@ -61,6 +61,13 @@ def read_parquet(path: StoragePath) -> pa.Table:
     return pq.read_table(pa.BufferReader(path.read_bytes()))
 
 
+def read_results(run_dir: StoragePath, columns: list[str] | None = None) -> list[dict]:
+    """The rows of `results.parquet` (every stage record as of the last decision; one read, where the
+    records are one read each); empty before the first stage decides."""
+    path = run_dir / RESULTS_FILE
+    return read_parquet(path).select(columns or list(RESULT_COLUMNS)).to_pylist() if path.is_file() else []
+
+
 def write_results(run_dir: StoragePath) -> StoragePath:
     records = read_records(run_dir)
     columns = {name: [r.get(name) for r in records] for name in RESULT_COLUMNS}
