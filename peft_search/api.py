@@ -58,10 +58,11 @@ class StageResult:
     trials_failed: int
     time_left_s: float | None  # 0 once decided; None before any trial was timed
     summary: str  # the one-line decision, as `peft-search status` prints it
+    kept_as: str | None = None  # once decided: "selected", "tie (kept)" or "kept: best mean, no claim"
 
     @property
     def decided(self) -> bool:
-        return self.outcome in ("selected", "tie", "undecided")
+        return self.kept_as is not None
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class RunResult:
 
 def status(run: str | Path | RunResult) -> RunResult:
     """Where a run stands, read from its directory (local or object store); no Ray needed."""
-    from peft_search.search.stage.decide import Decision
+    from peft_search.search.stage.decide import Decision, kept_as
     from peft_search.search.status import decision_summary, run_status
 
     data = run_status(_run_dir(run))
@@ -106,7 +107,8 @@ def status(run: str | Path | RunResult) -> RunResult:
         )
         summary = decision_summary(decision) if decision is not None else (stage["skipped"] or "")
         stages.append(StageResult(stage["stage"], stage["component"], stage["status"], stage["winner"], choices,
-                                  stage["done"], stage["planned"], stage["failed"], stage["time_left_s"], summary))
+                                  stage["done"], stage["planned"], stage["failed"], stage["time_left_s"], summary,
+                                  kept_as(decision) if decision is not None else None))
     found = data["discovered"]
     return RunResult(
         run_dir=data["run_dir"], status=data["status"], stages=tuple(stages),

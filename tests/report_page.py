@@ -37,7 +37,7 @@ class Page(HTMLParser):
             self.decisions[self._stage][self._choice][a["data-field"]] = a.get("data-value")
         if tag == "tr" and "data-trial" in a:
             self.trials.append(a)
-        if tag == "p" and "data-winner" in a:
+        if tag == "p" and "data-kept" in a:
             self.decision_lines[self._section_stage] = a
 
     def handle_endtag(self, tag):

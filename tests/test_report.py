@@ -4,8 +4,11 @@ input is refused with exit status 2. Failed trials in the report: tests/test_sea
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
+from html import escape
 import subprocess
 from pathlib import Path
 
@@ -79,7 +82,7 @@ def test_decisions_table_equals_a_recomputation_from_results_parquet(run_dir):
                 value = getattr(stats, field)
                 assert (shown is None and value is None) or float(shown) == value, (index, stats.choice, field, shown, value)
         line = page.decision_lines[index]
-        assert line["data-winner"] == again.winner and (line["data-runner-up"] or None) == again.runner_up
+        assert line["data-kept"] == again.winner and (line["data-runner-up"] or None) == again.runner_up
         # A raced stage shows its selection procedure's verdict, and no P(best).
         assert line["data-outcome"] == again.outcome in ("selected", "tie", "undecided")
         assert "data-win-probability" not in line and again.win_probability is None
@@ -132,6 +135,54 @@ def test_report_of_a_run_still_going_shows_what_is_decided(run_dir, tmp_path):
     assert set(page.decisions) == {0}
     assert "Not decided yet: 2 of 4 trials recorded (0 failed)." in " ".join(page.text)
     assert sum(1 for t in page.trials if t["data-trial"] in {p.stem for p in trials[:2]}) == 2
+
+
+@pytest.mark.parametrize("outcome", ["selected", "tie", "undecided", None], ids=["selected", "tie", "undecided",
+                                                                              "no-procedure"])
+def test_every_surface_names_the_kept_choice_by_the_stage_outcome(run_dir, tmp_path, outcome):
+    """The report's header, table, decision line and plot legend, status's text and the API say what
+    status says; an undecided stage is never called decided, nor its best mean a winner."""
+    from peft_search import api
+    from peft_search.reporting.plots import legend_labels
+    from peft_search.search.stage.decide import Decision, decision_outcome, kept_as
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report"))
+    state = json.loads((copy / "state.json").read_text())
+    stage = state["stages"][0]
+    decision = Decision.from_dict(stage["decision"])
+    tied = tuple(c.choice for c in decision.choices) if outcome == "tie" else ()
+    decision = dataclasses.replace(decision, outcome=outcome, tied=tied)
+    stage.update(decision=decision.to_dict(), status=decision_outcome(decision))
+    (copy / "state.json").write_text(json.dumps(state))
+    kept = {"selected": "selected", "tie": "tie (kept)"}.get(outcome, "kept: best mean, no claim")
+    assert kept_as(decision) == kept
+
+    index = write_report(copy)
+    html = index.read_text()
+    other = state["stages"][1]["status"]
+    counts = {"selected": 0, "tie": 0, "undecided": 0}
+    for status in (decision_outcome(decision), other):
+        counts[status] += 1
+    header = f"2 stages: {counts['selected']} selected, {counts['tie']} tie{'s' if counts['tie'] != 1 else ''}, {counts['undecided']} undecided"
+    assert header in html
+    section = html[html.index('<section class="stage" data-stage="0"'):]
+    section = section[:section.index("</section>")]
+    assert f'data-status="{decision_outcome(decision)}"' in section
+    row = section[section.index('<tr class="kept"'):]
+    assert row.startswith(f'<tr class="kept" data-choice="{escape(decision.winner)}"><td>{escape(decision.winner)} '
+                          f"<small>({escape(kept)})</small>")
+    assert section.count('class="kept"') == 1
+    legend = legend_labels(decision)
+    assert sum(label.endswith(f" - {kept}") for label in legend) == 1
+    if decision_outcome(decision) == "undecided":
+        for text in (section, " ".join(legend)):
+            assert not re.search(r"\bdecided\b|winner", text, re.IGNORECASE), text
+
+    status = run_status(copy)
+    assert header in status["text"]
+    result = api.status(copy)
+    assert result.stages[0].outcome == decision_outcome(decision) and result.stages[0].kept_as == kept
 
 
 def test_bad_input_is_refused_with_exit_status_2(run_dir, tmp_path, capsys):

@@ -2,7 +2,7 @@
 beside it, referenced by relative paths, so the directory opens from disk or can be copied anywhere.
 
     <out>/index.html
-    <out>/edf-stage<i>.png      one per decided stage
+    <out>/edf-stage<i>.png      one per stage with a decision
     <out>/final-comparison.png  when the run has a final evaluation
 
 The decisions table's cells are formatted by the same function as `peft-search status`
@@ -29,7 +29,7 @@ from peft_search.reporting.tables import (
     paired_differences,
     space_path,
 )
-from peft_search.search.stage.decide import OUTCOMES, decision_outcome
+from peft_search.search.stage.decide import decision_outcome, kept_as, outcome_counts
 from peft_search.search.status import choice_cells, collapse_warning, decision_summary
 from peft_search.search.storage.paths import LocalStaging, StoragePath
 from peft_search.space import Design
@@ -44,7 +44,7 @@ h3 { font-size: 1.05em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.winner td { font-weight: bold; background: #eef7ee; }
+tr.kept td { font-weight: bold; background: #eef7ee; }
 tr.failed td { background: #fbeaea; }
 tr.group th { background: #f2f2f2; }
 code, pre { font-size: 0.85em; } pre { white-space: pre-wrap; margin: 0; max-width: 50em; }
@@ -103,19 +103,19 @@ def _table(headers: list[str], rows: list[str], cls: str = "", attrs: str = "") 
 
 def _header(run: RunView) -> str:
     spec = run.spec
-    decided = sum(1 for s in run.stages if s.status in OUTCOMES)
     lines = [
         f"<h1>peft-search report: {escape(run.name)}</h1>",
         f'<p>Run <code>{escape(str(run.run_dir))}</code>: <b>{escape(run.state["status"])}</b>, '
-        f"{decided} of {len(run.stages)} stages decided. Backbone <code>{escape(spec.backbone)}</code>; "
+        f"{escape(outcome_counts([s.status for s in run.stages]))}. Backbone <code>{escape(spec.backbone)}</code>; "
         f"tasks {escape(', '.join(spec.tasks))}; budget {spec.budget_fraction:g} of the backbone's parameters; "
         f"{spec.designs_per_choice} designs per choice; training seeds {spec.seeds}; "
         f"fidelity {escape(_fidelity_text(spec.fidelity))}.</p>",
         f'<p class="note">Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}. '
-        "A design's score is the mean over tasks of each task's main metric; a stage keeps the choice with the "
-        "best mean design score. The interval is a Student-t 95% interval of the mean. A raced stage is decided by "
-        "its selection procedure (KN with a stop for ties: selected, tie within delta, or undecided; docs/design.md, "
-        "Selection procedure) and shows no P(best). Elsewhere P(best) is each choice's "
+        "A design's score is the mean over tasks of each task's main metric. The interval is a Student-t 95% "
+        "interval of the mean. A raced stage ends by its selection procedure (KN with a stop for ties; docs/design.md, "
+        "Outcomes): selected (a claim at its confidence), tie within delta (one of the tied kept), or undecided "
+        "(the best mean kept, no claim); it shows no P(best). A stage without one keeps the best mean and claims "
+        "nothing; its P(best) is each choice's "
         "posterior probability of being the best: for paired designs (blocks) from the randomized complete block "
         "model, for independent designs from each choice's own t posterior (docs/design.md, Decisions); "
         "'-' where too few blocks or designs leave the noise unknown.</p>",
@@ -179,9 +179,10 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
     rows = []
     for stats in decision.choices:
         cells = choice_cells(stats)
-        cls = "winner" if stats.choice == decision.winner else ""
+        kept = stats.choice == decision.winner
         rows.append(
-            f'<tr class="{cls}" data-choice="{escape(stats.choice)}"><td>{escape(stats.choice)}</td>'
+            f'<tr class="{"kept" if kept else ""}" data-choice="{escape(stats.choice)}">'
+            f'<td>{escape(stats.choice)}{f" <small>({escape(kept_as(decision))})</small>" if kept else ""}</td>'
             + _num(stats.mean, cells["mean"]).replace("<td", '<td data-field="mean"', 1)
             + _num(stats.median, cells["median"]).replace("<td", '<td data-field="median"', 1)
             + _num(stats.ci_low, cells["ci"].split(",")[0].lstrip("[") if stats.scored else None).replace("<td", '<td data-field="ci_low"', 1)
@@ -210,14 +211,16 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
     if decision.outcome is not None:  # decided by the selection procedure: its verdict is the claim
         claim = (f"Selection procedure (KN, delta {decision.delta:g}, confidence {decision.selection_confidence:g}): "
                  f"{escape(decision.outcome)}" + (f", tied: {escape(', '.join(decision.tied))}" if decision.tied else "")
-                 + "; no P(best) is claimed (docs/design.md, Selection procedure).")
+                 + f"; the kept choice: {escape(decision.winner or '-')} ({escape(kept_as(decision))}); no P(best) is "
+                 "claimed (docs/design.md, Outcomes).")
     elif probability is not None:
-        claim = (f"{escape(decision.winner)} is the best with probability {probability:.2f} ({evidence}, "
-                 f"{decision.resamples} Monte Carlo draws, seed {decision.seed}).")
+        claim = (f"No selection procedure: {escape(kept_as(decision))}. P(best) of {escape(decision.winner)}: "
+                 f"{probability:.2f} ({evidence}, {decision.resamples} Monte Carlo draws, seed {decision.seed}).")
     else:
-        claim = f"P(best) unknown: {evidence} with too few blocks or designs to estimate the noise."
+        claim = (f"No selection procedure: {escape(kept_as(decision))}. P(best) unknown: {evidence} with too few "
+                 "blocks or designs to estimate the noise.")
     parts.append(
-        f'<p class="decision" data-winner="{escape(decision.winner or "")}" data-runner-up="{escape(decision.runner_up or "")}"'
+        f'<p class="decision" data-kept="{escape(decision.winner or "")}" data-runner-up="{escape(decision.runner_up or "")}"'
         + (f' data-win-probability="{probability!r}"' if probability is not None else "")
         + (f' data-outcome="{escape(decision.outcome)}"' if decision.outcome is not None else "")
         + ">" + claim + race + "</p></section>"

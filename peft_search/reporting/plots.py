@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-from peft_search.search.stage.decide import Decision  # noqa: E402
+from peft_search.search.stage.decide import Decision, kept_as  # noqa: E402
 
 
 def edf_plot(decision: Decision, title: str, path: Path) -> Path:
@@ -23,16 +23,13 @@ def edf_plot(decision: Decision, title: str, path: Path) -> Path:
     scores = [s for c in decision.choices for s in c.edf_scores]
     low, high = (min(scores), max(scores)) if scores else (0.0, 1.0)
     pad = max((high - low) * 0.05, 1e-3)
-    for stats in decision.choices:
-        label = f"{stats.choice} (n={stats.n_finished}"
-        label += f", {stats.n_failed} failed)" if stats.n_failed else ")"
+    for stats, label in zip(decision.choices, legend_labels(decision)):
         if not stats.scored:
-            axes.plot([], [], label=label + ": no scored design")
+            axes.plot([], [], label=label)
             continue
         xs = [low - pad, *stats.edf_scores, high + pad]
         ys = [0.0, *stats.edf_fractions, 1.0]
-        width = 2.4 if stats.choice == decision.winner else 1.4
-        (line,) = axes.step(xs, ys, where="post", linewidth=width, label=label + (" - winner" if stats.choice == decision.winner else ""))
+        (line,) = axes.step(xs, ys, where="post", linewidth=2.4 if stats.choice == decision.winner else 1.4, label=label)
         axes.axvline(stats.mean, color=line.get_color(), linestyle=":", linewidth=1)
     axes.set_xlim(low - pad, high + pad)
     axes.set_ylim(0, 1.02)
@@ -46,6 +43,20 @@ def edf_plot(decision: Decision, title: str, path: Path) -> Path:
     figure.savefig(path, format="png")
     plt.close(figure)
     return path
+
+
+def legend_labels(decision: Decision) -> list[str]:
+    """Each choice's legend entry: its designs, and for the kept choice what the stage claimed
+    ("selected", "tie (kept)" or "kept: best mean, no claim"; docs/design.md, "Outcomes")."""
+    labels = []
+    for stats in decision.choices:
+        label = f"{stats.choice} (n={stats.n_finished}" + (f", {stats.n_failed} failed)" if stats.n_failed else ")")
+        if not stats.scored:
+            label += ": no scored design"
+        elif stats.choice == decision.winner:
+            label += f" - {kept_as(decision)}"
+        labels.append(label)
+    return labels
 
 
 def comparison_plot(rows: list[dict], tasks: list[str], path: Path) -> Path:

@@ -259,27 +259,10 @@ class Controller:
             interrupt.check()  # Tune stopped early: the stage is not decided, whatever finished
             records = read_records(self.run_dir, index)
             decision = self._decide(index, plan, records)
-            stage_state.update(
-                status=decision_outcome(decision),
-                decision=decision.to_dict(),
-                winner=decision.winner,
-                finished=sum(1 for r in records if r["status"] == "finished"),
-                failed=sum(1 for r in records if r["status"] != "finished"),
-                decided_at=utc_now(),
-            )
             space = space.clamp(component, space.parse_choice(component, decision.winner))
             self.state["space"] = space.to_dict()
-            self.state["discovered"] = self._best_design(index, decision, records)
-            write_results(self.run_dir)
-            self.save_state()
-            self.say(describe_decision(index, num_stages, decision))
-            if self.tracker:
-                self.tracker.stage_decided(tracked, decision, decision_outcome(decision))
-        self.state["status"] = "finished"
-        self.state["finished_at"] = utc_now()
-        write_results(self.run_dir)
-        self.save_state()
-        return self.state
+            self._record_decision(index, num_stages, decision, records, tracked)
+        return self._finish()
 
     def run_joint(self) -> dict:
         """The joint search (`joint:` in the spec): one stage over every component at once."""
@@ -308,18 +291,26 @@ class Controller:
                 self.state["status"] = "failed"
                 self.save_state()
                 raise SearchFailed(f"joint search: no design finished; every trial is recorded (peft-search status {self.run_dir})")
-            stage_state.update(
-                status=decision_outcome(decision), decision=decision.to_dict(), winner=decision.winner,
-                infeasible_draws=outcome["infeasible"],
-                finished=sum(1 for r in records if r["status"] == "finished"),
-                failed=sum(1 for r in records if r["status"] != "finished"), decided_at=utc_now(),
-            )
-            self.state["discovered"] = self._best_design(0, decision, records)
-            write_results(self.run_dir)
-            self.save_state()
-            self.say(describe_decision(0, 1, decision))
-            if self.tracker:
-                self.tracker.stage_decided(tracked, decision, decision_outcome(decision))
+            self._record_decision(0, 1, decision, records, tracked, infeasible_draws=outcome["infeasible"])
+        return self._finish()
+
+    def _record_decision(self, index: int, num_stages: int, decision: Decision, records: list[dict], tracked,
+                         **details) -> None:
+        """A decided stage, staged or joint, recorded in one place: its state entry and the discovered
+        design (saved with the results), the run's line, the trackers."""
+        self.state["stages"][index].update(
+            status=decision_outcome(decision), decision=decision.to_dict(), winner=decision.winner,
+            finished=sum(1 for r in records if r["status"] == "finished"),
+            failed=sum(1 for r in records if r["status"] != "finished"), decided_at=utc_now(), **details,
+        )
+        self.state["discovered"] = self._best_design(index, decision, records)
+        write_results(self.run_dir)
+        self.save_state()
+        self.say(describe_decision(index, num_stages, decision))
+        if self.tracker:
+            self.tracker.stage_decided(tracked, decision, decision_outcome(decision))
+
+    def _finish(self) -> dict:
         self.state["status"] = "finished"
         self.state["finished_at"] = utc_now()
         write_results(self.run_dir)

@@ -10,6 +10,9 @@ In order, cheapest first:
 4. the storage: creatable and writable (an object store: the bucket exists, credentials are found and a probe
    object can be written; a dry run does not contact it);
 5. resources: when Ray would start in this process (no --address), a trial this machine can hold;
+   the experiment trackers: their client installed, the MLflow server answering and its experiment
+   found (a dry run reaches them too, creating no experiment; a tracking URI MLflow cannot log to
+   was refused with the spec);
 6. the backbone: its config loadable (an installed alias, a local directory or a Hub id) and of a
    supported type; num_groups <= its blocks; max_length <= its positions; a budget_fraction that
    buys at least the smallest design;
@@ -85,7 +88,7 @@ def preflight(
             unchecked.append(f"storage: {root} (an object store; a dry run does not contact it)")
         if address is None:
             check_local_resources(spec)
-        check_tracking(spec, offline, unchecked)
+        check_tracking(spec, offline)
         first_plan, memory, full_memory, head_notes = None, None, None, []
         backbone = load_profile(spec, offline, unchecked)
         if backbone is not None:
@@ -140,18 +143,17 @@ def check_size(spec: SearchSpec) -> None:
     )
 
 
-def check_tracking(spec: SearchSpec, offline: bool, unchecked: list[str]) -> None:
+def check_tracking(spec: SearchSpec, offline: bool) -> None:
     """The experiment trackers answer (their client is installed; the MLflow server is reached and the
-    experiment found or created; W&B online has a key). A dry run only checks the clients."""
+    experiment found, or created by a run; W&B online has a key). A dry run reaches them as the run
+    does: the tracker is the user's own service, and a wrong address is what a dry run is for; it only
+    creates no experiment."""
     if spec.tracking is None:
         return
     from peft_search.search.tracking import Tracker
 
     tracker = Tracker(spec, "preflight")  # InputError naming the field when a client is missing
-    if offline:
-        unchecked.extend(f"{backend.name}: not contacted by a dry run" for backend in tracker.backends)
-    else:
-        tracker.check()
+    tracker.check(create=not offline)
 
 
 def check_data(spec: SearchSpec, unchecked: list[str]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from peft_search.search.final.evaluate import FINAL_SUMMARY_FILE, evaluated_final
 from peft_search.search.spec import load_run_spec
-from peft_search.search.stage.decide import ChoiceStats, Decision, is_done, stage_outcome
+from peft_search.search.stage.decide import ChoiceStats, Decision, is_done, outcome_counts, stage_outcome
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import FINAL_DIR, final_done, read_final_records, read_records, started_trials
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run
@@ -209,6 +209,7 @@ def decision_summary(decision: Decision) -> str:
 def format_status(status: dict) -> str:
     lines = [f"run {status['run_dir']}: {status['status']}"
              + (f" (continue with: peft-search resume {status['run_dir']})" if status["status"] in ("interrupted", "failed") else "")]
+    lines.append(outcome_counts([s["status"] for s in status["stages"]]))
     lines.append(
         f"trials: {status['trials_done']} done, {status['trials_failed']} failed"
         + (f", {status['trials_running']} running (or interrupted, if the driver is gone: resume reruns them)"

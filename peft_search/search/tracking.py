@@ -30,6 +30,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from peft_search.errors import InputError
+from peft_search.search.stage.decide import kept_as
 from peft_search.search.storage.run_dir import read_json
 
 # Tune fills these into every result (ours: the trial id, and whether a record was replayed); the
@@ -85,6 +86,7 @@ def decision_fields(decision, outcome: str) -> tuple[dict[str, str], dict[str, f
     """A stage decision as parameters (outcome, kept choice, blocks, trials) and metrics (per choice:
     mean, its interval, P(best) where there is one)."""
     params = {"component": decision.component, "outcome": outcome, "kept": decision.winner or "-",
+              "kept_as": kept_as(decision),
               "method": decision.method, "blocks": str(decision.blocks), "trials_run": str(decision.trials_run),
               "trials_planned": str(decision.trials_planned)}
     if decision.race_reason:
@@ -118,15 +120,22 @@ class MLflowBackend:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise InputError(self.name, "needs the MLflow client: pip install 'peft-search[mlflow]'") from None
-        self.client = MlflowClient(tracking_uri=section.tracking_uri)
+        try:
+            self.client = MlflowClient(tracking_uri=section.tracking_uri)
+        except Exception as error:  # a store this client cannot open (its database driver missing, say)
+            raise InputError(f"{self.name}.tracking_uri", f"MLflow's client cannot use {section.tracking_uri!r}: "
+                             f"{short(error)}") from None
         self.uri = section.tracking_uri
         self.experiment_name = section.experiment or experiment
 
-    def check(self) -> None:
-        """Reach the server and find or create the experiment (before the run directory exists)."""
+    def check(self, create: bool = True) -> None:
+        """Reach the server and find the experiment, creating it unless `create` is False (a dry run
+        creates nothing); before the run directory exists."""
         experiment = self.client.get_experiment_by_name(self.experiment_name)
-        self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(self.experiment_name))
+        if experiment is not None:
+            self.experiment_id = experiment.experiment_id
+        elif create:
+            self.experiment_id = self.client.create_experiment(self.experiment_name)
 
     def describe(self) -> str:
         return f"the MLflow tracking server at {self.uri}"
@@ -171,7 +180,7 @@ class WandbBackend:
         self.wandb, self.section, self.group = wandb, section, experiment
         self.runs: dict[str, object] = {}
 
-    def check(self) -> None:
+    def check(self, create: bool = True) -> None:
         if self.section.mode == "online" and not (os.environ.get("WANDB_API_KEY") or self.wandb.api.api_key):
             raise InputError(self.name, "mode online needs an API key: set WANDB_API_KEY or run `wandb login` (or give "
                              "mode: offline and `wandb sync` the runs later)")
@@ -228,15 +237,16 @@ class Tracker:
             self.backends.append(WandbBackend(section.wandb, experiment))
         self.failed: set[str] = set()
 
-    def check(self) -> None:
-        """Reach every tracker now: InputError naming its field when one does not answer."""
+    def check(self, create: bool = True) -> None:
+        """Reach every tracker now: InputError naming its field when one does not answer. `create`
+        False (a dry run) reaches them the same way and creates nothing."""
         for backend in self.backends:
-            self.check_one(backend)
+            self.check_one(backend, create)
 
     @staticmethod
-    def check_one(backend) -> None:
+    def check_one(backend, create: bool = True) -> None:
         try:
-            backend.check()
+            backend.check(create)
         except InputError:
             raise
         except Exception as error:

@@ -257,23 +257,41 @@ class JointSearch(_Strict):
     )
 
 
+# The tracking stores MLflow's client logs to (its tracking-store registry, less the file store it keeps
+# in maintenance mode and Unity Catalog, which it refuses as a tracking URI): a server, a database
+# through SQLAlchemy (the driver installed beside the client), or Databricks.
+MLFLOW_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 class MLflowTracking(_Strict):
     """An MLflow tracking server (docs/design.md, "Experiment tracking"). Credentials come from the
     environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), never from here."""
 
     tracking_uri: str = Field(
-        min_length=1, description="the tracking server, such as http://mlflow.internal:5000 (or a local sqlite:/// or file: store)"
+        min_length=1, description="the tracking server, such as http://mlflow.internal:5000; or a database MLflow's "
+        "client writes to itself (sqlite:///mlflow.db, postgresql://...), or databricks"
     )
     experiment: str | None = Field(None, min_length=1, description="the MLflow experiment; null = the job's name")
 
     @field_validator("tracking_uri")
     @classmethod
-    def _no_credentials(cls, value):
+    def _a_store_mlflow_logs_to(cls, value):
         from urllib.parse import urlsplit
 
-        if urlsplit(value).password is not None or urlsplit(value).username is not None:
+        parts = urlsplit(value)
+        scheme = "databricks" if value == "databricks" else parts.scheme.lower().split("+")[0]  # postgresql+psycopg2
+        if scheme in ("", "file") or len(scheme) == 1:  # a bare path (a Windows drive letter too) is a file store
+            raise ValueError("an MLflow file store, which MLflow 3 keeps in maintenance mode and no longer "
+                             "logs to: run a tracking server (mlflow server) and give its http:// address, or a "
+                             "database such as sqlite:///mlflow.db")
+        if scheme not in MLFLOW_SCHEMES:
+            raise ValueError(f"scheme {scheme + ':'!r} is not one MLflow's client logs to; give one of "
+                             f"{', '.join(s + ':' for s in MLFLOW_SCHEMES)} (a server: http://host:5000)")
+        if parts.password is not None or parts.username is not None:
             raise ValueError("holds a user name or password: give them in the environment (MLFLOW_TRACKING_USERNAME, "
                              "MLFLOW_TRACKING_PASSWORD), never in the job spec")
+        if scheme in ("http", "https") and not parts.hostname:
+            raise ValueError(f"{value!r} names no host: give the server as {scheme}://host:port")
         return value
 
 

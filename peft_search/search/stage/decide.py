@@ -127,6 +127,26 @@ def decision_outcome(decision: Decision) -> str:
     return decision.outcome or UNDECIDED
 
 
+# The choice a decided stage kept, named by what the stage claimed: every surface (the run's lines,
+# `status`, the report's tables and plots, the trackers, the API) says it with these words.
+KEPT_AS = {SELECTED: "selected", TIE: "tie (kept)", UNDECIDED: "kept: best mean, no claim"}
+
+
+def kept_as(decision: Decision) -> str:
+    """How the kept choice is named: "selected", "tie (kept)" or "kept: best mean, no claim"."""
+    return KEPT_AS[decision_outcome(decision)]
+
+
+def outcome_counts(statuses: Sequence[str]) -> str:
+    """Stages counted by status: "2 stages: 0 selected, 0 ties, 2 undecided" (", 1 skipped, 1 running"
+    after it for any other status), the header of the report and of `status`."""
+    counts = {status: sum(1 for s in statuses if s == status) for status in dict.fromkeys(statuses)}
+    parts = [f"{counts.get(SELECTED, 0)} selected", f"{counts.get(TIE, 0)} tie{'s' if counts.get(TIE, 0) != 1 else ''}",
+             f"{counts.get(UNDECIDED, 0)} undecided"]
+    parts += [f"{n} {status}" for status, n in counts.items() if status not in OUTCOMES]
+    return f"{len(statuses)} stage{'s' if len(statuses) != 1 else ''}: " + ", ".join(parts)
+
+
 def stage_outcome(stage: Mapping) -> str:
     """A stage's status from its `state.json` entry, as everything shows it: a state written before
     outcomes says `decided`, read as its decision's outcome."""
