@@ -192,11 +192,14 @@ def load_peft(model, path: str | Path):
     return load(model, path)
 
 
-def load_backbone(name: str, **kwargs):
-    """A backbone by Hub id, local directory or alias (`minilm`), with a task head (`num_labels=`)."""
+def load_backbone(name: str, objective: str = "classification", **kwargs):
+    """A backbone by Hub id, local directory or alias (`minilm`): with a task head (`num_labels=`) for
+    the classification objective, or with its own language-modelling head for `text_to_text` (then
+    `model.generate` answers with the loaded method)."""
     from peft_search.peft import load_backbone as load
+    from peft_search.train.objectives import get_objective
 
-    return load(name, **kwargs)
+    return load(name, language_model=get_objective(objective).language_model, **kwargs)
 
 
 # ---- driving a run ------------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ def cmd_train(args) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
         backbone_dtype=args.backbone_dtype,
+        objective=args.objective,
     )
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = run_trial(config, save_dir=args.save, log=progress)
@@ -185,8 +186,9 @@ def cmd_train(args) -> int:
             print(f"score {result.score:.4f}  ({extra})")
         else:
             print(f"error: {result.error}")
+        head = "its own frozen language-modelling head" if result.head == "lm" else f"{result.head_params or 0:,} head"
         print(
-            f"trainable {result.realised_params:,} backbone + {result.head_params:,} head (budget {result.target_params:,}); "
+            f"trainable {result.realised_params:,} backbone + {head} (budget {result.target_params:,}); "
             f"{result.train_samples_per_s} train samples/s; {result.wall_time_s:.1f}s; peak memory {result.peak_memory_mb} MB"
             if result.realised_params is not None
             else f"{result.wall_time_s:.1f}s"
@@ -206,9 +208,15 @@ def _add_train_parser(commands) -> None:
     )
     train.add_argument("--model", required=True, help="Hub id, local directory, or the alias minilm")
     train.add_argument("--task", required=True, help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, tweets, "
-                       "or file:text=FIELD[,pair=FIELD][,label=FIELD][,regression]")
-    train.add_argument("--data-dir", help="GLUE TSV directory (the GLUE root or the task's own), a directory with "
-                       "train/validation CSV, JSONL or Parquet files, one such file, or hub:DATASET; default: the Hub")
+                       "the SuperGLUE tasks boolq, cb, copa, wic, wsc, multirc, record (text_to_text), "
+                       "or file:text=FIELD[,pair=FIELD][,label=FIELD][,regression] (text_to_text also "
+                       "file:prompt=FIELD,target=FIELD or file:messages=FIELD)")
+    train.add_argument("--data-dir", help="GLUE TSV directory (the GLUE root or the task's own), SuperGLUE's JSONL "
+                       "directory (its root or the task's own), a directory with train/validation CSV, JSONL or Parquet "
+                       "files, one such file, or hub:DATASET; default: the Hub")
+    train.add_argument("--objective", default="classification", choices=("classification", "text_to_text"),
+                       help="classification: a task head on the backbone (default); text_to_text: the task as text, "
+                       "trained through the backbone's own language-modelling head (t5, bart, decoder-only)")
     what = train.add_mutually_exclusive_group(required=True)
     what.add_argument("--design", help="design JSON file")
     what.add_argument("--preset", choices=PRESETS, help="a baseline at the same budget")

@@ -15,6 +15,7 @@ from typing import Callable
 from torch import nn
 
 from peft_search.errors import InputError
+from peft_search.peft.model_parts import output_layer_ids
 from peft_search.peft.strategies import linear_features
 from peft_search.peft.strategies.prefix_relative import (
     deberta_v2_attention_with_prefix,
@@ -180,6 +181,20 @@ BACKBONES = {
 }
 # Decoder-only families score the last real token; their configs often have no padding token.
 DECODER_ONLY = frozenset({"llama", "qwen2", "qwen3", "mistral", "gpt2"})
+# The families whose own language-modelling head the text-to-text objective trains through: sequence
+# to sequence (an encoder reads the source, the decoder writes the target) or causal (one sequence,
+# the prompt and then the response).
+SEQ2SEQ, CAUSAL = "seq2seq", "causal"
+LANGUAGE_MODELS = {"t5": SEQ2SEQ, "bart": SEQ2SEQ, **{model_type: CAUSAL for model_type in DECODER_ONLY}}
+LM_HEAD = "lm"  # a trial's `head` when it trains through the backbone's own language-modelling head
+
+
+def language_model_kind(model_type: str) -> str:
+    """seq2seq | causal; InputError naming `objective` for a family without a language-modelling head here."""
+    if model_type not in LANGUAGE_MODELS:
+        raise InputError("objective", f"text_to_text needs a backbone with a language-modelling head; {model_type} has "
+                         f"none here (supported: {', '.join(sorted(LANGUAGE_MODELS))}); use objective classification")
+    return LANGUAGE_MODELS[model_type]
 # Families that classify from the last position, whatever it holds: batches pad before the tokens.
 PADS_LEFT = frozenset({"xlnet"})
 
@@ -356,12 +371,56 @@ def reinitialise_head(model) -> None:
             model._init_weights(module)
 
 
+def load_language_model(name_or_path: str, meta: bool = False, local_files_only: bool = False,
+                        pad_token_id: int | None = None, dtype: str = "float32"):
+    """The backbone with its own language-modelling head (the text-to-text objective): the family's
+    sequence-to-sequence or causal LM class. The head is the checkpoint's, frozen (model_parts.py);
+    a checkpoint saved without one (a bare `...Model`, or a classifier) is refused rather than given
+    a random output layer, unless the head is tied to the input embedding it does have."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = load_config(name_or_path, local_files_only=local_files_only)
+    kind = language_model_kind(config.model_type)
+    if kind == CAUSAL and config.pad_token_id is None:
+        eos = config.eos_token_id[0] if isinstance(config.eos_token_id, (list, tuple)) else config.eos_token_id
+        config.pad_token_id = pad_token_id if pad_token_id is not None else eos
+    auto = AutoModelForSeq2SeqLM if kind == SEQ2SEQ else AutoModelForCausalLM
+    if meta:
+        with torch.device("meta"):
+            model = auto.from_config(config)
+    else:
+        from transformers.utils import logging
+
+        verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+        try:
+            model, info = auto.from_pretrained(resolve_model(name_or_path), config=config, local_files_only=local_files_only,
+                                               dtype=getattr(torch, dtype), output_loading_info=True)
+        finally:
+            logging.set_verbosity(verbosity)
+            if bar:
+                logging.enable_progress_bar()
+        untied = output_layer_ids(model)
+        head_keys = {name for name, parameter in model.named_parameters() if id(parameter) in untied}
+        if head_keys & set(info.get("missing_keys", ())):
+            raise InputError("model", f"{name_or_path} was saved without its language-modelling head ({', '.join(sorted(head_keys))}); "
+                             "text_to_text trains through it: give a checkpoint saved as a language model "
+                             "(...ForConditionalGeneration, ...ForCausalLM)")
+    model.checkpoint_head = {"head": LM_HEAD, "checkpoint_labels": None}
+    return model
+
+
 def load_backbone(
     name_or_path: str, num_labels: int | None = 2, problem_type: str | None = None, meta: bool = False,
     local_files_only: bool = False, pad_token_id: int | None = None, dtype: str = "float32",
+    language_model: bool = False,
 ):
     """A sequence-classification model on the backbone; `meta=True` builds it without weights (for
     planning and counting, no memory used); `local_files_only` as for `load_config`.
+    `language_model=True`: the backbone with its own language-modelling head instead, for a method
+    trained with the text-to-text objective (`load_language_model`; no task head, no labels).
 
     A checkpoint saved with a classification head keeps it when it fits the task (same outputs,
     regression or not) and otherwise gets a freshly initialised head of the task's size, as a bare
@@ -375,6 +434,9 @@ def load_backbone(
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    if language_model:
+        return load_language_model(name_or_path, meta=meta, local_files_only=local_files_only, pad_token_id=pad_token_id,
+                                   dtype=dtype)
     head = checkpoint_head(name_or_path, local_files_only=local_files_only)
     num_labels = num_labels if num_labels is not None else head.labels or 2
     fate = head.fate(num_labels)

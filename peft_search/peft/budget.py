@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from peft_search.errors import InputError
 from peft_search.peft.backbones import backbone_blocks
+from peft_search.peft.model_parts import backbone_parameters, output_layer_ids
 from peft_search.peft.strategies import STRATEGY_REGISTRY
 from peft_search.space import Design
 
@@ -74,12 +75,13 @@ def profile_backbone(model) -> BackboneProfile:
                 unit_costs={name: s.unit_cost(site) for name, s in STRATEGY_REGISTRY.items() if s.elastic},
             )
         )
-    backbone_params = sum(p.numel() for p in model.base_model.parameters())
-    total_params = sum(p.numel() for p in model.parameters())
+    backbone_params = sum(p.numel() for p in backbone_parameters(model))
+    head_params = sum(p.numel() for p in model.parameters()) - backbone_params - sum(
+        p.numel() for p in model.parameters() if id(p) in output_layer_ids(model))
     return BackboneProfile(
         model_type=model.config.model_type,
         backbone_params=backbone_params,
-        head_params=total_params - backbone_params,
+        head_params=head_params,
         blocks=tuple(blocks),
     )
 

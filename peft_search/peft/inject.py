@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from peft_search.peft.backbones import backbone_blocks
 from peft_search.peft.budget import BudgetPlan, plan_budget, profile_backbone
+from peft_search.peft.model_parts import backbone_parameters, output_layer_ids
 from peft_search.peft.strategies import injection_order
 from peft_search.space import Design
 
@@ -55,15 +56,13 @@ def inject(model, design: Design, budget_fraction: float = 0.005) -> InjectionRe
 
 def apply_plan(model, plan: BudgetPlan) -> InjectionReport:
     """Inject exactly the sizes of `plan` (used by `inject`, and by `load_peft` to rebuild a model)."""
-    base_model = model.base_model
-    backbone_params = sum(p.numel() for p in base_model.parameters())
+    backbone = backbone_parameters(model)
+    backbone_params = sum(p.numel() for p in backbone)
+    # Everything outside the backbone is the task head, trained as in any fine-tuning; a language
+    # model's own output layer stays frozen (model_parts.py).
+    frozen = {id(p) for p in backbone} | output_layer_ids(model)
     for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    # Everything outside the backbone is the task head, trained as in any fine-tuning.
-    backbone_ids = {id(p) for p in base_model.parameters()}
-    for parameter in model.parameters():
-        if id(parameter) not in backbone_ids:
-            parameter.requires_grad_(True)
+        parameter.requires_grad_(id(parameter) not in frozen)
 
     sites = backbone_blocks(model)
     used = {}
@@ -74,7 +73,7 @@ def apply_plan(model, plan: BudgetPlan) -> InjectionReport:
     for strategy in used.values():
         strategy.activate(model, sites)
 
-    realised = sum(p.numel() for p in base_model.parameters() if p.requires_grad)
+    realised = sum(p.numel() for p in backbone_parameters(model) if p.requires_grad)  # the modules added too
     head = sum(p.numel() for p in model.parameters() if p.requires_grad) - realised
     if realised != plan.planned_params:
         raise RuntimeError(

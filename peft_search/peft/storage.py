@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save
 
 from peft_search.atomic import write_atomic
 from peft_search.errors import InputError
+from peft_search.peft.backbones import LM_HEAD
 from peft_search.peft.budget import BudgetPlan
 from peft_search.peft.inject import InjectionReport, apply_plan
 
@@ -21,10 +22,12 @@ def save_peft(model, report: InjectionReport, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    language_model = is_language_model(model)
     metadata = {
         "format": "peft-search/1",
         "model_type": model.config.model_type,
-        "num_labels": model.config.num_labels,
+        # A classifier's head size; none for a language model trained through its own head (text_to_text).
+        "num_labels": None if language_model else model.config.num_labels,
         "design_id": report.design.design_id,
         "realised_params": report.realised_params,
         "head_params": report.head_params,
@@ -37,6 +40,11 @@ def save_peft(model, report: InjectionReport, directory: str | Path) -> Path:
     write_atomic(directory / WEIGHTS_FILE, save(tensors, metadata={"design_id": report.design.design_id}))
     write_atomic(directory / DESIGN_FILE, json.dumps(metadata, indent=2, sort_keys=True).encode())
     return directory
+
+
+def is_language_model(model) -> bool:
+    """Loaded with its own language-modelling head (the text-to-text objective), not a classifier."""
+    return model.get_output_embeddings() is not None
 
 
 def read_saved_plan(directory: str | Path) -> dict:
@@ -53,6 +61,11 @@ def load_peft(model, directory: str | Path) -> InjectionReport:
         raise InputError(
             "model", f"the PEFT state was trained on a {saved['model_type']} backbone, not {model.config.model_type}"
         )
+    if (saved.get("head") == LM_HEAD) != is_language_model(model):
+        trained, given = ("a language model's own head", "a classifier") if saved.get("head") == LM_HEAD else (
+            "a classification head", "a language model")
+        raise InputError("model", f"the PEFT state was trained through {trained} and this is {given}: load the backbone "
+                         f"with objective={'text_to_text' if saved.get('head') == LM_HEAD else 'classification'}")
     if saved.get("num_labels") is not None and saved["num_labels"] != model.config.num_labels:
         raise InputError("model", f"the PEFT state trained a {saved['num_labels']}-output head; load the backbone with "
                          f"num_labels={saved['num_labels']} (it has {model.config.num_labels})")

@@ -194,7 +194,7 @@ class Controller:
             self.save_state()
         start_ray(address, self.say)
         self.tracker = open_tracker(self.spec, self.run_dir.name)
-        say_checkpoint_heads(self.spec.backbone, self.spec.tasks, self.say)  # its own head: kept or replaced
+        say_checkpoint_heads(self.spec.backbone, self.spec.tasks, self.say, self.spec.objective)  # its own head: kept or replaced
         if self.spec.joint is not None:
             self.run_joint()
         else:

@@ -161,7 +161,7 @@ def run_fidelity(spec: SearchSpec, job_path: str | Path, lengths=None, designs: 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SPEC_FILE).write_text(spec.to_yaml())
     pending = [row for row in rows if not row.record_path(run_dir).is_file()]
-    say_checkpoint_heads(spec.backbone, spec.tasks, say)
+    say_checkpoint_heads(spec.backbone, spec.tasks, say, spec.objective)
     say(f"fidelity pilot: {designs} designs x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s) at {', '.join(map(str, lengths))} "
         f"steps: {len(rows)} trials ({len(rows) - len(pending)} already done) in {run_dir}")
     if pending:

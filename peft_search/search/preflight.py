@@ -37,6 +37,7 @@ from peft_search.search.stage.plan import StagePlan, plan_stage
 from peft_search.search.storage.run_dir import check_storage, storage_root
 from peft_search.search.trials import trial_resources
 from peft_search.train.memory import TrialMemory, estimate_trial_memory
+from peft_search.train.objectives import get_objective
 from peft_search.train.tasks import get_task
 
 # A search planning more trials than this is a typo or a misunderstanding, not a plan.
@@ -100,6 +101,7 @@ def preflight(
             if spec.joint is None:  # a joint search has no plan: its searcher proposes designs as it goes
                 first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
             head_notes = checkpoint_head_notes(spec.backbone, list(dict.fromkeys([*spec.tasks, *spec.final_tasks])),
+                                               objective=spec.objective,
                                                offline=offline)
     except SpecError as error:
         raise error if error.source else SpecError(error.path, error.message, source) from None
@@ -217,23 +219,24 @@ def _check_resources(resources, field: str, have: dict) -> None:
 _heads_said: set[tuple[str, str]] = set()
 
 
-def checkpoint_head_notes(backbone: str, tasks, offline: bool = False) -> list[str]:
+def checkpoint_head_notes(backbone: str, tasks, offline: bool = False, objective: str = "classification") -> list[str]:
     """Per task, what happens to the checkpoint's own classification head (kept, or replaced by a new
-    head of the task's size; nothing for a checkpoint without one): docs/design.md, "Backbones"."""
+    head of the task's size; nothing for a checkpoint without one, or when the objective trains
+    through the language-modelling head): docs/design.md, "Backbones"."""
     from peft_search.peft.backbones import checkpoint_head, model_location
 
-    if offline and model_location(backbone) == "hub":
+    if get_objective(objective).language_model or offline and model_location(backbone) == "hub":
         return []  # a dry run does not fetch a Hub config it lacks; the run says it
     head = checkpoint_head(backbone, local_files_only=offline)  # once, whatever the number of tasks
     notes = (head.message(get_task(task).num_labels, task, future=offline) for task in tasks)
     return [note for note in notes if note]
 
 
-def say_checkpoint_heads(backbone: str, tasks, say) -> None:
+def say_checkpoint_heads(backbone: str, tasks, say, objective: str = "classification") -> None:
     """`checkpoint_head_notes`, each said once per process (a run's stages and its final evaluation)."""
     unsaid = [task for task in tasks if (backbone, task) not in _heads_said]
     _heads_said.update((backbone, task) for task in unsaid)
-    for note in checkpoint_head_notes(backbone, unsaid) if unsaid else ():
+    for note in checkpoint_head_notes(backbone, unsaid, objective=objective) if unsaid else ():
         say(note)
 
 
@@ -249,10 +252,16 @@ def load_profile(spec: SearchSpec, offline: bool, unchecked: list[str]):
             "checks num_groups, hyperparameters.max_length and budget_fraction against it and plans stage 0"
         )
         return None
+    from peft_search.peft.backbones import load_language_model
+
+    language_model = get_objective(spec.objective).language_model
     try:
-        model = load_backbone(spec.backbone, meta=True, local_files_only=offline)
+        if language_model:  # text_to_text: the backbone's own LM head, no task head to count
+            model = load_language_model(spec.backbone, meta=True, local_files_only=offline)
+        else:
+            model = load_backbone(spec.backbone, meta=True, local_files_only=offline)
     except InputError as error:
-        raise SpecError("backbone", error.message) from None
+        raise SpecError("objective" if error.field == "objective" else "backbone", error.message) from None
     except Exception as error:  # noqa: BLE001 - a config transformers accepts but cannot build a model from
         raise SpecError("backbone", f"cannot build {spec.backbone!r} from its config: {type(error).__name__}: {error}") from None
     return profile_backbone(model), model.config
@@ -276,6 +285,7 @@ def search_trial_memory(spec: SearchSpec, profile, config, full: bool = False) -
         config, backbone_params=frozen, trainable_params=trainable, num_blocks=profile.num_blocks,
         batch_size=hyper.batch_size // spec.resources.workers, max_length=hyper.max_length,
         backbone_dtype=backbone_dtype, precision=precision, gradient_checkpointing=hyper.gradient_checkpointing,
+        vocabulary_logits=get_objective(spec.objective).language_model,
     )
 
 

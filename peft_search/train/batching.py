@@ -76,16 +76,17 @@ class LengthOrderedSampler(torch.utils.data.Sampler):
         return len(self.order)
 
 
-def training_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: int, seed: int):
-    """Shuffled with its own generator seeded by the trial: the same row, the same data order."""
+def training_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: int, seed: int, collate=None):
+    """Shuffled with its own generator seeded by the trial: the same row, the same data order.
+    `collate`: the objective's batches (default: a classifier's, DynamicPadding)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         SplitDataset(split), batch_size=batch_size, shuffle=True, generator=generator,
-        collate_fn=DynamicPadding.for_task(tokenizer, task),
+        collate_fn=collate or DynamicPadding.for_task(tokenizer, task),
     )
 
 
-def evaluation_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: int):
+def evaluation_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: int, collate=None):
     """`batch_size` is the trial's training batch; evaluation batches are EVAL_BATCH_FACTOR times it.
 
     The loader has a generator of its own although it never shuffles: a DataLoader draws a seed on
@@ -95,5 +96,5 @@ def evaluation_loader(split: TokenisedSplit, tokenizer, task: Task, batch_size: 
     evaluates)."""
     return torch.utils.data.DataLoader(
         SplitDataset(split), batch_size=EVAL_BATCH_FACTOR * batch_size, sampler=LengthOrderedSampler(split),
-        collate_fn=DynamicPadding.for_task(tokenizer, task), generator=torch.Generator().manual_seed(0),
+        collate_fn=collate or DynamicPadding.for_task(tokenizer, task), generator=torch.Generator().manual_seed(0),
     )

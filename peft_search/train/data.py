@@ -25,6 +25,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -40,6 +41,7 @@ HOLDOUT_SEED = 0  # fixed: every trial sees the same dev examples, whatever its 
 EVAL_SUBSAMPLE_SEED = 0  # likewise for max_eval_examples
 TEXT_COLUMNS = ("text", "text_pair")  # named as the tokenizer's arguments
 LABELS = "labels"
+TARGET_IDS = "target_ids"
 TOKENISE_BATCH = 2048
 
 # Per-process counters; tests and benchmarks read them to see whether a trial tokenised.
@@ -50,14 +52,35 @@ __all__ = ["DEFAULT_CACHE_DIR", "STATS", "Source", "TaskData", "TokenisedSplit",
 
 
 @dataclass(frozen=True)
+class TextAnswers:
+    """What scoring a text-to-text split needs beside the token ids, per example (text_forms.py): the
+    target text, the candidate answers (empty: the task's label words), the gold answers and the group
+    (MultiRC's question)."""
+
+    targets: list[str]
+    options: list[list[str]]
+    answers: list[list[str]]
+    groups: np.ndarray  # int64
+
+    def take(self, indices: np.ndarray) -> "TextAnswers":
+        return TextAnswers([self.targets[i] for i in indices], [self.options[i] for i in indices],
+                           [self.answers[i] for i in indices], self.groups[indices])
+
+
+@dataclass(frozen=True)
 class TokenisedSplit:
-    """Token ids of one split, ragged: example i is input_ids[offsets[i]:offsets[i+1]]."""
+    """Token ids of one split, ragged: example i is input_ids[offsets[i]:offsets[i+1]]. A text-to-text
+    split has its targets' ids too (target_ids[target_offsets[i]:target_offsets[i+1]]) and `answers`;
+    its `labels` are class ids where the task has a label set, else -1."""
 
     input_ids: np.ndarray  # int32, all examples concatenated
     offsets: np.ndarray  # int64, len = n + 1
     token_type_ids: np.ndarray | None  # int8 like input_ids, or None when the tokenizer has none
     labels: np.ndarray  # int64 class ids, or float32 for regression
     label_names: tuple[str, ...] | None
+    target_ids: np.ndarray | None = None  # text-to-text only
+    target_offsets: np.ndarray | None = None
+    answers: TextAnswers | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -70,6 +93,9 @@ class TokenisedSplit:
         item = {"input_ids": self.input_ids[start:end], "labels": self.labels[i]}
         if self.token_type_ids is not None:
             item["token_type_ids"] = self.token_type_ids[start:end]
+        if self.target_ids is not None:
+            item["target_ids"] = self.target_ids[self.target_offsets[i]:self.target_offsets[i + 1]]
+            item["index"] = i
         return item
 
     @classmethod
@@ -85,6 +111,12 @@ class TokenisedSplit:
             return column.flatten().to_numpy(), (offsets - offsets[0]).astype(np.int64)
 
         input_ids, offsets = ragged("input_ids")
+        if TARGET_IDS in table.column_names:  # text-to-text
+            target_ids, target_offsets = ragged(TARGET_IDS)
+            answers = TextAnswers(table.column("target").to_pylist(), table.column("options").to_pylist(),
+                                  table.column("answers").to_pylist(), table.column("group").to_numpy())
+            return cls(input_ids, offsets, None, table.column("label").to_numpy(), None, target_ids, target_offsets,
+                       answers)
         feature = dataset.features[LABELS]
         return cls(
             input_ids=input_ids,
@@ -317,6 +349,24 @@ def cache_root(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How an objective turns a task's examples into token ids (train/objectives/): `read` gives
+    (task with its label names, train, validation) as `datasets.Dataset`s whose `label_column` holds
+    class ids (stratified subsamples draw on it); `tokenise` makes the columns `TokenisedSplit` reads.
+    `name` keys the cache (none for classification, whose entries predate objectives)."""
+
+    name: str | None
+    read: Callable  # (task, source, cache root, tokenizer) -> (task, train, validation)
+    tokenise: Callable  # (tokenizer, examples, max_length, fingerprint) -> datasets.Dataset
+    label_column: str = LABELS
+
+
+CLASSIFICATION_ENCODING = Encoding(None, lambda task, source, root, tokenizer: read_examples(task, source, cache_dir=root),
+                                   lambda tokenizer, examples, max_length, fingerprint: tokenise(
+                                       tokenizer, examples, max_length, fingerprint=fingerprint))
+
+
 def load_task_data(
     task: Task,
     tokenizer,
@@ -328,6 +378,7 @@ def load_task_data(
     seed: int,
     cache_dir: str | None,
     holdout_fraction: float | None = None,
+    encoding: Encoding = CLASSIFICATION_ENCODING,
 ) -> TaskData:
     """Tokenised train and validation splits, from the cache when it has them.
 
@@ -341,6 +392,7 @@ def load_task_data(
         "task": task.name,
         "source": source.fingerprint(),
         "max_length": max_length,
+        **({"encoding": encoding.name} if encoding.name else {}),
     }
     subsample = {
         "train": None if max_train_examples is None else [max_train_examples, seed],
@@ -359,9 +411,11 @@ def load_task_data(
     if all(hits.values()):
         STATS["cache_hits"] += 2
         names = splits["train"].label_names
-        return result(TaskData(task if task.regression else task.with_labels(names), splits["train"], splits["validation"], hits))
+        if names is not None and not task.regression:
+            task = task.with_labels(names)
+        return result(TaskData(task, splits["train"], splits["validation"], hits))
 
-    task, train, validation = read_examples(task, source, cache_dir=root)
+    task, train, validation = encoding.read(task, source, root, tokenizer)
     examples = {"train": train, "validation": validation}
     with quiet_datasets():
         for split, seed_for_split in (("train", seed), ("validation", EVAL_SUBSAMPLE_SEED)):
@@ -371,8 +425,9 @@ def load_task_data(
             limit = max_train_examples if split == "train" else max_eval_examples
             chosen = examples[split]
             if limit is not None:
-                chosen = chosen.select(stratified_indices(column(chosen, LABELS), limit, seed_for_split, task.regression))
-            tokenised = tokenise(tokenizer, chosen, max_length, fingerprint=keys[split])
+                labels = column(chosen, encoding.label_column)
+                chosen = chosen.select(stratified_indices(labels, limit, seed_for_split, task.regression))
+            tokenised = encoding.tokenise(tokenizer, chosen, max_length, keys[split])
             _save_cached(tokenised, paths[split])
             splits[split] = TokenisedSplit.from_dataset(tokenised)
     return result(TaskData(task, splits["train"], splits["validation"], hits))
@@ -396,10 +451,20 @@ def take_examples(split: TokenisedSplit, indices: np.ndarray) -> TokenisedSplit:
     starts, ends = split.offsets[indices], split.offsets[indices + 1]
     pieces = [np.arange(a, b) for a, b in zip(starts, ends)]
     flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    targets = {}
+    if split.target_ids is not None:
+        target_starts, target_ends = split.target_offsets[indices], split.target_offsets[indices + 1]
+        pieces = [np.arange(a, b) for a, b in zip(target_starts, target_ends)]
+        targets = {
+            "target_ids": split.target_ids[np.concatenate(pieces) if pieces else np.zeros(0, np.int64)],
+            "target_offsets": np.concatenate([[0], np.cumsum(target_ends - target_starts)]).astype(np.int64),
+            "answers": split.answers.take(indices),
+        }
     return TokenisedSplit(
         input_ids=split.input_ids[flat],
         offsets=np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64),
         token_type_ids=None if split.token_type_ids is None else split.token_type_ids[flat],
         labels=split.labels[indices],
         label_names=split.label_names,
+        **targets,
     )

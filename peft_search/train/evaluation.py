@@ -8,6 +8,7 @@ and never builds loaders or Accelerators itself. Never imports search or report.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,22 +23,22 @@ class Evaluation:
     """One evaluation of a model on a split (every worker's examples, gathered)."""
 
     metrics: dict  # eval_loss and the task's metrics
-    predictions: np.ndarray  # class ids, or values for a regression
-    labels: np.ndarray
+    predictions: np.ndarray  # class ids, values for a regression, or answers (text-to-text)
     main_metric: str
-    num_classes: int  # 1 for a regression
+    # The main metric of a constant prediction on the same examples (metrics.py); None where no
+    # constant answer means anything (an open-ended target, ReCoRD's own options).
+    baseline_score: float | None
 
     @property
     def score(self) -> float:
         return self.metrics[self.main_metric]
 
     @property
-    def baseline_score(self) -> float:
-        """The main metric of a constant prediction on the same examples (metrics.py)."""
-        return constant_prediction_metrics((self.main_metric,), self.labels, self.num_classes)[self.main_metric]
-
-    @property
     def collapsed(self) -> bool:
+        """The same answer for every example, or the constant prediction's score (docs/design.md,
+        "Collapsed trials")."""
+        if self.baseline_score is None:
+            return is_collapsed(self.score, math.nan, self.predictions)
         return is_collapsed(self.score, self.baseline_score, self.predictions)
 
 
@@ -62,7 +63,8 @@ def evaluate_model(model, loader, accelerator, task) -> Evaluation:
         predictions = logits.argmax(-1).numpy()
     num_classes = 1 if task.regression else task.num_labels
     metrics = compute_metrics(task.metrics, predictions, labels.numpy(), num_classes)
-    return Evaluation({"eval_loss": eval_loss, **metrics}, predictions, labels.numpy(), task.main_metric, num_classes)
+    baseline = constant_prediction_metrics((task.main_metric,), labels.numpy(), num_classes)[task.main_metric]
+    return Evaluation({"eval_loss": eval_loss, **metrics}, predictions, task.main_metric, baseline)
 
 
 def evaluate_saved(config, saved_dir: str | Path) -> dict:
@@ -73,19 +75,21 @@ def evaluate_saved(config, saved_dir: str | Path) -> dict:
     from peft_search.peft import load_peft
     from peft_search.train.batching import evaluation_loader
     from peft_search.train.device import make_accelerator
+    from peft_search.train.objectives import get_objective
     from peft_search.train.prepare import keep_trainable_in_float32, load_data, load_model, load_tokenizer
     from peft_search.train.presets import FULL
 
+    objective = get_objective(config.objective)
     tokenizer = load_tokenizer(config.model)
     data = load_data(config, tokenizer)
-    if config.preset == FULL:
-        model = load_model(str(saved_dir), data.task, tokenizer=tokenizer, dtype=config.backbone_dtype)
-    else:
-        model = load_model(config.model, data.task, tokenizer=tokenizer, dtype=config.backbone_dtype)
+    source = str(saved_dir) if config.preset == FULL else config.model
+    model = load_model(source, data.task, tokenizer=tokenizer, dtype=config.backbone_dtype, objective=config.objective)
+    if config.preset != FULL:
         load_peft(model, saved_dir)
         keep_trainable_in_float32(model)
-    loader = evaluation_loader(data.validation, tokenizer, data.task, config.batch_size)
+    collate = objective.collate(tokenizer, data.task, model.config.model_type, evaluation=True)
+    loader = evaluation_loader(data.validation, tokenizer, data.task, config.batch_size, collate=collate)
     accelerator = make_accelerator(precision=config.precision)
     model, loader = accelerator.prepare(model, loader)
-    evaluation = evaluate_model(model, loader, accelerator, data.task)
+    evaluation = objective.evaluate(model, loader, accelerator, data.task, data.validation, tokenizer)
     return {**evaluation.metrics, "score": evaluation.score}

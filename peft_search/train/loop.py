@@ -27,7 +27,7 @@ from peft_search.peft import save_peft
 from peft_search.peft.strategies import learning_rate_scale, trainable_parameters_by_strategy
 from peft_search.train.batching import evaluation_loader, training_loader
 from peft_search.train.device import is_oom, make_accelerator, peak_memory_mb
-from peft_search.train.evaluation import evaluate_model
+from peft_search.train.objectives import get_objective
 from peft_search.train.prepare import Prepared, prepare
 
 MAX_GRAD_NORM = 1.0
@@ -119,8 +119,12 @@ def train_worker(config, prepared: Prepared, emit: Callable[[dict], None] | None
 def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict:
     task = prepared.data.task
     model = prepared.model
-    train_loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed)
-    eval_loader = evaluation_loader(prepared.data.validation, prepared.tokenizer, task, config.batch_size)
+    objective = get_objective(config.objective)
+    model_type = model.config.model_type
+    train_loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed,
+                                   collate=objective.collate(prepared.tokenizer, task, model_type))
+    eval_loader = evaluation_loader(prepared.data.validation, prepared.tokenizer, task, config.batch_size,
+                                    collate=objective.collate(prepared.tokenizer, task, model_type, evaluation=True))
     groups = parameter_groups(model, config.weight_decay, config.base_learning_rate, injected=prepared.report is not None)
     learning_rates = peak_learning_rates(groups)
     optimizer = torch.optim.AdamW(groups, lr=config.base_learning_rate)
@@ -176,7 +180,7 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
             say(f"trial diverged: {error}")
             break
         epoch += 1
-        evaluation = evaluate_model(model, eval_loader, accelerator, task)
+        evaluation = objective.evaluate(model, eval_loader, accelerator, task, prepared.data.validation, prepared.tokenizer)
         record = {
             "epoch": round(step / steps_per_epoch, 4),
             "step": step,
@@ -194,7 +198,7 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
                 raise CallbackError(callback_error) from callback_error
 
     final = epochs[-1] if epochs else {}
-    metrics = {k: final[k] for k in (*task.metrics, "eval_loss", "train_loss") if k in final}
+    metrics = {k: v for k, v in final.items() if k not in ("epoch", "step", "score", "elapsed_s")}
     if status == "finished" and save_dir is not None and accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if prepared.report is None:

@@ -25,6 +25,7 @@ TRAINING_STATE_BYTES = 12  # per trainable parameter: float32 gradient + AdamW's
 AUTOCAST_ACTIVATION_FACTOR = 0.85  # of fp32's activations under bf16/fp16 autocast (norms, softmax stay fp32)
 GATED_FEED_FORWARD = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 GIB = 2**30
+LOGITS_BYTES = 8  # per target position and vocabulary word: float32 logits and their log-softmax
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,14 @@ def block_activation_bytes(config, batch_size: int, length: int) -> int:
 def estimate_trial_memory(
     config, *, backbone_params: int, trainable_params: int, num_blocks: int, batch_size: int, max_length: int,
     backbone_dtype: str = "float32", precision: str = "fp32", gradient_checkpointing: bool = False,
+    vocabulary_logits: bool = False,
 ) -> TrialMemory:
     """One worker's memory for a trial that adds `trainable_params` (PEFT modules and head, float32)
     to a backbone of `backbone_params`, at `batch_size` examples of `max_length` tokens per worker.
-    BitFit's biases are the backbone's own tensors: counted in its dtype (a few kilobytes off)."""
+    BitFit's biases are the backbone's own tensors: counted in its dtype (a few kilobytes off).
+    `vocabulary_logits` (the text-to-text objective): the language-modelling head's logits over the
+    vocabulary at every target position, at most `max_length` per example, kept in float32 with their
+    log-softmax for the backward pass (8 bytes per position and word; no checkpointing saves them)."""
     weights = backbone_params * BYTES[backbone_dtype] + trainable_params * BYTES["float32"]
     block = block_activation_bytes(config, batch_size, max_length)
     factor = 2 * (AUTOCAST_ACTIVATION_FACTOR if precision in ("bf16", "fp16") else 1.0)  # x2: fp32 is 4 bytes
@@ -76,4 +81,5 @@ def estimate_trial_memory(
         kept = num_blocks * 2 * batch_size * max_length * config.hidden_size + block  # each block's input + one live
     else:
         kept = num_blocks * block
-    return TrialMemory(weights, trainable_params * TRAINING_STATE_BYTES, int(kept * factor))
+    logits = LOGITS_BYTES * batch_size * max_length * config.vocab_size if vocabulary_logits else 0
+    return TrialMemory(weights, trainable_params * TRAINING_STATE_BYTES, int(kept * factor) + logits)

@@ -1,4 +1,5 @@
-"""Evaluation metrics on numpy arrays: accuracy, F1, Matthews correlation, Pearson, Spearman.
+"""Evaluation metrics on numpy arrays: accuracy, F1, Matthews correlation, Pearson, Spearman; for
+text answers, SQuAD's exact match and token F1, MultiRC's per-question exact match and ROUGE-L.
 
 Written here (numpy only) so that the trial needs neither scipy nor scikit-learn. Degenerate inputs
 (a constant prediction, a single class) give 0.0 for the correlations, as scikit-learn does for
@@ -6,6 +7,10 @@ Matthews, rather than NaN, so that a collapsed model scores low instead of poiso
 """
 
 from __future__ import annotations
+
+import re
+import string
+from collections import Counter
 
 import numpy as np
 
@@ -75,6 +80,53 @@ def compute_metrics(names, predictions: np.ndarray, labels: np.ndarray, num_clas
         "spearman": lambda: spearman(predictions, labels),
     }
     return {name: table[name]() for name in names}
+
+
+# ---- text answers (the text-to-text objective) ----------------------------------------------------------
+
+
+def normalise_answer(text: str) -> str:
+    """SQuAD's (and ReCoRD's official script's) normalisation: lower case, no punctuation, no articles
+    (a, an, the), single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """F1 of the normalised answers' tokens (SQuAD's and ReCoRD's)."""
+    predicted, expected = normalise_answer(prediction).split(), normalise_answer(gold).split()
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_token_f1(prediction: str, golds: list[str]) -> float:
+    """The best token F1 over the gold answers (ReCoRD scores against each and keeps the best)."""
+    return max((token_f1(prediction, gold) for gold in golds), default=0.0)
+
+
+def best_exact_match(prediction: str, golds: list[str]) -> float:
+    return float(any(normalise_answer(prediction) == normalise_answer(gold) for gold in golds))
+
+
+def group_exact_match(predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """The share of groups whose every prediction is right (MultiRC's exact match: a question is right
+    when all its answer options are)."""
+    right = predictions == labels
+    unique = np.unique(groups)
+    return float(np.mean([right[groups == g].all() for g in unique])) if len(unique) else 0.0
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F-measure (Google's rouge-score, the reference implementation; stemmed, as the T5
+    and HF evaluate defaults)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(reference, prediction)["rougeL"].fmeasure for prediction, reference in zip(predictions, references)]
+    return float(np.mean(scores)) if scores else 0.0
 
 
 # ---- the constant-prediction baseline and collapsed trials -------------------------------------------

@@ -14,10 +14,11 @@ import torch
 
 from peft_search.errors import InputError
 from peft_search.peft import apply_plan, load_backbone, profile_backbone, resolve_model
-from peft_search.peft.backbones import PADS_LEFT, CheckpointHead, load_config
+from peft_search.peft.backbones import LM_HEAD, PADS_LEFT, CheckpointHead, load_config
 from peft_search.train.data import TaskData, load_task_data
 from peft_search.train.fit import Fit, plan_fit
-from peft_search.train.tasks import Task, get_task
+from peft_search.train.objectives import get_objective
+from peft_search.train.tasks import CLASSIFICATION, Task, get_task
 
 
 def load_tokenizer(model: str):
@@ -38,7 +39,7 @@ def load_tokenizer(model: str):
 
 
 def load_data(config, tokenizer) -> TaskData:
-    """The trial's tokenised splits (from the cache when it has them)."""
+    """The trial's tokenised splits (from the cache when it has them), encoded as its objective does."""
     return load_task_data(
         get_task(config.task),
         tokenizer,
@@ -49,6 +50,7 @@ def load_data(config, tokenizer) -> TaskData:
         seed=config.seed,
         cache_dir=config.cache_dir,
         holdout_fraction=config.holdout_fraction,
+        encoding=get_objective(config.objective).encoding(load_config(config.model).model_type),
     )
 
 
@@ -56,7 +58,14 @@ def problem_type(task: Task) -> str:
     return "regression" if task.regression else "single_label_classification"
 
 
-def load_model(model: str, task: Task, meta: bool = False, tokenizer=None, dtype: str = "float32"):
+def load_model(model: str, task: Task, meta: bool = False, tokenizer=None, dtype: str = "float32",
+               objective: str = CLASSIFICATION):
+    """The backbone as `objective` trains it (a head for `task`, or its own language-modelling head),
+    its weights in `dtype`; a decoder without a padding token is given `tokenizer`'s."""
+    return get_objective(objective).load_model(model, task, meta=meta, tokenizer=tokenizer, dtype=dtype)
+
+
+def load_classifier(model: str, task: Task, meta: bool = False, tokenizer=None, dtype: str = "float32"):
     """The backbone with a head for `task`, its weights in `dtype`, without transformers' per-trial
     progress bar; a decoder without a padding token is given `tokenizer`'s (the id the batches are
     padded with)."""
@@ -81,8 +90,9 @@ def check_fit(config, model) -> Fit:
 def check_inputs(config) -> TaskData:
     """Every input check of a trial without loading weights: tokenizer, data (tokenised into the
     cache on the way) and the design's fit on a weightless model. Raises InputError."""
+    get_objective(config.objective).check(get_task(config.task), load_config(config.model).model_type)
     data = load_data(config, load_tokenizer(config.model))
-    check_fit(config, load_model(config.model, data.task, meta=True))
+    check_fit(config, load_model(config.model, data.task, meta=True, objective=config.objective))
     return data
 
 
@@ -122,6 +132,7 @@ def prepare(config, log=None) -> Prepared:
     from accelerate.utils import set_seed
 
     say = log or (lambda line: None)
+    get_objective(config.objective).check(get_task(config.task), load_config(config.model).model_type)
     tokenizer = load_tokenizer(config.model)
     started = time.perf_counter()
     data = load_data(config, tokenizer)
@@ -130,8 +141,8 @@ def prepare(config, log=None) -> Prepared:
         f"({source}, {time.perf_counter() - started:.1f}s)")
     # Seed before building the model: the task head and the PEFT modules are initialised at random.
     set_seed(config.seed)
-    model = load_model(config.model, data.task, tokenizer=tokenizer, dtype=config.backbone_dtype)
-    if model.checkpoint_head["head"] != "new":  # what became of the checkpoint's own head (backbones.py)
+    model = load_model(config.model, data.task, tokenizer=tokenizer, dtype=config.backbone_dtype, objective=config.objective)
+    if model.checkpoint_head["head"] in ("kept", "replaced"):  # what became of the checkpoint's own head (backbones.py)
         say(CheckpointHead(model.checkpoint_head["checkpoint_labels"]).message(data.task.num_labels, data.task.name))
     fit = check_fit(config, model)
     # Which head it trains: new, the checkpoint's own (kept), or a new one replacing it (backbones.py).
@@ -147,6 +158,8 @@ def prepare(config, log=None) -> Prepared:
         keep_trainable_in_float32(model)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    head = (f"{counts['head_params']:,} head" if model.checkpoint_head["head"] != LM_HEAD
+            else "its own language-modelling head, frozen")
     say(f"model: {config.model}, {config.preset or config.design_id}: {counts['realised_params']:,} trainable "
-        f"backbone parameters (budget {counts['target_params']:,}) + {counts['head_params']:,} head")
+        f"backbone parameters (budget {counts['target_params']:,}) + {head}")
     return Prepared(tokenizer, data, model, report, counts)

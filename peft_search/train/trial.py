@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from peft_search.errors import InputError
 from peft_search.space import Design
 from peft_search.train.presets import PRESETS, check_learning_rate, default_learning_rate, preset_design
-from peft_search.train.tasks import get_task
+from peft_search.train.tasks import CLASSIFICATION, OBJECTIVE_NAMES, get_task
 
 STATUSES = ("finished", "diverged", "oom", "failed")
 
@@ -58,11 +58,14 @@ class TrialConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     precision: str = "auto"  # autocast: auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16 | fp16 (GPU only)
     backbone_dtype: str = "float32"  # the frozen backbone's weights; trainable tensors and norms stay float32
+    objective: str = CLASSIFICATION  # classification (a task head) | text_to_text (the backbone's LM head)
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
             raise InputError("model", "give a Hub id, a local directory, or the alias minilm")
-        get_task(self.task)
+        if self.objective not in OBJECTIVE_NAMES:
+            raise InputError("objective", f"must be one of {', '.join(OBJECTIVE_NAMES)}, got {self.objective!r}")
+        get_task(self.task).check_objective(self.objective)
         if (self.design is None) == (self.preset is None):
             raise InputError("design", f"give exactly one of design and preset (presets: {', '.join(PRESETS)})")
         if self.preset is not None:
@@ -155,7 +158,8 @@ def check_precision(precision: str, backbone_dtype: str) -> None:
 
 
 # Fields added after rows were first stored, with the default an older row means.
-ADDED_FIELDS = {"gradient_checkpointing": False, "precision": "auto", "backbone_dtype": "float32"}
+ADDED_FIELDS = {"gradient_checkpointing": False, "precision": "auto", "backbone_dtype": "float32",
+                "objective": CLASSIFICATION}
 
 
 def _number(field, value, low=None, high=None, open_low=False, open_high=False):
@@ -207,7 +211,7 @@ class TrialResult:
     baseline_score: float | None = None
     collapsed: bool = False
     learning_rates: dict | None = None  # each parameter group's peak rate: {"lora": 5e-3, "head": 5e-3}
-    head: str | None = None  # new | kept (the checkpoint's own head) | replaced (by a new one of the task's size)
+    head: str | None = None  # new | kept (the checkpoint's own head) | replaced (by a new one of the task's size) | lm
     checkpoint_head_labels: int | None = None  # the checkpoint's own head's outputs; None: it had none
 
     def to_dict(self) -> dict:

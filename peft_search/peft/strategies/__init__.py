@@ -4,6 +4,7 @@ and its tests; budget, injection and the optimiser's groups only read this regis
 
 from __future__ import annotations
 
+from peft_search.peft.model_parts import backbone_parameters
 from peft_search.peft.strategies.adapter import ADAPTER, Adapter, AdaptedLinear
 from peft_search.peft.strategies.base import Strategy, WrappedLinear, linear_features
 from peft_search.peft.strategies.bitfit import BITFIT
@@ -44,7 +45,7 @@ def trainable_parameters_by_strategy(model) -> dict[str, list]:
                 if parameter.requires_grad and id(parameter) not in claimed:
                     groups[strategy.name].append(parameter)
                     claimed.add(id(parameter))
-    backbone = {id(p) for p in model.base_model.parameters()}
+    backbone = {id(p) for p in backbone_parameters(model)}
     for parameter in model.parameters():
         if parameter.requires_grad and id(parameter) not in claimed:
             groups[BITFIT.name if id(parameter) in backbone else HEAD].append(parameter)

@@ -256,7 +256,7 @@ def evaluate_run(path: str | Path, final: FinalSpec | None = None, address: str 
         start_ray_once(address, say)
 
     tasks = list(final.tasks or spec.tasks)
-    say_checkpoint_heads(spec.backbone, tasks, say)
+    say_checkpoint_heads(spec.backbone, tasks, say, spec.objective)
     say(f"final evaluation of {run_dir}: {', '.join(c.name for c in chosen)} on {', '.join(tasks)}, "
         f"seeds {final.seeds}" + (f" (left out: {', '.join(skipped)})" if skipped else ""))
     rows = []

@@ -28,7 +28,7 @@ from peft_search.search.storage.paths import LocalStaging, StoragePath
 from peft_search.search.storage.records import read_final_records
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run, task_slug, write_json_atomic
 from peft_search.space import Design
-from peft_search.train.tasks import get_task
+from peft_search.train.tasks import TEXT_TO_TEXT, get_task
 
 EXPORT_FILE = "export.json"
 
@@ -108,7 +108,8 @@ def _export(run_dir: StoragePath, spec, found: dict, out_dir: Path, say) -> None
             "head_params": head,
             # The head it trained, of `num_labels` outputs: new, or the checkpoint's own (kept), or new in
             # place of the checkpoint's head of another size (replaced; docs/design.md, "Backbones").
-            "num_labels": get_task(task).num_labels,
+            "num_labels": None if spec.objective == TEXT_TO_TEXT else get_task(task).num_labels,
+            "objective": spec.objective,
             **head_fate,
             "weights_from": source,
             "config": config,
@@ -163,11 +164,7 @@ dev scores on {f"a fixed subsample of {target['max_eval_examples']}" if target['
 ## Load
 
 ```python
-from peft_search.peft import load_backbone, load_peft
-
-model = load_backbone("{summary['backbone']}", num_labels={first['num_labels']})  # {first_task}'s head: {first['num_labels']} outputs
-load_peft(model, "{first['directory']}")  # injects the saved plan and loads the trained tensors
-model.eval()
+{_load_snippet(summary['backbone'], first_task, first)}
 ```
 
 To recompute the dev score of `{first_task}` from these files:
@@ -177,6 +174,20 @@ from peft_search.search.final.export import evaluate_export
 print(evaluate_export(".", "{first_task}"))
 ```
 """
+
+
+def _load_snippet(backbone: str, task: str, entry: dict) -> str:
+    """The model card's lines that load the exported method (a classifier, or a language model that
+    then answers with `generate`)."""
+    if entry.get("objective") == TEXT_TO_TEXT:
+        return (f'from peft_search import load_backbone, load_peft\n\n'
+                f'model = load_backbone("{backbone}", objective="text_to_text")  # its own language-modelling head\n'
+                f'load_peft(model, "{entry["directory"]}")  # injects the saved plan and loads the trained tensors\n'
+                f'model.eval()  # then model.generate(...) answers {task} in its text form')
+    return (f'from peft_search.peft import load_backbone, load_peft\n\n'
+            f'model = load_backbone("{backbone}", num_labels={entry["num_labels"]})  # {task}\'s head: {entry["num_labels"]} outputs\n'
+            f'load_peft(model, "{entry["directory"]}")  # injects the saved plan and loads the trained tensors\n'
+            f'model.eval()')
 
 
 def evaluate_export(export_dir: str | Path, task: str) -> dict:

@@ -424,6 +424,12 @@ class SearchSpec(_Strict):
         "mean of the tasks' main metrics"
     )
     data: DataSpec = Field(DataSpec(), description="where the tasks' examples come from")
+    objective: Literal["classification", "text_to_text"] = Field(
+        "classification",
+        description="classification: a task head on the backbone; text_to_text: each task as text (the T5 paper's "
+        "form), trained through the backbone's own language-modelling head (t5, bart, decoder-only; docs/design.md, "
+        "\"Objectives\")",
+    )
     budget_fraction: float = Field(
         0.005, gt=0, lt=1, description="trainable parameters as a fraction of the backbone's, strictly between 0 and 1"
     )
@@ -564,7 +570,9 @@ class SearchSpec(_Strict):
         for field, task in named:
             if callable(known):
                 try:
-                    known(task)
+                    found = known(task)
+                    if hasattr(found, "check_objective"):
+                        found.check_objective(self.objective)
                 except InputError as error:
                     raise SpecError(field, error.message) from None
             elif task not in known:

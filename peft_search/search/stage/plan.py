@@ -169,6 +169,7 @@ def trial_config(
         gradient_checkpointing=hyper.gradient_checkpointing,
         precision=hyper.precision,
         backbone_dtype=hyper.backbone_dtype,
+        objective=spec.objective,
     )
 
 
