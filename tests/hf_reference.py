@@ -24,12 +24,14 @@ def our_lora_ranks(model) -> dict[str, int]:
     return {name: module.rank for name, module in model.named_modules() if isinstance(module, LoraLinear)}
 
 
-def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None, fan_in_fan_out: bool = False):
+def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None, fan_in_fan_out: bool = False,
+                 task_type: str = "SEQ_CLS"):
     """HF peft's LoRA on `bare_model` (modified in place) on exactly the projections our injected
     model `ours` wraps, rank for rank, with alpha = rank x our LORA_SCALING (same scale), no LoRA
-    dropout, the task head trained (`task_type="SEQ_CLS"`). With `ours`, its LoRA A and B and its
-    head are copied in, so both models start equal; with only `ranks`, HF peft initialises its own.
-    `fan_in_fan_out` for projections that store their weight transposed (gpt2's Conv1D).
+    dropout, the task head trained (`task_type="SEQ_CLS"`; a language model trained through its own
+    head: "SEQ_2_SEQ_LM" or "CAUSAL_LM"). With `ours`, its LoRA A and B and its head are copied in,
+    so both models start equal; with only `ranks`, HF peft initialises its own. `fan_in_fan_out`
+    for projections that store their weight transposed (gpt2's Conv1D).
     """
     import peft
 
@@ -38,7 +40,7 @@ def hf_lora_twin(bare_model, ours=None, ranks: dict[str, int] | None = None, fan
     ranks = ranks if ranks is not None else our_lora_ranks(ours)
     common_rank = max(set(ranks.values()), key=list(ranks.values()).count)
     config = peft.LoraConfig(
-        task_type="SEQ_CLS",
+        task_type=task_type,
         target_modules=list(ranks),
         r=common_rank,
         lora_alpha=common_rank * LORA_SCALING,
