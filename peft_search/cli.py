@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 
 from peft_search.errors import InputError
 
@@ -544,7 +545,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(commands)
 
+    stand_ins = commands.add_parser(
+        "stand-ins", help="write offline stand-ins: tiny random-init language models, SuperGLUE-layout files, a "
+        "prompt/target file",
+        description="For a machine without the Hugging Face Hub: tiny random-init language models (t5, bart, llama, "
+        "qwen2, gpt2, with MiniLM's tokenizer), SuperGLUE task files in the official JSONL layout with synthetic rows, "
+        "and a prompt/target JSONL file, to try the text-to-text jobs end to end. They check mechanics only.",
+    )
+    stand_ins.add_argument("directory", help="where to write them (models/, superglue/, prompt-target/)")
+    stand_ins.set_defaults(handler=cmd_stand_ins)
+
     return parser
+
+
+def cmd_stand_ins(args) -> int:
+    from peft_search.stand_ins import write_stand_ins
+
+    write_stand_ins(Path(args.directory))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from peft_search.train.objectives.text_to_text import parse_number, read_text_ex
 from peft_search.train.sources import locate
 from peft_search.train.tasks import get_task
 from peft_search.train.text_forms import render, stsb_target
-from superglue_files import write_superglue
+from peft_search.stand_ins import write_superglue
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason="../shared/data/glue is not beside the repository")

@@ -18,15 +18,11 @@ import torch
 
 from conftest import needs_minilm
 from hf_reference import LossRecorder, hf_lora_twin, our_lora_ranks, train_reference, warmup_steps_for
-from language_models import LANGUAGE_MODEL_FAMILIES, tiny_language_model
+from peft_search.stand_ins import LANGUAGE_MODEL_FAMILIES, tiny_language_model, write_prompt_target, write_superglue
 from peft_search.train import TrialConfig, evaluate_saved, run_trial
-from superglue_files import write_superglue
+
 
 pytestmark = needs_minilm
-
-KEYS = ("apple", "river", "stone", "cloud", "music", "garden", "window", "paper")
-COLOURS = ("red", "blue", "green", "gold", "black", "white", "pink", "gray")
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -58,12 +54,7 @@ def superglue_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mapping_dir(tmp_path_factory):
     """A prompt/target JSONL pair: "colour of apple" -> "red", eight keys."""
-    root = tmp_path_factory.mktemp("mapping")
-    rng = np.random.default_rng(0)
-    for name, count in (("train.jsonl", 160), ("validation.jsonl", 40)):
-        rows = [{"prompt": f"colour of {KEYS[k]}", "target": COLOURS[k]} for k in rng.integers(0, len(KEYS), count)]
-        (root / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return str(root)
+    return str(write_prompt_target(tmp_path_factory.mktemp("mapping")))
 
 
 def trial(model, task, data_dir, tmp_path, **overrides):

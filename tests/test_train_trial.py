@@ -26,7 +26,7 @@ def config(tmp_path, **overrides) -> TrialConfig:
 
 
 def without_timing(epochs):
-    return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in epochs]
+    return [{k: v for k, v in e.items() if k not in ("elapsed_s", "evaluation_s")} for e in epochs]
 
 
 # ---- the plan row ------------------------------------------------------------------------------

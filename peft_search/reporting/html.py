@@ -106,7 +106,8 @@ def _header(run: RunView) -> str:
     lines = [
         f"<h1>peft-search report: {escape(run.name)}</h1>",
         f'<p>Run <code>{escape(str(run.run_dir))}</code>: <b>{escape(run.state["status"])}</b>, '
-        f"{escape(outcome_counts([s.status for s in run.stages]))}. Backbone <code>{escape(spec.backbone)}</code>; "
+        f"{escape(outcome_counts([s.status for s in run.stages]))}. Backbone <code>{escape(spec.backbone)}</code>, "
+        f"objective {escape(spec.objective)}; "
         f"tasks {escape(', '.join(spec.tasks))}; budget {spec.budget_fraction:g} of the backbone's parameters; "
         f"{spec.designs_per_choice} designs per choice; training seeds {spec.seeds}; "
         f"fidelity {escape(_fidelity_text(spec.fidelity))}.</p>",

@@ -79,6 +79,7 @@ def preflight(
             spec = spec.with_data_dir(Path(spec.data.dir).expanduser().resolve())
         if storage is not None:
             spec = spec.with_storage(storage)
+        spec = spec.with_local_backbone_resolved()
         check_size(spec)
         unchecked: list[str] = []
         check_data(spec, unchecked)

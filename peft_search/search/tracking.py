@@ -57,7 +57,7 @@ def trial_params(row) -> dict[str, str | int | float | None]:
         trial_id=row.trial_id, model=config.model, task=config.task, seed=config.seed,
         learning_rate=config.learning_rate, budget_fraction=config.budget_fraction, preset=config.preset,
         max_steps=config.max_steps, epochs=config.epochs, batch_size=config.batch_size,
-        max_train_examples=config.max_train_examples,
+        max_train_examples=config.max_train_examples, objective=config.objective,
     )
     if config.design is not None:
         design = config.design.to_dict()

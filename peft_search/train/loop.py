@@ -180,6 +180,7 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
             say(f"trial diverged: {error}")
             break
         epoch += 1
+        evaluation_started = time.perf_counter()
         evaluation = objective.evaluate(model, eval_loader, accelerator, task, prepared.data.validation, prepared.tokenizer)
         record = {
             "epoch": round(step / steps_per_epoch, 4),
@@ -188,6 +189,7 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
             **evaluation.metrics,
             "score": evaluation.score,
             "elapsed_s": round(time.perf_counter() - started, 3),
+            "evaluation_s": round(time.perf_counter() - evaluation_started, 3),  # what scoring cost (docs/benchmarks.md)
         }
         epochs.append(record)
         say("  eval  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
@@ -198,7 +200,7 @@ def _train(config, prepared: Prepared, accelerator, emit, say, save_dir) -> dict
                 raise CallbackError(callback_error) from callback_error
 
     final = epochs[-1] if epochs else {}
-    metrics = {k: v for k, v in final.items() if k not in ("epoch", "step", "score", "elapsed_s")}
+    metrics = {k: v for k, v in final.items() if k not in ("epoch", "step", "score", "elapsed_s", "evaluation_s")}
     if status == "finished" and save_dir is not None and accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if prepared.report is None:

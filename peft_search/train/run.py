@@ -23,7 +23,7 @@ def run_trial(
 
     on_epoch: called in the calling thread after each evaluation (every epoch, and at the end of a
         run that stops mid-epoch) with a flat dict: epoch, step, train_loss, eval_loss, the task's
-        metrics, score, elapsed_s. With workers > 1 it is still called live, in this thread. Inside
+        metrics, score, elapsed_s, evaluation_s. With workers > 1 it is still called live, in this thread. Inside
         a Ray Tune trial with workers > 1 and no on_epoch, the epochs reach Tune through Ray's
         TuneReportCallback instead; give on_epoch=ray.tune.report or the like, not both.
     save_dir: where to save the trained PEFT state (`save_peft`; full fine-tuning: `save_pretrained`)

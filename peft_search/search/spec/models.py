@@ -542,6 +542,14 @@ class SearchSpec(_Strict):
             raise InputError("--data-dir", "this job's tasks use bundled data (data.source: bundled) and read no directory")
         return self._replace(data={"source": "local", "dir": str(path)})
 
+    def with_local_backbone_resolved(self) -> "SearchSpec":
+        """This spec with a backbone given as a relative local directory made absolute: trials run in
+        other working directories (an alias or a Hub id is left as it is)."""
+        path = Path(self.backbone).expanduser()
+        if path.is_absolute() or not path.is_dir():
+            return self
+        return self._replace(backbone=str(path.resolve()))
+
     def with_storage(self, storage: str | Path) -> "SearchSpec":
         """This spec keeping its runs under `storage` (the `--storage` override)."""
         return self._replace(storage=str(storage))

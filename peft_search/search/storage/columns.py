@@ -38,7 +38,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "realised_params": pa.int64(),
     "target_params": pa.int64(),
     "head_params": pa.int64(),
-    "head": pa.string(),  # the head it trained: new | kept (the checkpoint's own) | replaced (a new one for it); null before 0.4
+    "head": pa.string(),  # the head it trained: new | kept (the checkpoint's own) | replaced (a new one for it) | lm (text_to_text: the backbone's own LM head, frozen); null before 0.4
     "checkpoint_head_labels": pa.int64(),  # the outputs of the checkpoint's own head; null: it had none
     "wall_time_s": pa.float64(),
     "train_samples_per_s": pa.float64(),
