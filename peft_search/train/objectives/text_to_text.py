@@ -242,9 +242,10 @@ def _rank(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int], f
     return chosen
 
 
-def _generate(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int], max_new_tokens: int) -> list[str]:
-    """Greedy answers (the KV cache on): seq2seq from the sources, causal from the prompts padded on
-    the left so that every row continues where its prompt ends."""
+def _generate(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int], max_new_tokens: int) -> torch.Tensor:
+    """Greedy answers (the KV cache on) as token ids, padded to max_new_tokens + 1 so that workers'
+    answers gather as one tensor: seq2seq from the sources, causal from the prompts padded on the
+    left so that every row continues where its prompt ends."""
     device = next(lm.parameters()).device
     prompts = [split.example(i)["input_ids"] for i in indices]
     left = kind == CAUSAL
@@ -254,7 +255,18 @@ def _generate(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int
                       num_beams=1, use_cache=True, pad_token_id=tokenizer.pad_token_id)
     if left:
         out = out[:, input_ids.shape[1]:]
-    return [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    answers = torch.full((len(indices), max_new_tokens + 1), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    answers[:, :out.shape[1]] = out
+    return answers
+
+
+def _token_losses(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the summed cross-entropy of its target tokens, and how many there are."""
+    if causal:  # position t predicts token t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
+                                               reduction="none")
+    return losses.sum(-1), (labels != IGNORE).sum(-1)
 
 
 def parse_number(text: str) -> float:
@@ -274,28 +286,21 @@ def evaluate(model, loader, accelerator, task: Task, split: TokenisedSplit, toke
     ranked = own_options or (task.labels is not None and not task.regression)
     fixed = None if own_options or not ranked else _option_ids(tokenizer, kind, list(label_words(task)))
     max_new_tokens = int(np.diff(split.target_offsets).max()) + 1 if len(split) else 1
-    loss_sum = torch.zeros((), device=accelerator.device)
-    token_count = torch.zeros((), device=accelerator.device)
-    order, chosen, answers = [], [], []
+    gathered = []
     for batch in loader:
         index = batch.pop("index")
-        output = model(**batch)
-        tokens = (batch["labels"] != IGNORE).sum()
-        loss_sum += output.loss.float() * tokens
-        token_count += tokens
+        losses, tokens = _token_losses(model(**batch).logits, batch["labels"], kind == CAUSAL)
         indices = index.tolist()
         choice = _rank(lm, kind, tokenizer, split, indices, fixed) if ranked else [-1] * len(indices)
-        texts = _generate(lm, kind, tokenizer, split, indices, max_new_tokens)
-        gathered = accelerator.gather_for_metrics([list(zip(indices, choice, texts))], use_gather_object=True)
-        for part in gathered:
-            for i, c, t in part:
-                order.append(i)
-                chosen.append(c)
-                answers.append(t)
-    loss_sum, token_count = accelerator.reduce(loss_sum), accelerator.reduce(token_count)
-    eval_loss = (loss_sum / token_count).item() if token_count.item() else math.nan
-    order = np.asarray(order, dtype=np.int64)
-    return _scores(task, split, order, np.asarray(chosen, dtype=np.int64), answers, eval_loss)
+        answers = _generate(lm, kind, tokenizer, split, indices, max_new_tokens)
+        # Tensors, gathered as the loader's last batch requires (its padding duplicates dropped).
+        gathered.append([t.cpu() for t in accelerator.gather_for_metrics(
+            (index.to(accelerator.device), losses, tokens, torch.tensor(choice, device=accelerator.device), answers))])
+    index, losses, tokens, choice, answers = (torch.cat(column) for column in zip(*gathered))
+    eval_loss = (losses.sum() / tokens.sum()).item() if tokens.sum() else math.nan
+    order = index.numpy()
+    texts = [text.strip() for text in tokenizer.batch_decode(answers, skip_special_tokens=True)]
+    return _scores(task, split, order, choice.numpy(), texts, eval_loss)
 
 
 def _scores(task: Task, split: TokenisedSplit, order: np.ndarray, chosen: np.ndarray, answers: list[str],
