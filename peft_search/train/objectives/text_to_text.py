@@ -30,14 +30,24 @@ import re
 import numpy as np
 import torch
 
+from peft_search.errors import InputError
 from peft_search.peft.backbones import CAUSAL, SEQ2SEQ, language_model_kind, load_language_model
 from peft_search.train import metrics as metric_functions
-from peft_search.train.data import SOURCES_DIR, Encoding, TokenisedSplit, column, read_examples, stratified_indices
+from peft_search.train.data import (
+    HOLDOUT_FRACTION,
+    HOLDOUT_SEED,
+    SOURCES_DIR,
+    STATS,
+    Encoding,
+    TokenisedSplit,
+    column,
+    read_examples,
+    stratified_indices,
+)
 from peft_search.train.evaluation import Evaluation
 from peft_search.train.sources import quiet_datasets, read_source
 from peft_search.train.tasks import TEXT_TO_TEXT, Task
 from peft_search.train.text_forms import (
-    TEXT_COLUMNS,
     from_labelled,
     label_words,
     prompt_examples,
@@ -71,8 +81,6 @@ def read_text_examples(task: Task, source, root, tokenizer):
     import datasets
     from datasets.fingerprint import generate_random_fingerprint
 
-    from peft_search.train.data import HOLDOUT_FRACTION, HOLDOUT_SEED
-
     def table(columns: dict):
         return datasets.Dataset.from_dict(columns, features=_features(task))
 
@@ -87,8 +95,6 @@ def read_text_examples(task: Task, source, root, tokenizer):
         train = table(render(task, rows(raw.train), raw.where["train"]))
         validation = None if raw.validation is None else table(render(task, rows(raw.validation), raw.where["validation"]))
         if not len(train):
-            from peft_search.errors import InputError
-
             raise InputError("data_dir", f"{raw.where['train']}: the training set is empty (no labelled rows)")
     else:
         task, labelled_train, labelled_validation = read_examples(task, source, cache_dir=root)
@@ -128,11 +134,7 @@ def _tokeniser(kind: str):
         return {"input_ids": input_ids, "target_ids": target_ids}
 
     def tokenise(tokenizer, examples, max_length: int, fingerprint: str):
-        from peft_search.train.data import STATS
-
         if kind == CAUSAL and tokenizer.eos_token_id is None:
-            from peft_search.errors import InputError
-
             raise InputError("model", "its tokenizer has no end-of-sequence token to end a response with")
         features = datasets.Features({**examples.features, "input_ids": datasets.List(datasets.Value("int32")),
                                       "target_ids": datasets.List(datasets.Value("int32"))})
@@ -190,28 +192,24 @@ class TextBatches:
 # ---- scoring -----------------------------------------------------------------------------------------
 
 
-def _sequence_log_likelihoods(lm, kind: str, prompts: list, prompt_rows: list[int], options: list) -> torch.Tensor:
-    """Log-likelihood of each option as the target of its prompt (`prompt_rows[i]`: the prompt of option
-    row i). seq2seq runs the encoder once per prompt and the decoder over every row; causal runs each
-    prompt + option sequence, its prompt positions unscored."""
+def _option_log_likelihoods(lm, kind: str, rows: list[int], options: list, encoded=None, mask=None,
+                            prompts: list | None = None) -> torch.Tensor:
+    """Log-likelihood of each option as the target of its example (`rows[i]`: the position in the batch
+    of the example option i answers). seq2seq: the decoder over every row from the batch's encoder
+    states (`encoded`, computed once); causal: each prompt + option sequence, its prompt unscored."""
     device = next(lm.parameters()).device
+    row = torch.tensor(rows, device=device)
     if kind == SEQ2SEQ:
-        input_ids = _pad(prompts, lm.config.pad_token_id).to(device)
-        mask = _pad([np.ones(len(p)) for p in prompts], 0).to(device)
-        encoded = lm.get_encoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        rows = torch.tensor(prompt_rows, device=device)
         labels = _pad(options, IGNORE).to(device)
-        logits = lm(encoder_outputs=(encoded[rows],), attention_mask=mask[rows], labels=labels).logits
+        logits = lm(encoder_outputs=(encoded.last_hidden_state[row],), attention_mask=mask[row], labels=labels).logits
     else:
-        sequences = [np.concatenate([prompts[p], o]) for p, o in zip(prompt_rows, options)]
-        labels = _pad([np.concatenate([np.full(len(prompts[p]), IGNORE), o]) for p, o in zip(prompt_rows, options)],
+        sequences = [np.concatenate([prompts[r], o]) for r, o in zip(rows, options)]
+        labels = _pad([np.concatenate([np.full(len(prompts[r]), IGNORE), o]) for r, o in zip(rows, options)],
                       IGNORE).to(device)
         logits = lm(input_ids=_pad(sequences, lm.config.pad_token_id).to(device),
                     attention_mask=_pad([np.ones(len(s)) for s in sequences], 0).to(device)).logits
-        logits, labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t + 1
-    token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
-                                                   reduction="none")
-    return -token_loss.sum(-1)
+    losses, _ = _token_losses(logits, labels, kind == CAUSAL)
+    return -losses
 
 
 def _option_ids(tokenizer, kind: str, texts: list[str]) -> list[np.ndarray]:
@@ -221,40 +219,42 @@ def _option_ids(tokenizer, kind: str, texts: list[str]) -> list[np.ndarray]:
     return [np.asarray(i + [tokenizer.eos_token_id]) for i in ids]
 
 
-def _rank(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int], fixed: list[np.ndarray] | None) -> list[int]:
-    """Rank classification of the examples at `indices`: the index of each one's most likely option
-    (the task's label words `fixed`, else the example's own options), options batched in chunks."""
-    chosen = []
-    prompts = [split.example(i)["input_ids"] for i in indices]
+def _rank(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int], fixed: list[np.ndarray] | None,
+          encoded=None, mask=None) -> list[int]:
+    """Rank classification of the batch's examples (`indices` in the split): the index of each one's
+    most likely option (the task's label words `fixed`, else the example's own options), every
+    option a row of one forward (in chunks of OPTION_ROWS rows)."""
+    prompts = None if kind == SEQ2SEQ else [split.example(i)["input_ids"] for i in indices]
     per_example = [fixed if fixed is not None else _option_ids(tokenizer, kind, split.answers.options[i]) for i in indices]
     rows = [(e, o) for e, options in enumerate(per_example) for o in range(len(options))]
     scores = torch.empty(len(rows))
     for start in range(0, len(rows), OPTION_ROWS):
         chunk = rows[start:start + OPTION_ROWS]
-        used = sorted({e for e, _ in chunk})
-        position = {e: k for k, e in enumerate(used)}
-        scores[start:start + len(chunk)] = _sequence_log_likelihoods(
-            lm, kind, [prompts[e] for e in used], [position[e] for e, _ in chunk], [per_example[e][o] for e, o in chunk]).cpu()
-    offset = 0
+        scores[start:start + len(chunk)] = _option_log_likelihoods(
+            lm, kind, [e for e, _ in chunk], [per_example[e][o] for e, o in chunk], encoded, mask, prompts).cpu()
+    chosen, offset = [], 0
     for options in per_example:
         chosen.append(int(scores[offset:offset + len(options)].argmax()) if len(options) else -1)
         offset += len(options)
     return chosen
 
 
-def _generate(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int], max_new_tokens: int) -> torch.Tensor:
+def _generate(lm, kind: str, tokenizer, split: TokenisedSplit, indices: list[int], max_new_tokens: int,
+              batch: dict, encoded=None) -> torch.Tensor:
     """Greedy answers (the KV cache on) as token ids, padded to max_new_tokens + 1 so that workers'
-    answers gather as one tensor: seq2seq from the sources, causal from the prompts padded on the
-    left so that every row continues where its prompt ends."""
-    device = next(lm.parameters()).device
-    prompts = [split.example(i)["input_ids"] for i in indices]
-    left = kind == CAUSAL
-    input_ids = _pad(prompts, tokenizer.pad_token_id, left=left).to(device)
-    mask = _pad([np.ones(len(p)) for p in prompts], 0, left=left).to(device)
-    out = lm.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                      num_beams=1, use_cache=True, pad_token_id=tokenizer.pad_token_id)
-    if left:
-        out = out[:, input_ids.shape[1]:]
+    answers gather as one tensor: seq2seq from the batch's encoder states (computed once), causal
+    from the prompts padded on the left so that every row continues where its prompt ends."""
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id)
+    device = batch["input_ids"].device
+    if kind == SEQ2SEQ:
+        out = lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], encoder_outputs=encoded,
+                          **settings)
+    else:
+        prompts = [split.example(i)["input_ids"] for i in indices]
+        input_ids = _pad(prompts, tokenizer.pad_token_id, left=True).to(device)
+        mask = _pad([np.ones(len(p)) for p in prompts], 0, left=True).to(device)
+        out = lm.generate(input_ids=input_ids, attention_mask=mask, **settings)[:, input_ids.shape[1]:]
     answers = torch.full((len(indices), max_new_tokens + 1), tokenizer.pad_token_id, dtype=torch.long, device=device)
     answers[:, :out.shape[1]] = out
     return answers
@@ -289,10 +289,16 @@ def evaluate(model, loader, accelerator, task: Task, split: TokenisedSplit, toke
     gathered = []
     for batch in loader:
         index = batch.pop("index")
-        losses, tokens = _token_losses(model(**batch).logits, batch["labels"], kind == CAUSAL)
         indices = index.tolist()
-        choice = _rank(lm, kind, tokenizer, split, indices, fixed) if ranked else [-1] * len(indices)
-        answers = _generate(lm, kind, tokenizer, split, indices, max_new_tokens)
+        encoded, mask = None, batch["attention_mask"]
+        if kind == SEQ2SEQ:  # the encoder once per batch: for the loss, every option and the greedy answers
+            encoded = lm.get_encoder()(input_ids=batch["input_ids"], attention_mask=mask)
+            logits = lm(encoder_outputs=encoded, attention_mask=mask, labels=batch["labels"]).logits
+        else:
+            logits = model(**batch).logits
+        losses, tokens = _token_losses(logits, batch["labels"], kind == CAUSAL)
+        choice = _rank(lm, kind, tokenizer, split, indices, fixed, encoded, mask) if ranked else [-1] * len(indices)
+        answers = _generate(lm, kind, tokenizer, split, indices, max_new_tokens, batch, encoded)
         # Tensors, gathered as the loader's last batch requires (its padding duplicates dropped).
         gathered.append([t.cpu() for t in accelerator.gather_for_metrics(
             (index.to(accelerator.device), losses, tokens, torch.tensor(choice, device=accelerator.device), answers))])
