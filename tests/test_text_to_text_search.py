@@ -98,8 +98,8 @@ def test_dry_run_counts_no_task_head_and_the_lm_logits(stand_ins, tmp_path, run_
         line = next(line for line in out.stdout.splitlines() if "GiB per trial" in line)
         return float(line.split("activations ")[1].split()[0])
 
-    # The LM head's logits over a 30,522-word vocabulary: 8 bytes x 4 examples x 64 positions each.
-    assert memory(text_out) - memory(classifier_out) == pytest.approx(8 * 4 * 64 * 30522 / 2**30, abs=0.006)
+    # The LM head's log-softmax over a 30,522-word vocabulary: 4 bytes x 4 examples x 64 positions each.
+    assert memory(text_out) - memory(classifier_out) == pytest.approx(4 * 4 * 64 * 30522 / 2**30, abs=0.006)
 
 
 @pytest.mark.parametrize("changes, field, message", [

@@ -25,7 +25,7 @@ TRAINING_STATE_BYTES = 12  # per trainable parameter: float32 gradient + AdamW's
 AUTOCAST_ACTIVATION_FACTOR = 0.85  # of fp32's activations under bf16/fp16 autocast (norms, softmax stay fp32)
 GATED_FEED_FORWARD = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 GIB = 2**30
-LOGITS_BYTES = 8  # per target position and vocabulary word: float32 logits and their log-softmax
+LOGITS_BYTES = 4  # per target position and vocabulary word: the float32 log-softmax cross-entropy keeps (measured)
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ def estimate_trial_memory(
     """One worker's memory for a trial that adds `trainable_params` (PEFT modules and head, float32)
     to a backbone of `backbone_params`, at `batch_size` examples of `max_length` tokens per worker.
     BitFit's biases are the backbone's own tensors: counted in its dtype (a few kilobytes off).
-    `vocabulary_logits` (the text-to-text objective): the language-modelling head's logits over the
-    vocabulary at every target position, at most `max_length` per example, kept in float32 with their
-    log-softmax for the backward pass (8 bytes per position and word; no checkpointing saves them)."""
+    `vocabulary_logits` (the text-to-text objective): the language-modelling head's scores over the
+    vocabulary at every target position, at most `max_length` per example: cross-entropy keeps their
+    float32 log-softmax for the backward pass (4 bytes per position and word, autocast or not: it runs
+    in float32; no checkpointing saves them; tests/test_trial_memory.py measures it)."""
     weights = backbone_params * BYTES[backbone_dtype] + trainable_params * BYTES["float32"]
     block = block_activation_bytes(config, batch_size, max_length)
     factor = 2 * (AUTOCAST_ACTIVATION_FACTOR if precision in ("bf16", "fp16") else 1.0)  # x2: fp32 is 4 bytes
