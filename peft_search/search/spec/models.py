@@ -420,8 +420,9 @@ class SearchSpec(_Strict):
     )
     backbone: str = Field(min_length=1, description="Hub id, local directory, or an alias such as minilm")
     tasks: list[str] = Field(
-        description="task names (cola sst2 mrpc qqp stsb mnli qnli rte wnli, tweets, ...); a design's score is the "
-        "mean of the tasks' main metrics"
+        description="task names (cola sst2 mrpc qqp stsb mnli qnli rte wnli, tweets, file:...; with objective "
+        "text_to_text also boolq cb copa wic wsc multirc record and file:prompt=FIELD,target=FIELD); a design's score "
+        "is the mean of the tasks' main metrics"
     )
     data: DataSpec = Field(DataSpec(), description="where the tasks' examples come from")
     objective: Literal["classification", "text_to_text"] = Field(
