@@ -125,3 +125,23 @@ def test_official_metrics():
     assert metrics.group_exact_match(predictions, labels, groups) == pytest.approx(2 / 3)
     assert metrics.rouge_l(["the cat sat"], ["the cat sat"]) == 1.0 and metrics.rouge_l(["dog"], ["cat"]) == 0.0
     assert parse_number(" 3.8 ") == 3.8 and parse_number("three") == -1.0 and parse_number("4") == 4.0
+
+
+def test_superglue_rows_in_the_hubs_flat_layout():
+    """aps/super_glue stores MultiRC one row per answer (idx names its question) and ReCoRD one row per
+    query with its entities and answers as text, labels as class ids: rendered as the official rows."""
+    from peft_search.train.text_forms import superglue_examples
+
+    multirc = [{"paragraph": "Ann saw a cat.", "question": "What did Ann see?", "answer": answer, "label": label,
+                "idx": {"paragraph": 3, "question": 1, "answer": a}}
+               for a, (answer, label) in enumerate([("a cat", 1), ("a dog", 0)])]
+    rows = superglue_examples(get_task("multirc"), multirc, "hub")
+    assert rows["target"] == ["True", "False"] and rows["group"] == [3001, 3001]
+    assert rows["source"][0] == "multirc answer: a cat paragraph: Ann saw a cat. question: What did Ann see?"
+    record = [{"passage": "Ann met Bob.\n@highlight\nAnn was glad", "query": "@placeholder was glad",
+               "entities": ["Ann", "Bob", "Ann"], "answers": ["Ann"], "idx": {"passage": 0, "query": 0}}]
+    rows = superglue_examples(get_task("record"), record, "hub")
+    assert rows["options"] == [["Ann", "Bob"]] and rows["answers"] == [["Ann"]] and rows["target"] == ["Ann"]
+    assert rows["source"] == ["record query: @placeholder was glad entities: Ann, Bob passage: Ann met Bob. Ann was glad"]
+    boolq = [{"question": "is it", "passage": "It is.", "label": 1, "idx": 0}]
+    assert superglue_examples(get_task("boolq"), boolq, "hub")["target"] == ["True"]
