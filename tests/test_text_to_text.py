@@ -233,3 +233,20 @@ def test_our_lora_trains_as_hf_peft_lora_step_for_step(models, mapping_dir, tmp_
         ours = prepared.model(**batch).logits
         expected = reference(**batch).logits
     np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_file_tasks_label_words_survive_the_token_cache(models, tmp_path):
+    """A classification file task in text form: its label names are read from the data, and a second
+    trial that takes the tokenised splits from the cache still ranks them (the same metrics)."""
+    import csv
+
+    for split, rows in (("train", 40), ("validation", 12)):
+        with open(tmp_path / f"{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["review", "stars"])
+            for i in range(rows):
+                writer.writerow([f"a {'good' if i % 2 else 'poor'} film", "high" if i % 2 else "low"])
+    config = trial(models["t5"], "file:text=review,label=stars", str(tmp_path), tmp_path, preset="lora")
+    first, second = run_trial(config), run_trial(config)
+    assert first.status == second.status == "finished", first.error
+    assert first.metrics == second.metrics and set(first.metrics) >= {"accuracy", "f1"}

@@ -115,7 +115,9 @@ class TokenisedSplit:
             target_ids, target_offsets = ragged(TARGET_IDS)
             answers = TextAnswers(table.column("target").to_pylist(), table.column("options").to_pylist(),
                                   table.column("answers").to_pylist(), table.column("group").to_numpy())
-            return cls(input_ids, offsets, None, table.column("label").to_numpy(), None, target_ids, target_offsets,
+            label = dataset.features["label"]  # a ClassLabel keeps a file task's label names through the cache
+            names = tuple(label.names) if isinstance(label, datasets.ClassLabel) else None
+            return cls(input_ids, offsets, None, table.column("label").to_numpy(), names, target_ids, target_offsets,
                        answers)
         feature = dataset.features[LABELS]
         return cls(
