@@ -74,7 +74,7 @@ def test_every_family_trains_a_glue_task_with_all_four_strategies(models, glue_d
     assert set(result.learning_rates) == {"adapter", "prefix", "bitfit", "lora"}  # no head group: nothing else trains
 
 
-@pytest.mark.parametrize("family", LANGUAGE_MODEL_FAMILIES)
+@pytest.mark.parametrize("family", ["t5", "bart", "llama", "qwen2", "gpt2"])  # qwen3 and mistral train as llama
 @pytest.mark.parametrize("task", ["boolq", "cb", "copa"])
 def test_superglue_tasks_train_from_the_official_jsonl_files(models, superglue_dir, tmp_path, family, task):
     result = run_trial(trial(models[family], task, superglue_dir, tmp_path, preset="lora"))
