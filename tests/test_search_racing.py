@@ -179,3 +179,19 @@ def test_a_trial_that_crashed_past_its_retries_is_recorded_as_failed(tmp_path, p
     (record,) = read_records(tmp_path, 0)
     assert record["trial_id"] == config["row"].trial_id and record["status"] == "failed"
     assert config["row"].trial_id not in {row.trial_id for row in searcher.state.pending}
+
+
+def test_a_six_block_stage_stops_for_a_tie_after_three_blocks_under_the_default_first_stage(tmp_path, profile,
+                                                                                          monkeypatch):
+    """Issue 38: an allocation stage (3 choices) planning 6 blocks, its choices within noise of each
+    other, under the default racing (first stage 8): the race looks after 3 blocks and stops there
+    for a tie, 9 trials instead of all 18, as the old default first stage of 3 did."""
+    monkeypatch.setitem(globals(), "fake_score", lambda row: 0.70 + random.Random(row.trial_id).gauss(0, 0.002))
+    spec = make_spec(stages=["allocation"], designs_per_choice=6, racing={"lookahead": 0})
+    assert spec.racing.min_blocks == 8
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    assert plan.num_trials == 18
+    searcher = StageSearcher(tmp_path, plan, spec.racing, spec.tasks, seed=7)
+    trained = drive(searcher, tmp_path)
+    state = searcher.state
+    assert state.outcome == "tie" and state.decided_at == 3 and trained == 9

@@ -18,7 +18,7 @@ def scores_from(matrix: np.ndarray) -> dict[str, dict[int, float]]:
 
 def run_sequentially(scores, planned: int, first_stage: int, delta: float = 0.05, confidence: float = 0.9):
     """Blocks arrive one at a time, as a race's rounds bring them; the procedure's verdict at the end."""
-    for r in range(first_stage, planned + 1):
+    for r in range(2, planned + 1):
         verdict = select(scores, CHOICES, list(range(r)), delta=delta, confidence=confidence, first_stage=first_stage,
                          planned_blocks=planned)
         if verdict.done:
@@ -92,3 +92,19 @@ def test_failed_designs_leave_their_blocks_out_of_the_pairs_they_belong_to():
     scores["b"][3] = None
     verdict = run_sequentially(scores, 10, KN_MIN_FIRST_STAGE)
     assert verdict.outcome == "selected" and verdict.survivors == ("a",) and set(verdict.dropped) == {"b", "c"}
+
+
+def test_a_six_block_stage_stops_for_a_tie_as_early_as_under_the_old_first_stage_of_3():
+    """Issue 38: under the default first stage of 8, a stage planning 6 blocks looked only after its
+    last block. It now looks after 3 blocks too (selection.early_look): on the same scores it calls
+    the tie at the same block as the old default (min_blocks 3) did, and a difference of delta is
+    still rarely called a tie there."""
+    rng = np.random.default_rng(5)
+    stages = [synthetic(rng, [0.700, 0.701, 0.700], 0.002, 6) for _ in range(50)]
+    default = [run_sequentially(scores, 6, min(KN_MIN_FIRST_STAGE, 6), confidence=0.95) for scores in stages]
+    old = [run_sequentially(scores, 6, 3, confidence=0.95) for scores in stages]
+    assert all(v.outcome == "tie" for v in default) and all(v.blocks == 3 for v in default)
+    assert [v.blocks for v in default] == [v.blocks for v in old]
+    apart = [run_sequentially(synthetic(rng, [0.75, 0.70, 0.70], 0.02, 6), 6, min(KN_MIN_FIRST_STAGE, 6), confidence=0.95)
+             for _ in range(100)]
+    assert sum(v.outcome == "tie" and "a" in v.tied for v in apart) <= 5

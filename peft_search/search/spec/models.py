@@ -204,9 +204,10 @@ class Racing(_Strict):
 
     min_blocks: int = Field(
         KN_MIN_FIRST_STAGE, ge=2, le=MAX_DESIGNS,
-        description="the first stage: blocks every choice runs before anything is decided (at least 2: one block says "
+        description="the first stage: blocks every choice runs before a choice is dropped (at least 2: one block says "
         f"nothing about the noise); choices are dropped only with a first stage of at least {KN_MIN_FIRST_STAGE} blocks "
-        "(below that a stage stops early only for a tie); a stage with fewer planned blocks runs them all. The default "
+        "(below that a stage stops early only for a tie); a stage planning no more blocks looks after 3 too, where a "
+        "tie can stop it. The default "
         f"{KN_MIN_FIRST_STAGE} lets a decisive stage select (docs/design.md, \"Dispatch\")"
     )
     confidence: float = Field(

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from peft_search.search.spec import Fidelity, SearchSpec
+from peft_search.search.stage.racing import round_end
 from peft_search.train.tasks import get_task
 
 
@@ -107,8 +108,8 @@ class SearchEstimate:
         total = f"{self.trials:,}" if self.fewest_trials == self.trials else f"{self.fewest_trials:,} to {self.trials:,}"
         lines.append(f"{'total':<6} {'':<16} {'':>7} {total:>12}  {steps_text(self.steps)}")
         if self.fewest_trials != self.trials:
-            lines.append("racing: the fewest trials if every race stops after its first round (min_blocks blocks), "
-                         "the most if every race runs all designs_per_choice blocks")
+            lines.append("racing: the fewest trials if every race stops after its first round (min_blocks blocks, or 3 "
+                         "for a tie when no more are planned), the most if every race runs all designs_per_choice blocks")
         lines.append("trials are upper bounds: duplicate designs and stages of untuned groups plan fewer")
         return "\n".join(lines)
 
@@ -135,8 +136,9 @@ def estimate_search(spec: SearchSpec, train_sizes: dict[str, int] | None = None)
     for i, stage in enumerate(spec.stages if spec.joint is None else ()):
         designs = len(stage.candidates) * spec.designs_per_choice
         trials_per_design = len(spec.tasks) * len(spec.seeds)
-        first_round = (None if spec.racing is None or spec.racing.min_blocks >= spec.designs_per_choice
-                       else len(stage.candidates) * spec.racing.min_blocks * trials_per_design)
+        first = None if spec.racing is None else round_end(1, spec.racing, spec.designs_per_choice)
+        first_round = (None if first is None or first >= spec.designs_per_choice
+                       else len(stage.candidates) * first * trials_per_design)
         stages.append(
             StageEstimate(
                 stage=i,

@@ -1,7 +1,8 @@
 """Racing a stage: which blocks run, which choices are dropped, when the stage stops.
 
 A paired stage plans `designs_per_choice` blocks. Racing runs them in rounds: round 0 is the first
-`min_blocks` blocks of every choice (the selection procedure's first stage); after each round the
+`min_blocks` blocks of every choice (the selection procedure's first stage; a stage that plans no
+more blocks than that first looks after 3, `selection.early_look`, where a tie can stop it); after each round the
 selection procedure (`selection.select`: KN on the paired block scores, with a stop for ties;
 docs/design.md, "Selection procedure") drops the choices it can and says whether the stage is
 done: one choice selected, a tie within `delta`, or every planned block run (undecided).
@@ -23,7 +24,7 @@ from typing import Sequence
 
 from peft_search.search.stage.plan import PlanRow, StagePlan
 from peft_search.search.stage.scores import design_scores, trial_scores
-from peft_search.search.stage.selection import RUNNING, SELECTED, TIE, UNDECIDED, Selection, select
+from peft_search.search.stage.selection import RUNNING, SELECTED, TIE, UNDECIDED, Selection, early_look, select
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,26 @@ def block_scores(records: Sequence[dict], tasks: Sequence[str]) -> dict[str, dic
     return table
 
 
-def round_of(blocks: int, racing) -> int:
-    """The round (0-based) in which a choice's `blocks`-th block ran."""
-    return max(0, -(-(blocks - racing.min_blocks) // racing.blocks_per_round))
+def round_of(blocks: int, racing, planned: int) -> int:
+    """The round (0-based) in which a choice's `blocks`-th block ran: round 0 ends with the first stage
+    (`min_blocks`, at most the planned blocks), or at a small stage's early look
+    (`selection.early_look`), whose next round ends with the first stage; then one round per
+    `blocks_per_round` blocks."""
+    first_stage = min(racing.min_blocks, planned)
+    early = early_look(first_stage, planned)
+    if early is not None and blocks <= early:
+        return 0
+    return (early is not None) + max(0, -(-(blocks - first_stage) // racing.blocks_per_round))
 
 
 def round_end(blocks: int, racing, planned: int) -> int:
     """The blocks every survivor has run once the round holding the `blocks`-th block is complete."""
-    return min(planned, racing.min_blocks + racing.blocks_per_round * round_of(blocks, racing))
+    first_stage = min(racing.min_blocks, planned)
+    early = early_look(first_stage, planned)
+    rounds = round_of(blocks, racing, planned)
+    if early is not None and rounds == 0:
+        return early
+    return min(planned, first_stage + racing.blocks_per_round * (rounds - (early is not None)))
 
 
 def stop_reason(selection: Selection, racing, planned_blocks: int) -> str:
@@ -138,7 +151,7 @@ def race_state(plan: StagePlan, records: Sequence[dict], racing, tasks: Sequence
     scores = block_scores(records, tasks)
     survivors = list(choices)
     eliminated: dict[str, Elimination] = {}
-    count = min(racing.min_blocks, planned)
+    count = round_end(1, racing, planned)  # the first look
 
     def complete(block: int) -> bool:
         return all(row.trial_id in recorded for row in rows_by_block[block] if row.choice in survivors)
@@ -147,14 +160,14 @@ def race_state(plan: StagePlan, records: Sequence[dict], racing, tasks: Sequence
         pending = tuple(row for block in all_blocks[:count] for row in rows_by_block[block]
                         if row.choice in survivors and row.trial_id not in recorded)
         if pending:
-            return RaceState(round_of(count, racing), count, tuple(survivors), eliminated, pending)
+            return RaceState(round_of(count, racing, planned), count, tuple(survivors), eliminated, pending)
         # Judge the longest prefix of blocks complete for the survivors, in block order: blocks that
         # finished early beyond it wait (stage/dispatch.py). The procedure replays every look up to it.
         judged = count
         while judged < planned and complete(all_blocks[judged]):
             judged += 1
         selection = judge(scores, choices, all_blocks[:judged], racing, planned)
-        eliminated = {c: Elimination(round_of(out.blocks, racing), out.blocks, None, out.by, out.gap, out.allowance)
+        eliminated = {c: Elimination(round_of(out.blocks, racing, planned), out.blocks, None, out.by, out.gap, out.allowance)
                       for c, out in selection.dropped.items()}
         survivors = list(selection.survivors)
         if selection.done:
@@ -163,7 +176,7 @@ def race_state(plan: StagePlan, records: Sequence[dict], racing, tasks: Sequence
             reason = stop_reason(selection, racing, planned)
             if selection.outcome == TIE:
                 reason += f"; kept {kept} ({racing.on_tie})"
-            return RaceState(round_of(selection.blocks, racing), round_end(selection.blocks, racing, planned),
+            return RaceState(round_of(selection.blocks, racing, planned), round_end(selection.blocks, racing, planned),
                              tuple(survivors), eliminated, done=True, reason=reason, outcome=selection.outcome,
                              tied=selection.tied, kept=kept, decided_at=selection.blocks)
         count = round_end(judged + 1, racing, planned)

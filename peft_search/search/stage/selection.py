@@ -30,6 +30,11 @@ difference of delta or more is called a tie with probability at most alpha. The 
 before KN's screening at each block: a stage whose choices are all within delta says so instead of
 picking among them by noise.
 
+A stage that plans no more blocks than its first stage (a 6-block stage under the default first
+stage of 8) would look only once, after its last block; it also looks after TIE_FIRST_LOOK (3)
+blocks, where a tie can stop it, that look counted among the looks the tie test's error is shared
+over. Larger stages look from n0 on, as before.
+
 KN screens only with a first stage of at least KN_MIN_FIRST_STAGE blocks: its normal theory takes
 the variances from the first stage, and stage scores are heavy-tailed (see the constant). With a
 smaller first stage (`racing.min_blocks` below 8) a stage stops early only for a tie.
@@ -59,6 +64,19 @@ DEFAULT_DELTA = 0.05  # on a score of scale 1: what CPU-scale stages can resolve
 # in 6 of 16 blocks) KN's selections were right 3-6% of the time with first stages of 3 and 5
 # blocks and 98% with 8 (docs/benchmarks.md).
 KN_MIN_FIRST_STAGE = 8
+# A stage that plans no more blocks than its first stage would look once, after its last block, and
+# could never stop early. It looks first after this many blocks too (the old default first stage: a
+# paired t interval on 2 degrees of freedom), where only a tie can stop it; that early look takes its
+# share of the tie test's error like any other look.
+TIE_FIRST_LOOK = 3
+
+
+def early_look(first_stage: int, planned_blocks: int) -> int | None:
+    """The blocks of a small stage's early look (a tie can stop it there), or None: a stage that plans
+    more blocks than its first stage looks after every block from its first stage on."""
+    if first_stage >= planned_blocks and TIE_FIRST_LOOK < first_stage:
+        return TIE_FIRST_LOOK
+    return None
 
 
 def kn_h2(choices: int, alpha: float, first_stage: int) -> float:
@@ -133,15 +151,19 @@ def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[s
                 variance[i, l] = float(np.var(d, ddof=1)) if len(d) >= 2 else math.inf
     dropped: dict[str, Dropped] = {}
     first_stage = max(first_stage, 2)  # one block says nothing about the noise: a 1-block stage just runs
-    looks = max(1, planned_blocks - first_stage + 1)  # the tie test may be made once per block from n0 on
-    for r in range(first_stage, len(blocks) + 1):
+    early = early_look(first_stage, planned_blocks)
+    # The tie test may be made once per block from n0 on, and at a small stage's early look.
+    looks = (early is not None) + max(1, planned_blocks - first_stage + 1)
+    for r in range(early or first_stage, len(blocks) + 1):
+        if early is not None and early < r < first_stage:
+            continue  # no look between a small stage's early look and its end
         seen = list(blocks[:r])
         means = {c: _mean(scores.get(c, {}), seen) for c in survivors}
         leader = max(survivors, key=lambda c: (means[c], -survivors.index(c)))
-        if _tied(scores, survivors, leader, seen, delta, alpha / looks, first_stage):
+        if _tied(scores, survivors, leader, seen, delta, alpha / looks, early or first_stage):
             return Selection(TIE, tuple(survivors), dropped, r, tied=tuple(survivors), leader=leader)
         out = {}
-        if not screening:
+        if not screening or r < first_stage:
             continue
         for i in survivors:
             for l in survivors:
@@ -178,4 +200,5 @@ def _tied(scores, survivors: Sequence[str], leader: str, blocks: Sequence[int], 
     return True
 
 
-__all__ = ["RUNNING", "SELECTED", "TIE", "UNDECIDED", "Dropped", "Selection", "blocks_to_close", "kn_h2", "select"]
+__all__ = ["RUNNING", "SELECTED", "TIE", "TIE_FIRST_LOOK", "UNDECIDED", "Dropped", "Selection", "blocks_to_close",
+           "early_look", "kn_h2", "select"]
