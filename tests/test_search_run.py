@@ -44,8 +44,11 @@ def test_run_decides_every_stage_and_status_reports_it(tmp_path_factory):
     assert "decided" not in stdout.replace("undecided", "")  # never "decided" beside "undecided"
     # The progress line gives the time left once a trial has a duration; "at most": the race may stop earlier.
     assert re.search(r"trials done.*, at most \d+(\.\d)? (s|min) left", stdout), stdout
-    # ... and, before the last stage, the search's: this stage's rows and every block of the later ones.
-    assert re.search(r"stage 1/2 \(grouping\): .*left \(the search: at most \d+(\.\d)? (s|min)\)", stdout), stdout
+    # ... and, before the last stage, the search's (this stage's rows and every block of the later ones). Lines come every
+    # 2 s: a first stage whose 4 trials all end between two of them (under load) shows none with a
+    # time left, so every one it shows is checked (tests/test_time_left.py holds the figures).
+    first_stage_left = [line for line in stdout.splitlines() if line.startswith("stage 1/2 (grouping): ") and " left" in line]
+    assert all(re.search(r"left \(the search: at most \d+(\.\d)? (s|min)\)", line) for line in first_stage_left), stdout
     assert "discovered design" in stdout
 
     assert state["status"] == "finished"
