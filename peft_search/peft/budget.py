@@ -76,8 +76,8 @@ def profile_backbone(model) -> BackboneProfile:
             )
         )
     backbone_params = sum(p.numel() for p in backbone_parameters(model))
-    head_params = sum(p.numel() for p in model.parameters()) - backbone_params - sum(
-        p.numel() for p in model.parameters() if id(p) in output_layer_ids(model))
+    output_layer = output_layer_ids(model)  # a language model's own head: frozen, neither backbone nor task head
+    head_params = sum(p.numel() for p in model.parameters() if id(p) not in output_layer) - backbone_params
     return BackboneProfile(
         model_type=model.config.model_type,
         backbone_params=backbone_params,
