@@ -11,7 +11,8 @@ Settings (each a change to the job's `racing`):
 - `today`: the defaults before issue 31: min_blocks 3, one round at a time (lookahead 0);
 - `fixed`: `racing: null`, every planned row released at once, longest first (the paper's protocol);
 - `default`: the job's racing with today's spec defaults filled in;
-- `mb8-laN`: min_blocks 8, lookahead N (any N; `mb8-all`: every planned block).
+- `mb8-laN`: min_blocks 8, lookahead N (any N; `mb8-all`: every planned block);
+- `kn`, `kn++`: the job's racing with that selection procedure (docs/design.md, "Selection procedure").
 Per setting and GPU count it prints the means over seeds (score resamples) of: wall-clock (hours,
 and in longest-trial lengths), GPU use, GPU-hours trained and wasted, the agreement with the
 reference's best (stages keeping it) and the share of claims (selections, ties) that are right.
@@ -44,6 +45,8 @@ def setting_racing(name: str, racing: dict | None) -> dict | None:
         return {**(racing or {}), **TODAY}
     if name == "default":
         return racing
+    if name in ("kn", "kn++"):
+        return {**(racing or {}), "procedure": name}
     if name.startswith("mb"):
         min_blocks, _, lookahead = name[2:].partition("-la")
         ahead = {"lookahead": 10_000 if lookahead == "all" else lookahead if lookahead == "auto" else int(lookahead)}

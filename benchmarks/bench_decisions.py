@@ -49,9 +49,11 @@ JOB = ROOT / "jobs" / "decisions-reference.yaml"
 KEEP = ["trial_id", "choice", "block", "design_id", "task", "seed", "status", "score", "baseline_score", "collapsed",
         "wall_time_s", "grouping", "allocation", "tunable_groups", "strategies", "metrics_json"]  # every metric, eval loss too
 CONFIDENT = 0.9
-# Racing settings replayed besides the defaults: (min_blocks, max_blocks, delta, confidence).
-GRID = [(2, 3, 0.05, 0.9), (2, 4, 0.05, 0.9), (3, 6, 0.05, 0.9), (5, 6, 0.05, 0.9), (3, 16, 0.05, 0.9),
-        (3, 16, 0.03, 0.9), (3, 16, 0.02, 0.9), (8, 16, 0.05, 0.9), (8, 16, 0.03, 0.9), (8, 16, 0.05, 0.95)]
+# Racing settings replayed besides the defaults: (min_blocks, max_blocks, delta, confidence, procedure).
+GRID = [(2, 3, 0.05, 0.9, "kn"), (2, 4, 0.05, 0.9, "kn"), (3, 6, 0.05, 0.9, "kn"), (5, 6, 0.05, 0.9, "kn"),
+        (3, 16, 0.05, 0.9, "kn"), (3, 16, 0.03, 0.9, "kn"), (3, 16, 0.02, 0.9, "kn"), (8, 16, 0.05, 0.9, "kn"),
+        (8, 16, 0.03, 0.9, "kn"), (8, 16, 0.05, 0.95, "kn"),
+        (8, 16, 0.05, 0.95, "kn++"), (8, 16, 0.05, 0.9, "kn++"), (8, 16, 0.03, 0.95, "kn++")]
 
 
 # ---- record -----------------------------------------------------------------------------------------
@@ -162,9 +164,9 @@ def replay(path: Path, resamples: int, fixed_n: int, seed: int) -> dict:
     methods = {"independent_fixed": fixed(independent_fixed), "paired_fixed": fixed(paired_fixed),
                "default": raced(Racing(), len(blocks))}
     settings = {"default": {**Racing().model_dump(), "max_blocks": len(blocks)}}
-    for min_blocks, max_blocks, delta, confidence in GRID:
-        racing = Racing(min_blocks=min_blocks, delta=delta, confidence=confidence)
-        name = f"kn min_blocks={min_blocks} max_blocks={max_blocks} delta={delta:g} confidence={confidence:g}"
+    for min_blocks, max_blocks, delta, confidence, name_of_procedure in GRID:
+        racing = Racing(min_blocks=min_blocks, delta=delta, confidence=confidence, procedure=name_of_procedure)
+        name = f"{name_of_procedure} min_blocks={min_blocks} max_blocks={max_blocks} delta={delta:g} confidence={confidence:g}"
         methods[name] = raced(racing, min(max_blocks, len(blocks)))
         settings[name] = {**racing.model_dump(), "max_blocks": min(max_blocks, len(blocks))}
 

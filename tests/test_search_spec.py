@@ -294,6 +294,17 @@ def test_a_run_spec_from_before_pairing_keeps_its_protocol(tmp_path):
     assert spec.sampling == "independent" and spec.racing is None
 
 
+def test_a_run_raced_before_kn_plus_plus_races_on_under_kn_and_a_new_job_gets_kn_plus_plus(tmp_path):
+    from peft_search.search.spec import load_run_spec
+
+    written = spec_from().to_dict()
+    assert written["racing"]["procedure"] == "kn++"  # the default, written out in a new run's spec.yaml
+    del written["racing"]["procedure"]  # as a run directory written before issue 38's KN++ has it
+    old = tmp_path / "spec.yaml"
+    old.write_text(yaml.safe_dump(written))
+    assert load_run_spec(old).racing.procedure == "kn"
+
+
 @pytest.mark.parametrize(
     "change, field",
     [

@@ -113,7 +113,7 @@ def _header(run: RunView) -> str:
         f"fidelity {escape(_fidelity_text(spec.fidelity))}.</p>",
         f'<p class="note">Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}. '
         "A design's score is the mean over tasks of each task's main metric. The interval is a Student-t 95% "
-        "interval of the mean. A raced stage ends by its selection procedure (KN with a stop for ties; docs/design.md, "
+        "interval of the mean. A raced stage ends by its selection procedure (KN++ or KN with a stop for ties; docs/design.md, "
         "Outcomes): selected (a claim at its confidence), tie within delta (one of the tied kept), or undecided "
         "(the best mean kept, no claim); it shows no P(best). A stage without one keeps the best mean and claims "
         "nothing; its P(best) is each choice's "
@@ -210,7 +210,7 @@ def _stage_section(run: RunView, view: StageView, out_dir: Path) -> str:
     race = (f" Race: {decision.rounds} rounds, {escape(decision.race_reason or '')}; {decision.trials_run} of "
             f"{decision.trials_planned} planned trials trained." if decision.rounds is not None else "")
     if decision.outcome is not None:  # decided by the selection procedure: its verdict is the claim
-        claim = (f"Selection procedure (KN, delta {decision.delta:g}, confidence {decision.selection_confidence:g}): "
+        claim = (f"Selection procedure ({(decision.procedure or 'kn').upper()}, delta {decision.delta:g}, confidence {decision.selection_confidence:g}): "
                  f"{escape(decision.outcome)}" + (f", tied: {escape(', '.join(decision.tied))}" if decision.tied else "")
                  + f"; the kept choice: {escape(decision.winner or '-')} ({escape(kept_as(decision))}); no P(best) is "
                  "claimed (docs/design.md, Outcomes).")

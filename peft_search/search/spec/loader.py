@@ -21,6 +21,7 @@ import yaml
 from peft_search.errors import InputError
 from peft_search.search.spec.errors import SpecError, model_of
 from peft_search.search.spec.models import FinalSpec, SearchSpec
+from peft_search.search.stage.selection import KN
 
 # Flow collections ([...], {...}) nested deeper than this are refused as they are scanned: PyYAML's
 # scanner takes time quadratic in their depth, and a job spec nests three or four levels.
@@ -207,6 +208,9 @@ def load_run_spec(path: str | Path) -> SearchSpec:
     data = read_yaml_file(path, "the run's spec")
     if isinstance(data, dict) and "sampling" not in data:
         data = {**data, **V0_1_DEFAULTS}
+    racing = data.get("racing") if isinstance(data, dict) else None
+    if isinstance(racing, dict) and "procedure" not in racing:  # raced before KN++: a resumed stage races on under KN
+        data = {**data, "racing": {**racing, "procedure": KN}}
     return SearchSpec.from_dict(data, str(path))
 
 
@@ -258,10 +262,10 @@ GUIDE = """
 - `sampling: paired` (default): a stage's designs come in blocks; block k draws every free
   component except the one under study once, and every candidate gets that draw (and the same
   seeds, so the same data order). `designs_per_choice` is then the number of blocks a stage plans.
-- `racing` (default `{min_blocks: 8, confidence: 0.95, delta: 0.05, on_tie: best_mean,
+- `racing` (default `{min_blocks: 8, confidence: 0.95, delta: 0.05, on_tie: best_mean, procedure: kn++,
   blocks_per_round: 1, lookahead: auto}`): a stage runs its blocks in rounds under a selection procedure with a
-  stated guarantee (docs/design.md, "Selection procedure"): Kim and Nelson's KN on the paired
-  blocks. Every choice first runs `min_blocks` blocks (the first stage); after each round a choice
+  stated guarantee (docs/design.md, "Selection procedure"): Kim and Nelson's KN++ on the paired
+  blocks (KN with the variances updated at every look; `procedure: kn` keeps the first stage's). Every choice first runs `min_blocks` blocks (the first stage); after each round a choice
   that has fallen behind another by more than KN's allowance is dropped (only with a first stage of
   at least 8 blocks), and the stage stops when one choice is left (*selected*: the best with
   probability >= `confidence` whenever it is at least `delta` better than every other), when every

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from peft_search.errors import InputError
 from peft_search.search.spec.errors import SpecError, spec_error
-from peft_search.search.stage.selection import DEFAULT_DELTA, KN_MIN_FIRST_STAGE
+from peft_search.search.stage.selection import DEFAULT_DELTA, KN_MIN_FIRST_STAGE, KN_PLUS_PLUS, PROCEDURES
 from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
 from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
 from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE, MAX_LEARNING_RATE, PRESETS
@@ -224,6 +224,13 @@ class Racing(_Strict):
         "best_mean",
         description="which tied choice a tie keeps: best_mean, the first listed candidate, or the paper's pattern when "
         "a candidate is it (spindle, uniform, all groups, S4's strategies; else the best mean)",
+    )
+    procedure: Literal[PROCEDURES] = Field(
+        KN_PLUS_PLUS,
+        description="the selection procedure: kn++ (Kim and Nelson 2006: the pairs' variances updated at every look, "
+        "so the allowance narrows as blocks accrue: a 15-choice stage selects after about half of KN's blocks) or kn "
+        "(Kim and Nelson 2001: variances from the first stage only; what runs started before it race on); docs/design.md, "
+        "\"Selection procedure\"",
     )
     blocks_per_round: int = Field(
         1, ge=1, le=MAX_DESIGNS, description="blocks added to every remaining choice per round after the first"

@@ -84,6 +84,7 @@ class Decision:
     tied: tuple[str, ...] = ()
     delta: float | None = None  # racing.delta
     selection_confidence: float | None = None  # racing.confidence
+    procedure: str | None = None  # racing.procedure: kn | kn++ (None: decided before KN++ existed, under KN)
 
     def stats(self, choice: str) -> ChoiceStats:
         for stats in self.choices:
@@ -266,7 +267,7 @@ def _procedure_verdict(decision: Decision, race, racing) -> Decision:
     return _replace(decision, winner=winner, runner_up=others[0].choice if others else None, win_probability=None,
                     choices=tuple(_replace(s, p_best=None) for s in decision.choices), outcome=race.outcome,
                     tied=tuple(race.tied), delta=getattr(racing, "delta", None),
-                    selection_confidence=getattr(racing, "confidence", None))
+                    selection_confidence=getattr(racing, "confidence", None), procedure=getattr(racing, "procedure", None))
 
 
 def decide_trials(component: str, choices: Sequence[str], trials: Iterable[TrialScore], tasks: Sequence[str],

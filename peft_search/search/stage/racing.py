@@ -91,8 +91,8 @@ def round_end(blocks: int, racing, planned: int) -> int:
 def stop_reason(selection: Selection, racing, planned_blocks: int) -> str:
     """Why a race that is done stopped, in words."""
     if selection.outcome == SELECTED:
-        return (f"{selection.survivors[0]} selected after {selection.blocks} blocks (KN: the best with probability "
-                f">= {racing.confidence:g} if at least {racing.delta:g} better than the rest)")
+        return (f"{selection.survivors[0]} selected after {selection.blocks} blocks ({racing.procedure.upper()}: the best "
+                f"with probability >= {racing.confidence:g} if at least {racing.delta:g} better than the rest)")
     if selection.outcome == TIE:
         return f"tie within {racing.delta:g} of {', '.join(selection.tied)} after {selection.blocks} blocks"
     return f"every planned block ran ({planned_blocks}) without a selection or a tie within {racing.delta:g}"
@@ -130,7 +130,8 @@ def kept_on_tie(selection: Selection, on_tie: str, component: str) -> str:
 def judge(scores, choices: Sequence[str], blocks: Sequence[int], racing, planned_blocks: int) -> Selection:
     """The selection procedure over the blocks run so far (in order), with the spec's settings."""
     return select(scores, choices, blocks, delta=racing.delta, confidence=racing.confidence,
-                  first_stage=min(racing.min_blocks, planned_blocks), planned_blocks=planned_blocks)
+                  first_stage=min(racing.min_blocks, planned_blocks), planned_blocks=planned_blocks,
+                  procedure=racing.procedure)
 
 
 def race_state(plan: StagePlan, records: Sequence[dict], racing, tasks: Sequence[str], seed: int = 0) -> RaceState:

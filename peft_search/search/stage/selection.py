@@ -35,6 +35,17 @@ stage of 8) would look only once, after its last block; it also looks after TIE_
 blocks, where a tie can stop it, that look counted among the looks the tie test's error is shared
 over. Larger stages look from n0 on, as before.
 
+KN++ (Kim & Nelson 2006, "On the asymptotic validity of fully sequential selection procedures for
+steady-state simulation", Operations Research 54(3):475-488): KN with variance updating. At every look
+r >= n0, S2_il is the variance of the paired differences over all r blocks, and eta and h2 take its
+r - 1 degrees of freedom in place of n0 - 1:
+    eta(r) = ((2 alpha / (k - 1)) ** (-2 / (r - 1)) - 1) / 2,   h2(r) = 2 eta(r) (r - 1).
+h2 falls from KN's value at n0 towards -2 ln(2 alpha / (k - 1)) as blocks accrue (21.7 at n0 = 8 and 9.9
+in the limit for 15 choices at alpha 0.05), so a pair's region closes after about half the blocks, and
+the variance learns of heavy-tailed blocks (a collapse) that a first stage missed. Its guarantee is
+asymptotic (as delta -> 0, the variances estimated ever better); the decisions replay measures it on
+the recorded references (docs/design.md, "Selection procedure").
+
 KN screens only with a first stage of at least KN_MIN_FIRST_STAGE blocks: its normal theory takes
 the variances from the first stage, and stage scores are heavy-tailed (see the constant). With a
 smaller first stage (`racing.min_blocks` below 8) a stage stops early only for a tie.
@@ -57,6 +68,8 @@ import numpy as np
 from peft_search.search.stage.confidence import t_quantile
 
 SELECTED, TIE, UNDECIDED, RUNNING = "selected", "tie", "undecided", "running"
+KN, KN_PLUS_PLUS = "kn", "kn++"
+PROCEDURES = (KN, KN_PLUS_PLUS)
 DEFAULT_DELTA = 0.05  # on a score of scale 1: what CPU-scale stages can resolve (docs/benchmarks.md, "Decisions")
 # KN drops choices only after a first stage of at least this many blocks. Its variances come from
 # the first stage and assume normal scores; stage scores are heavy-tailed (a trial that collapses to
@@ -80,7 +93,8 @@ def early_look(first_stage: int, planned_blocks: int) -> int | None:
 
 
 def kn_h2(choices: int, alpha: float, first_stage: int) -> float:
-    """KN's h^2 for k choices, error alpha and n0 first-stage blocks."""
+    """KN's h^2 for k choices, error alpha and n0 first-stage blocks (KN++: the blocks its variance
+    is taken over)."""
     if choices < 2:
         return 0.0
     eta = ((2 * alpha / (choices - 1)) ** (-2 / (first_stage - 1)) - 1) / 2
@@ -129,26 +143,25 @@ def _mean(scores: Mapping[int, float | None], blocks: Sequence[int]) -> float:
 
 
 def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[str], blocks: Sequence[int], *,
-           delta: float, confidence: float, first_stage: int, planned_blocks: int) -> Selection:
+           delta: float, confidence: float, first_stage: int, planned_blocks: int,
+           procedure: str = KN) -> Selection:
     """Replay KN and the tie stop over `blocks` (in the order they ran; each one complete, or as
     complete as failures allow, for the choices still in at that point) and return where it stands.
 
     scores[choice][block] is a design score (None: failed). `planned_blocks` is how many blocks the
-    stage can run at most: once they all ran, a stage still undecided ends `undecided`."""
+    stage can run at most: once they all ran, a stage still undecided ends `undecided`. `procedure`:
+    KN (first-stage variances) or KN++ (variances updated at every look)."""
+    if procedure not in PROCEDURES:
+        raise ValueError(f"unknown selection procedure {procedure!r}: one of {', '.join(PROCEDURES)}")
     alpha = 1 - confidence
     screening = first_stage >= KN_MIN_FIRST_STAGE  # below it, only the tie stop
     survivors = [c for c in choices if any(v is not None for v in scores.get(c, {}).values())]
     if len(survivors) <= 1:
         return Selection(SELECTED if survivors else UNDECIDED, tuple(survivors), blocks=len(blocks),
                          leader=survivors[0] if survivors else None)
-    h2 = kn_h2(len(survivors), alpha, first_stage) if screening else 0.0
-    first = list(blocks[:first_stage])
-    variance = {}
-    for i in survivors:
-        for l in survivors:
-            if i != l:
-                d = _pairs(scores, i, l, first)
-                variance[i, l] = float(np.var(d, ddof=1)) if len(d) >= 2 else math.inf
+    choices_at_start = len(survivors)
+    h2 = kn_h2(choices_at_start, alpha, first_stage) if screening else 0.0
+    variance = _pair_variances(scores, survivors, list(blocks[:first_stage]))
     dropped: dict[str, Dropped] = {}
     first_stage = max(first_stage, 2)  # one block says nothing about the noise: a 1-block stage just runs
     early = early_look(first_stage, planned_blocks)
@@ -165,11 +178,15 @@ def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[s
         out = {}
         if not screening or r < first_stage:
             continue
+        if procedure == KN_PLUS_PLUS:  # variances over every block seen, h2 on their degrees of freedom
+            variance = _pair_variances(scores, survivors, seen)
         for i in survivors:
             for l in survivors:
-                if i == l or not math.isfinite(variance[i, l]):
+                if i == l or not math.isfinite(variance[i, l][0]):
                     continue
-                allowance = max(0.0, delta / (2 * r) * (h2 * variance[i, l] / delta**2 - r))
+                pair_variance, pairs = variance[i, l]
+                pair_h2 = kn_h2(choices_at_start, alpha, pairs) if procedure == KN_PLUS_PLUS else h2
+                allowance = max(0.0, delta / (2 * r) * (pair_h2 * pair_variance / delta**2 - r))
                 gap = means[l] - means[i]
                 if gap > allowance and i not in out:  # the best mean is never behind: one always survives
                     out[i] = Dropped(r, l, gap, allowance)
@@ -182,6 +199,17 @@ def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[s
     leader = max(survivors, key=lambda c: (means[c], -survivors.index(c)))
     outcome = UNDECIDED if len(blocks) >= planned_blocks else RUNNING
     return Selection(outcome, tuple(survivors), dropped, len(blocks), leader=leader)
+
+
+def _pair_variances(scores, survivors: Sequence[str], blocks: Sequence[int]) -> dict[tuple[str, str], tuple[float, int]]:
+    """(i, l) -> (variance of X_i - X_l over the blocks where both have a score, how many such blocks)."""
+    variance = {}
+    for i in survivors:
+        for l in survivors:
+            if i != l:
+                d = _pairs(scores, i, l, blocks)
+                variance[i, l] = (float(np.var(d, ddof=1)) if len(d) >= 2 else math.inf, len(d))
+    return variance
 
 
 def _tied(scores, survivors: Sequence[str], leader: str, blocks: Sequence[int], delta: float, alpha: float,
@@ -200,5 +228,5 @@ def _tied(scores, survivors: Sequence[str], leader: str, blocks: Sequence[int], 
     return True
 
 
-__all__ = ["RUNNING", "SELECTED", "TIE", "TIE_FIRST_LOOK", "UNDECIDED", "Dropped", "Selection", "blocks_to_close",
+__all__ = ["KN", "KN_PLUS_PLUS", "PROCEDURES", "RUNNING", "SELECTED", "TIE", "TIE_FIRST_LOOK", "UNDECIDED", "Dropped", "Selection", "blocks_to_close",
            "early_look", "kn_h2", "select"]
