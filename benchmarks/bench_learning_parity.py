@@ -1,5 +1,5 @@
 """Learning parity: our LoRA (the `lora` preset, trained by `run_trial`, the path every search trial
-takes) against HF peft's LoRA on the same backbone, trained by a plain torch loop with transformers'
+takes), or with `--strategy` DoRA, rsLoRA, LoHa, VeRA or (IA)3, against HF peft's on the same backbone, trained by a plain torch loop with transformers'
 own linear schedule, on the same training examples in the same order, scored on the same dev set.
 
 Recipe (issue 23's): MiniLM, 2,000 training examples (our seeded stratified subsample, used by both),
@@ -22,6 +22,11 @@ difference in step loss and in dev predictions.
         [--tasks sst2 stsb mrpc] [--seeds 0 1 2 3 4] [--out benchmarks/data/learning-parity.jsonl]
 
 Every finished run is appended to --out at once; running again skips the runs it holds (resumable).
+
+`--strategy dora|rslora|loha|vera|ia3` (issue 39): the strategy's preset on both sides, HF peft's own
+implementation of it (tests/hf_reference.py, `hf_twin`: same modules, sizes and scaling) starting from our
+initial tensors (so the two differ by dropout draws and the schedule's first step only); the sides are
+`ours` and `hf_peft` (HF peft's own data path is LoRA's check of our data path, made once).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hf_reference import (  # noqa: E402 - tests/ holds the reference, shared with the equivalence test
     LossRecorder,
     hf_lora_twin,
+    hf_twin,
     our_lora_ranks,
     predict,
     train_reference,
@@ -57,7 +63,7 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 
 def recipe(args, task: str, seed: int, **overrides) -> TrialConfig:
-    values = dict(model="minilm", task=task, data_dir=args.data_dir, preset="lora", max_steps=args.steps,
+    values = dict(model="minilm", task=task, data_dir=args.data_dir, preset=args.strategy, max_steps=args.steps,
                   max_train_examples=args.train_examples, learning_rate=args.lr, batch_size=16, max_length=64,
                   seed=seed, cache_dir=args.cache_dir)
     return TrialConfig(**{**values, **overrides})
@@ -67,7 +73,9 @@ def step_for_step(args) -> dict:
     """Our loop and the reference, same start, same batches, same RNG: the largest differences."""
     config = recipe(args, "stsb", 0, max_steps=50, max_eval_examples=400)
     prepared = prepare(config)
-    reference = hf_lora_twin(load_model(config.model, prepared.data.task), ours=prepared.model)
+    bare = load_model(config.model, prepared.data.task)
+    reference = (hf_lora_twin(bare, ours=prepared.model) if args.strategy == "lora"
+                 else hf_twin(args.strategy, bare, prepared.model))
     recorder = LossRecorder(prepared.model)
     torch.manual_seed(1234)
     outcome = train_worker(config, prepared)
@@ -93,10 +101,12 @@ def train_hf_peft(config: TrialConfig) -> dict:
 
     started = time.perf_counter()
     prepared = prepare(config)  # our data (the same examples) and our plan's ranks; its model is not trained
-    ranks = our_lora_ranks(prepared.model)
     task = prepared.data.task
     set_seed(config.seed)
-    model = hf_lora_twin(load_model(config.model, task), ranks=ranks)
+    if config.preset == "lora":
+        model = hf_lora_twin(load_model(config.model, task), ranks=our_lora_ranks(prepared.model))
+    else:  # HF peft's implementation of the strategy, from our initial tensors
+        model = hf_twin(config.preset, load_model(config.model, task), prepared.model)
     loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed)
     losses = train_reference(model, loader, lr=config.base_learning_rate, total_steps=config.max_steps, schedule="transformers",
                              warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
@@ -220,6 +230,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default="benchmarks/data/learning-parity.jsonl")
     parser.add_argument("--skip-step-check", action="store_true")
+    parser.add_argument("--strategy", default="lora", choices=["lora", "dora", "rslora", "loha", "vera", "ia3"])
     args = parser.parse_args()
 
     if not args.skip_step_check:
@@ -231,12 +242,14 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    settings = {"steps": args.steps, "train_examples": args.train_examples, "lr": args.lr}
+    settings = {"steps": args.steps, "train_examples": args.train_examples, "lr": args.lr,
+                **({"strategy": args.strategy} if args.strategy != "lora" else {})}  # LoRA's records predate the key
     records = [r for r in records if r["settings"] == settings]
     done = {(r["task"], r["seed"], r["side"]) for r in records}
     for task in args.tasks:
         for seed in args.seeds:
-            for side, train in (("ours", train_ours), ("hf_peft", train_hf_peft), ("hf_own_data", train_hf_own_data)):
+            sides = (("ours", train_ours), ("hf_peft", train_hf_peft), ("hf_own_data", train_hf_own_data))
+            for side, train in sides if args.strategy == "lora" else sides[:2]:
                 if (task, seed, side) in done:
                     continue
                 config = recipe(args, task, seed)
@@ -244,11 +257,12 @@ def main() -> None:
                 from peft_search.train.tasks import get_task
 
                 record = {"task": task, "seed": seed, "side": side, "metric": get_task(task).main_metric,
+                          **({"strategy": args.strategy} if args.strategy != "lora" else {}),
                           "settings": settings, **outcome}
                 records.append(record)
                 with out.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                print(f"{task} seed {seed} {side:<8} {record['metric']} {record['score']:.4f} "
+                print(f"{args.strategy} {task} seed {seed} {side:<8} {record['metric']} {record['score']:.4f} "
                       f"({record['trainable_params']:,} trainable, {record['wall_s']:.0f}s)", flush=True)
     print()
     print(table(records, args.tasks, args.seeds))

@@ -32,9 +32,11 @@ def _budget(text: str) -> float:
 
 
 def _space_from_args(args):
-    from peft_search.space import DesignSpace
+    from peft_search.space import PAPER_STRATEGIES, DesignSpace
+    from peft_search.space.components import parse_strategy_set
 
-    space = DesignSpace(num_groups=args.num_groups)
+    names = parse_strategy_set(args.strategies, "--strategies") if args.strategies else PAPER_STRATEGIES
+    space = DesignSpace(num_groups=args.num_groups, strategy_names=names)
     for fix in args.fix or ():
         component, sep, choice = fix.partition("=")
         if not sep:
@@ -48,6 +50,9 @@ def _space_from_args(args):
 
 def _add_space_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-groups", type=int, default=4, help="number of layer groups G (default 4)")
+    parser.add_argument("--strategies", metavar="A+B+...",
+                        help="the strategies free groups draw from, e.g. lora+dora+ia3 (default: the paper's four, "
+                        "adapter+prefix+bitfit+lora; the job spec's `strategies`)")
     parser.add_argument(
         "--fix",
         action="append",
@@ -84,7 +89,7 @@ def _counting_backbone(model: str):
 def cmd_space_sample(args) -> int:
     import copy
 
-    from peft_search.peft import inject, plan_budget, profile_backbone
+    from peft_search.peft import describe_shares, inject, plan_budget, profile_backbone, strategy_params
 
     space = _space_from_args(args)
     model = _counting_backbone(args.model)
@@ -101,11 +106,11 @@ def cmd_space_sample(args) -> int:
         f"parameters; budget {args.budget:g} = {reports[0].target_params:,} parameters"
     )
     print(f"{len(reports)} designs (seed {args.seed}), {result.redraws} infeasible draws redrawn\n")
-    print(f"{'design_id':<12}  {'realised':>9}  {'error':>7}  design")
+    print(f"{'design_id':<12}  {'realised':>9}  {'error':>7}  design  [each strategy's share of its parameters]")
     for report in reports:
         print(
             f"{report.design.design_id:<12}  {report.realised_params:>9,}  {report.relative_error:>+7.2%}  "
-            f"{report.design.summary()}"
+            f"{report.design.summary()}  [{describe_shares(strategy_params(profile, report.plan))}]"
         )
     return 0
 
@@ -126,10 +131,13 @@ def read_design_file(name: str):
 
 
 def cmd_space_plan(args) -> int:
-    from peft_search.peft import inject
+    from peft_search.peft import describe_shares, inject, profile_backbone, strategy_params
+    from peft_search.peft.strategies import STRATEGY_REGISTRY
 
     design = read_design_file(args.design)
-    report = inject(_counting_backbone(args.model), design, args.budget)
+    model = _counting_backbone(args.model)
+    profile = profile_backbone(model)  # before injection: the backbone's own blocks
+    report = inject(model, design, args.budget)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -138,12 +146,17 @@ def cmd_space_plan(args) -> int:
         f"target {report.target_params:,} parameters ({args.budget:g} of {report.backbone_params:,}); "
         f"realised {report.realised_params:,} ({report.relative_error:+.2%}); head {report.head_params:,}"
     )
-    print(f"\n{'block':<11} {'group':>5} {'adapter':>7} {'prefix':>6} {'lora':>4} {'bitfit':>6} {'params':>8}  strategies")
+    params = strategy_params(profile, report.plan)
+    print(f"each strategy's share: {describe_shares(params)} ({', '.join(f'{n} {c:,}' for n, c in params.items())})")
+    # One column per strategy the design uses: its size in each block (rank, bottleneck, prefix positions;
+    # a fixed-size strategy's parameters).
+    used = [name for name in STRATEGY_REGISTRY if name in params]
+    fields = [STRATEGY_REGISTRY[name].size_field for name in used]
+    print(f"\n{'block':<11} {'group':>5} " + " ".join(f"{field:>{max(7, len(field))}}" for field in fields)
+          + f" {'params':>8}  strategies")
     for block in report.plan.blocks:
-        print(
-            f"{block.name:<11} {'G' + str(block.group):>5} {block.adapter_size:>7} {block.prefix_length:>6} "
-            f"{block.lora_rank:>4} {block.bitfit_params:>6} {block.params:>8,}  {'+'.join(block.strategies)}"
-        )
+        sizes = " ".join(f"{getattr(block, field):>{max(7, len(field))}}" for field in fields)
+        print(f"{block.name:<11} {'G' + str(block.group):>5} {sizes} {block.params:>8,}  {'+'.join(block.strategies)}")
     if not report.plan.feasible:
         print(f"\nwarning: this design misses the budget by {report.relative_error:+.2%}; the sampler would redraw it")
     return 0
@@ -266,6 +279,11 @@ def cmd_run(args) -> int:
         redraws = sum(plan.redraws.values())
         print(f"stage 0 planned: {plan.num_trials:,} trials, {redraws} infeasible draws redrawn"
               + (f"; no feasible design for {', '.join(plan.infeasible)}" if plan.infeasible else ""))
+        if checked.strategy_params:
+            from peft_search.peft import describe_shares
+
+            print(f"stage 0's designs: each strategy's share of their trainable parameters: "
+                  f"{describe_shares(checked.strategy_params)}")
     if checked.memory is not None:
         hyper = spec.hyperparameters
         print(f"memory: {checked.memory.describe()} (batch {hyper.batch_size // spec.resources.workers} per worker, "

@@ -168,3 +168,83 @@ class LossRecorder:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+# ---- the other strategies' twins (issue 39) ------------------------------------------------------------
+
+
+def our_modules(model, kind) -> dict[str, torch.nn.Module]:
+    """{module name: module} of every module of type `kind` (exactly) in our injected model."""
+    return {name: module for name, module in model.named_modules() if type(module) is kind}
+
+
+def _ranked_config(config_class, ranks: dict[str, int], alpha_of, task_type: str, **settings):
+    """A peft config on exactly `ranks`' modules, rank for rank (rank_pattern, alpha_pattern)."""
+    common = max(set(ranks.values()), key=list(ranks.values()).count)
+    return config_class(task_type=task_type, target_modules=list(ranks), r=common, rank_pattern={
+        name: rank for name, rank in ranks.items() if rank != common}, **settings, **alpha_of(common, ranks))
+
+
+def hf_twin(strategy: str, bare_model, ours, task_type: str = "SEQ_CLS"):
+    """HF peft's `strategy` on `bare_model` (modified in place) on exactly the modules our injected model
+    `ours` adapts, with our sizes and scalings, no dropout, the task head trained; our trained tensors
+    (and head) copied in, so both start equal. DoRA: LoraConfig(use_dora=True), alpha = 2r; rsLoRA:
+    LoraConfig(use_rslora=True), alpha 8; LoHa: LoHaConfig, alpha = 2r; VeRA: VeraConfig(r=256,
+    projection_prng_key=0, d_initial=0.1); (IA)3: IA3Config on our keys, values and feed-forward
+    output projections (those feed-forward)."""
+    import peft
+
+    from peft_search.peft.strategies.dora import DoraLinear
+    from peft_search.peft.strategies.ia3 import Ia3Input, Ia3Output
+    from peft_search.peft.strategies.loha import LohaLinear
+    from peft_search.peft.strategies.rslora import RSLORA_ALPHA, RsLoraLinear
+    from peft_search.peft.strategies.vera import VERA_D_INITIAL, VERA_PRNG_KEY, VERA_RANK, VeraLinear
+
+    def lora_alpha(common, ranks):
+        return {"lora_alpha": 2 * common, "alpha_pattern": {n: 2 * r for n, r in ranks.items() if r != common}}
+
+    copies: list[tuple[str, torch.Tensor]] = []  # (peft's parameter name under the layer, our tensor)
+    if strategy in ("dora", "rslora"):
+        modules = our_modules(ours, DoraLinear if strategy == "dora" else RsLoraLinear)
+        ranks = {name: module.lora_A.out_features for name, module in modules.items()}
+        settings = ({"use_dora": True} if strategy == "dora"
+                    else {"use_rslora": True, "lora_alpha": RSLORA_ALPHA})
+        alpha = lora_alpha if strategy == "dora" else (lambda common, ranks: {})
+        config = _ranked_config(peft.LoraConfig, ranks, alpha, task_type, lora_dropout=0.0, **settings)
+        for name, module in modules.items():
+            copies += [(f"{name}.lora_A.default.weight", module.lora_A.weight),
+                       (f"{name}.lora_B.default.weight", module.lora_B.weight)]
+            if strategy == "dora":
+                copies.append((f"{name}.lora_magnitude_vector.default.weight", module.magnitude))
+    elif strategy == "loha":
+        modules = our_modules(ours, LohaLinear)
+        ranks = {name: module.loha.hada_w1_b.shape[0] for name, module in modules.items()}
+        config = _ranked_config(peft.LoHaConfig, ranks, lambda common, ranks: {
+            "alpha": 2 * common, "alpha_pattern": {n: 2 * r for n, r in ranks.items() if r != common}}, task_type)
+        for name, module in modules.items():
+            copies += [(f"{name}.{factor}.default", getattr(module.loha, factor))
+                       for factor in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")]
+    elif strategy == "vera":
+        modules = our_modules(ours, VeraLinear)
+        config = peft.VeraConfig(task_type=task_type, target_modules=list(modules), r=VERA_RANK, vera_dropout=0.0,
+                                 d_initial=VERA_D_INITIAL, projection_prng_key=VERA_PRNG_KEY)
+        for name, module in modules.items():
+            copies += [(f"{name}.vera_lambda_d.default", module.vera.vera_lambda_d),
+                       (f"{name}.vera_lambda_b.default", module.vera.vera_lambda_b)]
+    elif strategy == "ia3":
+        outputs, inputs = our_modules(ours, Ia3Output), our_modules(ours, Ia3Input)
+        config = peft.IA3Config(task_type=task_type, target_modules=[*outputs, *inputs], feedforward_modules=list(inputs))
+        copies += [(f"{name}.ia3_l.default", module.ia3_l) for name, module in {**outputs, **inputs}.items()]
+    else:
+        raise ValueError(strategy)
+    twin = peft.get_peft_model(bare_model, config)
+    theirs = dict(twin.named_parameters())
+    head_names = {n for n, p in ours.named_parameters() if p.requires_grad and n.split(".")[0] in ("classifier", "score")}
+    with torch.no_grad():
+        for name, tensor in copies:
+            target = theirs[f"base_model.model.{name}"]
+            target.copy_(tensor.reshape(target.shape))
+        for name in head_names:
+            module, rest = name.split(".", 1)
+            theirs[f"base_model.model.{module}.modules_to_save.default.{rest}"].copy_(dict(ours.named_parameters())[name])
+    return twin

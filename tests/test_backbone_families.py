@@ -27,6 +27,11 @@ from peft_search.space import Design
 
 EVERY_STRATEGY = Design("spindle", "uniform", (1, 2, 3, 4),
                         (("adapter", "lora"), ("prefix",), ("adapter", "prefix", "bitfit"), ("prefix", "bitfit", "lora")))
+# Issue 39's strategies mixed on every group, stacked where they meet: DoRA, LoRA and rsLoRA on the same
+# projections (G3), (IA)3 over an adapter's feed-forward projection and LoHa's update (G4).
+NEWER_STRATEGIES = Design("spindle", "uniform", (1, 2, 3, 4),
+                          (("dora", "ia3"), ("vera", "loha"), ("lora", "dora", "rslora"),
+                           ("adapter", "prefix", "bitfit", "ia3", "loha")))
 WORDS = ("good", "bad", "film", "plot", "cast", "long", "short", "funny", "dull", "great", "story", "music")
 
 
@@ -191,6 +196,27 @@ def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_family(ar
     assert abs(result.realised_params - result.target_params) <= 0.02 * result.target_params
     losses = [epoch["train_loss"] for epoch in result.epochs]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
+    again = evaluate_saved(config, tmp_path / "saved")
+    assert again["score"] == pytest.approx(result.score, abs=1e-6)
+    assert again["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=1e-5)
+
+
+@needs_minilm
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+def test_the_newer_strategies_mixed_train_save_and_reload_on_every_family(arch, data_dir, tmp_path):
+    """Issue 39: DoRA, (IA)3, VeRA, LoHa and rsLoRA, mixed per group and stacked on shared projections,
+    train (the loss falls), meet the budget, and reload to the same score on all 11 families."""
+    from peft_search.train import TrialConfig, evaluate_saved, run_trial
+
+    checkpoint = tiny_checkpoint(tmp_path / arch, arch, with_padding_token=arch not in ("gpt2", "llama"))
+    config = TrialConfig(model=checkpoint, task="file:text=sentence,label=label", data_dir=data_dir,
+                         design=NEWER_STRATEGIES, epochs=2, batch_size=16, max_length=24, seed=1, learning_rate=1e-2,
+                         budget_fraction=0.05, cache_dir=str(tmp_path / "cache"))
+    result = run_trial(config, save_dir=str(tmp_path / "saved"))
+    assert result.status == "finished", result.error
+    assert abs(result.realised_params - result.target_params) <= 0.02 * result.target_params
+    losses = [epoch["train_loss"] for epoch in result.epochs]
+    assert losses[-1] < losses[0], losses
     again = evaluate_saved(config, tmp_path / "saved")
     assert again["score"] == pytest.approx(result.score, abs=1e-6)
     assert again["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=1e-5)

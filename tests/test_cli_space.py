@@ -47,7 +47,7 @@ def test_space_sample_table_is_readable(run_cli):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["space", "show", "--fix", "strategy.G1=lora+dora"], "strategy.G1: unknown strategy 'dora'"),
+        (["space", "show", "--fix", "strategy.G1=lora+oft"], "strategy.G1: unknown strategy 'oft'"),
         (["space", "show", "--fix", "grouping=zigzag"], "grouping: unknown pattern 'zigzag'"),
         (["space", "show", "--fix", "colour=red"], "--fix: unknown component 'colour'"),
         (["space", "sample", "--model", "minilm", "--budget", "1.5"], "strictly between 0 and 1"),

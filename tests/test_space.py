@@ -49,7 +49,7 @@ def test_design_json_round_trip_is_canonical():
         ({"extra": 1}, "design"),
         ({"grouping": "zigzag"}, "grouping"),
         ({"allocation": "spindle"}, "allocation"),
-        ({"strategies": [["adapter", "dora"], [], [], []]}, r"strategies\[0\]"),
+        ({"strategies": [["adapter", "oft"], [], [], []]}, r"strategies\[0\]"),
         ({"strategies": [[], [], [], []]}, r"strategies\[0\]"),
         ({"tunable_groups": [5]}, "tunable_groups"),
         ({"tunable_groups": []}, "tunable_groups"),
@@ -125,6 +125,23 @@ def test_clamp_rejects_bad_choices_with_the_field():
 def test_space_round_trips_through_dict():
     space = DesignSpace().clamp("allocation", "uniform").clamp("strategy.G2", "prefix+bitfit")
     assert DesignSpace.from_dict(space.to_dict()) == space
+    assert "strategy_names" not in space.to_dict()  # the paper's four: a space reads as it did before issue 39
+
+
+def test_a_space_of_the_jobs_strategies_draws_only_from_them_and_keeps_them_when_clamped():
+    space = DesignSpace(strategy_names=("ia3", "lora", "dora"))  # kept in canonical order
+    assert space.strategy_names == ("lora", "dora", "ia3")
+    assert len(space.candidates("strategy.G1")) == 7 and space.size() == 5 * 3 * (8**4 - 1)
+    clamped = space.clamp("grouping", "spindle").clamp("strategy.G1", "vera")  # a candidate may name any strategy
+    assert clamped.strategy_names == space.strategy_names
+    assert DesignSpace.from_dict(clamped.to_dict()) == clamped
+    drawn = {s for design in space.sample(50, 0, 12).designs for group in design.strategies for s in group}
+    assert drawn == {"lora", "dora", "ia3"}
+    blocks = space.sample_blocks("strategy.G2", [("vera",), ("loha",)], 20, 0, 12).blocks
+    assert {s for block in blocks for design in block for group in design.strategies[:1] + design.strategies[2:]
+            for s in group} <= {"lora", "dora", "ia3"}
+    with pytest.raises(InputError, match="strategies: unknown strategy 'oft'"):
+        DesignSpace(strategy_names=("lora", "oft"))
 
 
 # ---- paired blocks (common random numbers) ---------------------------------------------------------

@@ -29,8 +29,12 @@ def test_a_design_within_two_percent_fits_with_its_plan_counts(profile):
         assert fit.counts() == {"realised_params": fit.plan.planned_params, "target_params": 10_525, "head_params": 130}
 
 
-def test_only_the_bitfit_preset_may_miss_the_budget(profile):
-    assert FIXED_SIZE_PRESETS == ("bitfit",)
+def test_only_the_fixed_size_presets_may_miss_the_budget(profile):
+    from peft_search.peft.strategies import STRATEGY_REGISTRY
+
+    assert FIXED_SIZE_PRESETS == tuple(name for name, strategy in STRATEGY_REGISTRY.items() if not strategy.elastic)
+    fit = plan_fit(profile, "ia3", 0.01)  # keys, values and the feed-forward input of 4 blocks, whatever the budget
+    assert fit.realised_params == 4 * (64 + 64 + 128) and not fit.plan.feasible  # hidden 64, feed-forward 128
     fit = plan_fit(profile, "bitfit", 0.01)  # every bias of the 4 blocks: 2,304, whatever the budget
     assert (fit.realised_params, fit.target_params) == (2_304, 2_105) and not fit.plan.feasible
     # the same design given as a design is held to the budget like any other

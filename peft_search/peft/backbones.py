@@ -17,6 +17,7 @@ from torch import nn
 from peft_search.errors import InputError
 from peft_search.peft.model_parts import output_layer_ids
 from peft_search.peft.strategies import linear_features
+from peft_search.peft.strategies.base import unwrapped
 from peft_search.peft.strategies.prefix_relative import (
     deberta_v2_attention_with_prefix,
     xlnet_attention_core_with_prefix,
@@ -63,8 +64,8 @@ class BlockSite:
     ffn_output: str  # ... under this attribute; the adapter follows it
 
     def ffn_output_layer(self) -> nn.Module:
-        layer = getattr(self.ffn_parent, self.ffn_output)
-        return getattr(layer, "base_layer", layer)
+        """The backbone's own feed-forward output projection, under any strategies' wrappers."""
+        return unwrapped(getattr(self.ffn_parent, self.ffn_output))
 
 
 
@@ -117,7 +118,7 @@ def _llama_blocks(base_model) -> list[BlockSite]:
     blocks = []
     for i, layer in enumerate(base_model.layers):
         attention = layer.self_attn
-        key_value_heads = attention.k_proj.out_features // attention.head_dim
+        key_value_heads = linear_features(attention.k_proj)[1] // attention.head_dim
         site = AttentionSite(attention, "q_proj", "k_proj", "v_proj", key_value_heads)
         blocks.append(BlockSite(f"decoder.{i}", layer, (site,), layer.mlp, "down_proj"))
     return blocks

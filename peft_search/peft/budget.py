@@ -99,6 +99,11 @@ class BlockPlan:
     prefix_length: int = 0
     lora_rank: int = 0
     bitfit_params: int = 0
+    dora_rank: int = 0
+    ia3_params: int = 0
+    vera_params: int = 0
+    loha_rank: int = 0
+    rslora_rank: int = 0
     params: int = 0  # planned trainable parameters of this block
 
 
@@ -214,6 +219,24 @@ def plan_budget(profile: BackboneProfile, design: Design, budget_fraction: float
         planned_params=sum(b.params for b in blocks),
         blocks=tuple(blocks),
     )
+
+
+def strategy_params(profile: BackboneProfile, plan: BudgetPlan) -> dict[str, int]:
+    """Each strategy's planned trainable parameters over the plan's blocks, in canonical order."""
+    totals: dict[str, int] = {}
+    for block in plan.blocks:
+        costs = profile.blocks[block.block]
+        for name in block.strategies:
+            strategy = STRATEGY_REGISTRY[name]
+            elastic = getattr(block, strategy.size_field) * costs.unit(name) if strategy.elastic else 0
+            totals[name] = totals.get(name, 0) + costs.fixed(name) + elastic
+    return {name: totals[name] for name in STRATEGY_REGISTRY if name in totals}
+
+
+def describe_shares(params: dict[str, int]) -> str:
+    """`lora 61%, ia3 39%`: each strategy's share of the trainable parameters."""
+    total = sum(params.values())
+    return ", ".join(f"{name} {count / total:.0%}" for name, count in params.items()) if total else "none"
 
 
 def _repair_rounding(sizes: dict, profile: BackboneProfile, elastic_target: int) -> dict:

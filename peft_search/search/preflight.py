@@ -52,6 +52,7 @@ class Preflight:
     memory: TrialMemory | None = None  # one search trial's estimate; None as for first_plan
     full_memory: TrialMemory | None = None  # the final evaluation's full fine-tuning run, when it has one
     head_notes: tuple[str, ...] = ()  # what happens to the checkpoint's own head, per task
+    strategy_params: dict[str, int] | None = None  # stage 0's planned parameters per strategy, over its designs
 
 
 def preflight(
@@ -91,7 +92,7 @@ def preflight(
         if address is None:
             check_local_resources(spec)
         check_tracking(spec, offline)
-        first_plan, memory, full_memory, head_notes = None, None, None, []
+        first_plan, memory, full_memory, head_notes, shares = None, None, None, [], None
         backbone = load_profile(spec, offline, unchecked)
         if backbone is not None:
             profile, config = backbone
@@ -101,6 +102,7 @@ def preflight(
                 full_memory = search_trial_memory(spec, profile, config, full=True)
             if spec.joint is None:  # a joint search has no plan: its searcher proposes designs as it goes
                 first_plan = plan_stage(spec, 0, spec.initial_space(), profile)
+                shares = plan_strategy_params(first_plan, profile, spec.budget_fraction)
             head_notes = checkpoint_head_notes(spec.backbone, list(dict.fromkeys([*spec.tasks, *spec.final_tasks])),
                                                objective=spec.objective,
                                                offline=offline)
@@ -110,7 +112,18 @@ def preflight(
         if error.field.startswith("--"):  # a command-line option, not a key of the file
             raise
         raise SpecError(error.field, error.message, source) from None
-    return Preflight(spec, first_plan, tuple(unchecked), memory, full_memory, tuple(head_notes))
+    return Preflight(spec, first_plan, tuple(unchecked), memory, full_memory, tuple(head_notes), shares)
+
+
+def plan_strategy_params(plan: StagePlan, profile, budget_fraction: float) -> dict[str, int]:
+    """Each strategy's planned trainable parameters summed over a stage plan's distinct designs."""
+    from peft_search.peft import plan_budget, strategy_params
+
+    totals: dict[str, int] = {}
+    for design in {row.design_id: row.design for row in plan.rows}.values():
+        for name, count in strategy_params(profile, plan_budget(profile, design, budget_fraction)).items():
+            totals[name] = totals.get(name, 0) + count
+    return totals
 
 
 def prepare_spec(

@@ -9,7 +9,11 @@ from itertools import combinations
 
 from peft_search.errors import InputError
 
-STRATEGIES: tuple[str, ...] = ("adapter", "prefix", "bitfit", "lora")
+# Every strategy a design may name, in canonical order (a design's JSON lists a group's strategies in
+# this order: new names are appended, so existing designs keep their ids). The paper's four come first
+# and are what a search draws from unless the job names others (`strategies` in the job spec).
+STRATEGIES: tuple[str, ...] = ("adapter", "prefix", "bitfit", "lora", "dora", "ia3", "vera", "loha", "rslora")
+PAPER_STRATEGIES: tuple[str, ...] = STRATEGIES[:4]
 GROUPING_PATTERNS: tuple[str, ...] = ("increasing", "uniform", "decreasing", "spindle", "bottleneck")
 ALLOCATION_PATTERNS: tuple[str, ...] = ("increasing", "uniform", "decreasing")
 DEFAULT_NUM_GROUPS = 4

@@ -21,7 +21,7 @@ from peft_search.space.components import (
     DEFAULT_NUM_GROUPS,
     GROUPING,
     GROUPING_PATTERNS,
-    STRATEGIES,
+    PAPER_STRATEGIES,
     STRATEGY_PREFIX,
     TUNABLE_GROUPS,
     check_group_count,
@@ -76,7 +76,8 @@ class DesignSpace:
     Free allocation: Dirichlet(1) weights over the tuned blocks.
     Free tunable groups: a uniformly random non-empty subset of the groups, always containing the
     groups whose strategies are fixed (fixing a group's strategies presumes the group is tuned).
-    Free strategies of a group: a uniformly random non-empty subset of the four strategies.
+    Free strategies of a group: a uniformly random non-empty subset of `strategy_names` (the paper's
+    four unless the job names others), which are also a strategy stage's candidates.
     """
 
     num_groups: int = DEFAULT_NUM_GROUPS
@@ -84,10 +85,12 @@ class DesignSpace:
     allocation: str | None = None
     tunable_groups: tuple[int, ...] | None = None
     strategies: tuple[tuple[str, ...] | None, ...] = field(default=())
+    strategy_names: tuple[str, ...] = PAPER_STRATEGIES
 
     def __post_init__(self):
         if not isinstance(self.num_groups, int) or self.num_groups < 1:
             raise InputError("num_groups", f"must be a positive integer, got {self.num_groups!r}")
+        object.__setattr__(self, "strategy_names", parse_strategy_set(self.strategy_names, "strategies"))
         if not self.strategies:
             object.__setattr__(self, "strategies", (None,) * self.num_groups)
         if len(self.strategies) != self.num_groups:
@@ -125,7 +128,7 @@ class DesignSpace:
         if component == TUNABLE_GROUPS:
             return nonempty_subsets(tuple(range(1, self.num_groups + 1)))
         strategy_group(component, self.num_groups)
-        return nonempty_subsets(STRATEGIES)
+        return nonempty_subsets(self.strategy_names)
 
     def parse_choice(self, component: str, text: str):
         """A choice from its command-line form: `spindle`, `G1+G3`, `adapter+lora`."""
@@ -191,7 +194,7 @@ class DesignSpace:
         """
         groupings = 1 if self.grouping is not None else len(GROUPING_PATTERNS)
         allocations = 1 if self.allocation is not None else len(ALLOCATION_PATTERNS)
-        strategy_choices = [1 if s is not None else len(nonempty_subsets(STRATEGIES)) for s in self.strategies]
+        strategy_choices = [1 if s is not None else 2 ** len(self.strategy_names) - 1 for s in self.strategies]
         if self.tunable_groups is not None:
             tunable_sets = [self.tunable_groups]
         else:
@@ -312,7 +315,7 @@ class DesignSpace:
         grouping = self.grouping if self.grouping is not None else _draw_composition(rng, num_blocks, self.num_groups)
         tunable = self.tunable_groups if self.tunable_groups is not None else rng.choice(self._tunable_options())
 
-        strategy_options = nonempty_subsets(STRATEGIES)
+        strategy_options = nonempty_subsets(self.strategy_names)
         strategies = tuple(
             (fixed if fixed is not None else rng.choice(strategy_options)) if g in tunable else ()
             for g, fixed in enumerate(self.strategies, start=1)
@@ -342,7 +345,7 @@ class DesignSpace:
             # A strategy stage fixes its group's strategies in every clamped space, so the group is tuned.
             tunable = rng.choice(self._tunable_options((studied_group,) if studied_group else ()))
         # Every group gets strategies, tuned or not, so that choices tuning different groups agree on the shared ones.
-        strategy_options = nonempty_subsets(STRATEGIES)
+        strategy_options = nonempty_subsets(self.strategy_names)
         strategies = tuple(
             None if fixed is not None or g == studied_group else rng.choice(strategy_options)
             for g, fixed in enumerate(self.strategies, start=1)
@@ -370,22 +373,25 @@ class DesignSpace:
     # ---- serialisation ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "num_groups": self.num_groups,
             GROUPING: self.grouping,
             ALLOCATION: self.allocation,
             TUNABLE_GROUPS: list(self.tunable_groups) if self.tunable_groups is not None else None,
             "strategies": [list(s) if s is not None else None for s in self.strategies],
         }
+        if self.strategy_names != PAPER_STRATEGIES:  # a space of the paper's four reads as before
+            data["strategy_names"] = list(self.strategy_names)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "DesignSpace":
-        allowed = {"num_groups", GROUPING, ALLOCATION, TUNABLE_GROUPS, "strategies"}
+        allowed = {"num_groups", GROUPING, ALLOCATION, TUNABLE_GROUPS, "strategies", "strategy_names"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise InputError("space", f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         num_groups = data.get("num_groups", DEFAULT_NUM_GROUPS)
-        space = cls(num_groups=num_groups)
+        space = cls(num_groups=num_groups, strategy_names=tuple(data.get("strategy_names") or PAPER_STRATEGIES))
         for component, value in (
             (GROUPING, data.get(GROUPING)),
             (ALLOCATION, data.get(ALLOCATION)),
@@ -400,7 +406,7 @@ class DesignSpace:
 
     def describe(self) -> str:
         """Readable multi-line description: each component, fixed or free, and the space's size."""
-        lines = [f"design space with {self.num_groups} groups"]
+        lines = [f"design space with {self.num_groups} groups, strategies from {', '.join(self.strategy_names)}"]
         for component in self.components():
             choice = self.choice(component)
             state = self.format_choice(component, choice) if choice is not None else f"free ({len(self.candidates(component))} candidates)"

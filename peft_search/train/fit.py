@@ -20,8 +20,10 @@ from peft_search.train.presets import preset_design
 if TYPE_CHECKING:
     from peft_search.peft import BackboneProfile, BudgetPlan
 
-# Presets allowed to miss the budget: BitFit's size is the backbone's biases, whatever the budget.
-FIXED_SIZE_PRESETS = ("bitfit",)
+# Presets allowed to miss the budget: a fixed-size strategy alone (its `elastic` is False) costs what it
+# costs whatever the budget: BitFit the blocks' biases, (IA)3 its rescaling vectors, VeRA its vectors at
+# rank 256 (docs/design.md, "Strategies"; tests/test_train_fit.py holds this list to the registry).
+FIXED_SIZE_PRESETS = ("bitfit", "ia3", "vera")
 
 
 @dataclass(frozen=True)

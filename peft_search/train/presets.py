@@ -1,9 +1,10 @@
 """Named baselines at the same parameter budget, and the default learning rate of every trial.
 
 - `full`: full fine-tuning (every backbone parameter trainable; no budget).
-- `adapter`, `prefix`, `bitfit`, `lora`: that one strategy on every block, uniform grouping,
-  uniform allocation, all groups tunable. BitFit has a fixed size (the blocks' biases) and so
-  realises less than the budget; it is the one design allowed to miss the budget.
+- `adapter`, `prefix`, `bitfit`, `lora`, and the newer `dora`, `ia3`, `vera`, `loha`, `rslora`: that one
+  strategy on every block, uniform grouping, uniform allocation, all groups tunable. BitFit, (IA)3 and
+  VeRA have a fixed size (the blocks' biases; the rescaling vectors; VeRA's vectors at rank 256) and so
+  realise what they cost, not the budget: the presets allowed to miss it (`fit.FIXED_SIZE_PRESETS`).
 - `s4-t5`: the paper's S4 design found for T5 (docs/design.md, "The method"): spindle grouping, uniform
   allocation, all groups, G1 {adapter, lora}, G2 {adapter, prefix}, G3 {adapter, prefix, bitfit},
   G4 {prefix, bitfit, lora}.

@@ -8,11 +8,16 @@ from peft_search.peft.model_parts import backbone_parameters
 from peft_search.peft.strategies.adapter import ADAPTER, Adapter, AdaptedLinear
 from peft_search.peft.strategies.base import Strategy, WrappedLinear, linear_features
 from peft_search.peft.strategies.bitfit import BITFIT
+from peft_search.peft.strategies.dora import DORA
+from peft_search.peft.strategies.ia3 import IA3
+from peft_search.peft.strategies.loha import LOHA
 from peft_search.peft.strategies.lora import LORA, LORA_SCALING, LoraLinear
 from peft_search.peft.strategies.prefix import PREFIX, PREFIX_ATTENTION, Prefix
+from peft_search.peft.strategies.rslora import RSLORA
+from peft_search.peft.strategies.vera import VERA
 from peft_search.space import STRATEGIES
 
-STRATEGY_REGISTRY: dict[str, Strategy] = {s.name: s for s in (ADAPTER, PREFIX, BITFIT, LORA)}
+STRATEGY_REGISTRY: dict[str, Strategy] = {s.name: s for s in (ADAPTER, PREFIX, BITFIT, LORA, DORA, IA3, VERA, LOHA, RSLORA)}
 if tuple(STRATEGY_REGISTRY) != STRATEGIES:  # the space's vocabulary and the registry are one list
     raise ImportError(f"strategy registry {tuple(STRATEGY_REGISTRY)} differs from the space's {STRATEGIES}")
 
@@ -54,7 +59,7 @@ def trainable_parameters_by_strategy(model) -> dict[str, list]:
 
 
 __all__ = [
-    "ADAPTER", "BITFIT", "HEAD", "LORA", "LORA_SCALING", "PREFIX", "PREFIX_ATTENTION", "STRATEGY_REGISTRY",
+    "ADAPTER", "BITFIT", "DORA", "HEAD", "IA3", "LOHA", "LORA", "RSLORA", "VERA", "LORA_SCALING", "PREFIX", "PREFIX_ATTENTION", "STRATEGY_REGISTRY",
     "AdaptedLinear", "Adapter", "LoraLinear", "Prefix", "Strategy", "WrappedLinear", "injection_order",
     "learning_rate_scale", "linear_features", "trainable_parameters_by_strategy",
 ]  # fmt: skip

@@ -14,7 +14,9 @@ def linear_features(layer: nn.Module | torch.Tensor) -> tuple[int, int]:
     """(in, out) of a projection: an `nn.Linear`; transformers' `Conv1D` (gpt2), which computes
     x @ W + b with W stored as (in, out), the transpose of a Linear's (HF peft's `fan_in_fan_out`);
     or a bare weight of shape (in, heads, head size) that the attention multiplies in an einsum
-    (xlnet's q, k, v: out = heads x head size)."""
+    (xlnet's q, k, v: out = heads x head size). A projection another strategy wraps is read through
+    to the backbone's own layer."""
+    layer = unwrapped(layer)
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
     if isinstance(layer, torch.Tensor):
@@ -24,6 +26,27 @@ def linear_features(layer: nn.Module | torch.Tensor) -> tuple[int, int]:
     if isinstance(layer, Conv1D):
         return layer.weight.shape[0], layer.weight.shape[1]
     raise TypeError(f"not a projection: {type(layer).__name__}")
+
+
+def unwrapped(layer):
+    """The backbone's own projection under any strategies' wrappers (`WrappedLinear.base_layer`)."""
+    while isinstance(getattr(layer, "base_layer", None), nn.Module):
+        layer = layer.base_layer
+    return layer
+
+
+def dense_weight(layer: nn.Module | torch.Tensor) -> torch.Tensor:
+    """A projection's frozen weight as an (out, in) matrix, as `nn.Linear` stores it: a Linear's own,
+    a `Conv1D`'s transposed, a bare (in, heads, head size) weight flattened and transposed."""
+    if isinstance(layer, torch.Tensor):
+        return layer.reshape(layer.shape[0], -1).T
+    layer = unwrapped(layer)
+    return layer.weight if isinstance(layer, nn.Linear) else layer.weight.T
+
+
+def as_bare_weight(dense: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """An (out, in) matrix back in the layout of the bare weight `like` (in, heads, head size)."""
+    return dense.T.reshape(like.shape).to(like.dtype)
 
 
 class WrappedLinear(nn.Module):
@@ -55,7 +78,10 @@ class Strategy:
     size_field: str  # the BlockPlan field that holds its size in a block
     elastic: bool = True  # the budget sets its size; False: it costs `fixed_cost`, whatever the budget
     learning_rate_scale: float = 1.0  # its parameters train at the trial's base rate x this
-    injection_order: int = 1  # lower first, within a block (BitFit: before any other module exists)
+    # Lower first, within a block: BitFit (0) before any other module exists; DoRA (1) on the bare
+    # projection, whose output it rescales; the additive updates (2); (IA)3 (3) last, rescaling a
+    # projection's whole output (docs/design.md, "Strategies": mixing in one block).
+    injection_order: int = 2
 
     def fixed_cost(self, site) -> int:
         """Parameters it costs in the block at any size."""

@@ -33,10 +33,10 @@ def lora_factors(projection: nn.Module | torch.Tensor, weight: torch.Tensor, ran
 class LoraLinear(WrappedLinear):
     """W x + scaling * B A x, with A Kaiming-uniform and B zero (starts as identity), as in HF peft."""
 
-    def __init__(self, base_layer: nn.Module, rank: int):
+    def __init__(self, base_layer: nn.Module, rank: int, scaling: float = LORA_SCALING):
         super().__init__(base_layer)
         self.lora_A, self.lora_B = lora_factors(base_layer, base_layer.weight, rank)
-        self.scaling = LORA_SCALING
+        self.scaling = scaling
 
     @property
     def rank(self) -> int:
@@ -56,10 +56,10 @@ class LoraWeight(nn.Module):
     peft's `target_parameters` does) that reads the weight as W + scaling (B A)^T. x W then equals
     x W + scaling B A x of `LoraLinear`, computed from the same A and B."""
 
-    def __init__(self, weight: torch.Tensor, rank: int):
+    def __init__(self, weight: torch.Tensor, rank: int, scaling: float = LORA_SCALING):
         super().__init__()
         self.lora_A, self.lora_B = lora_factors(weight, weight, rank)
-        self.scaling = LORA_SCALING
+        self.scaling = scaling
 
     @property
     def rank(self) -> int:
@@ -70,25 +70,39 @@ class LoraWeight(nn.Module):
         return weight + update.reshape(weight.shape).to(weight.dtype)
 
 
+def adapt_projections(site, on_linear, on_bare_weight) -> None:
+    """Put a module on each of the block's LoRA projections (query and value; gpt2's fused c_attn):
+    `on_linear(layer)` replaces a layer (a `WrappedLinear`); `on_bare_weight(weight)` is registered as
+    a parametrization of a bare weight (xlnet's q and v: torch.nn.utils.parametrize, as HF peft's
+    `target_parameters`). Every low-rank strategy enters where LoRA does."""
+    for attention in site.attentions:
+        for name in attention.lora_projections:
+            projection = attention.projection(name)
+            if isinstance(projection, torch.Tensor):
+                parametrize.register_parametrization(attention.module, name, on_bare_weight(projection))
+            else:
+                setattr(attention.module, name, on_linear(projection))
+
+
+def projections_cost(site, cost_of) -> int:
+    """`cost_of(projection)` summed over the block's LoRA projections."""
+    return sum(cost_of(a.projection(p)) for a in site.attentions for p in a.lora_projections)
+
+
 class LoraStrategy(Strategy):
     name = "lora"
     size_field = "lora_rank"
     learning_rate_scale = 1.0
+    modules = (LoraLinear, LoraWeight)  # exactly these: rsLoRA's subclasses are its own
 
     def unit_cost(self, site) -> int:
-        return sum(LoraLinear.param_count(a.projection(p), 1) for a in site.attentions for p in a.lora_projections)
+        return projections_cost(site, lambda projection: LoraLinear.param_count(projection, 1))
 
     def inject(self, site, size: int) -> None:
-        for attention in site.attentions:
-            for name in attention.lora_projections:
-                projection = attention.projection(name)
-                if isinstance(projection, torch.Tensor):
-                    parametrize.register_parametrization(attention.module, name, LoraWeight(projection, size))
-                else:
-                    setattr(attention.module, name, LoraLinear(projection, size))
+        adapt_projections(site, lambda layer: LoraLinear(layer, size), lambda weight: LoraWeight(weight, size))
 
     def own_parameters(self, module):
-        return [module.lora_A.weight, module.lora_B.weight] if isinstance(module, (LoraLinear, LoraWeight)) else None
+        return [module.lora_A.weight, module.lora_B.weight] if type(module) in self.modules else None
 
 
 LORA = LoraStrategy()

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from peft_search.errors import InputError
 from peft_search.search.spec.errors import SpecError, spec_error
 from peft_search.search.stage.selection import DEFAULT_DELTA, KN_MIN_FIRST_STAGE, KN_PLUS_PLUS, PROCEDURES
-from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, STRATEGIES, DesignSpace, component_names
+from peft_search.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, PAPER_STRATEGIES, STRATEGIES, DesignSpace, component_names
 from peft_search.space.components import ALLOCATION, GROUPING, TUNABLE_GROUPS, strategy_group
 from peft_search.train.presets import DESIGN_LEARNING_RATE, FULL_LEARNING_RATE, MAX_LEARNING_RATE, PRESETS
 
@@ -446,6 +446,12 @@ class SearchSpec(_Strict):
         4, ge=1, le=MAX_GROUPS,
         description=f"number of layer groups G: 1 to {MAX_GROUPS} and at most the backbone's blocks",
     )
+    strategies: list[str] | None = Field(
+        None,
+        description=f"the strategies the design space mixes: a free group draws a non-empty subset of them, and a "
+        f"strategy stage compares every such subset unless it lists candidates; any of {', '.join(STRATEGIES)} "
+        f"(docs/design.md, \"Strategies\"); null = the paper's four ({', '.join(PAPER_STRATEGIES)})",
+    )
     stages: list[StageSpec] | None = Field(
         None,
         description="refinement stages in order; null or left out = the paper's order (grouping, allocation, "
@@ -529,7 +535,8 @@ class SearchSpec(_Strict):
                              "for independent sampling")
         # Canonicalise in place: the model is frozen to callers, but its own validator may still finish
         # building it (returning a copy from an after-validator is unsupported in pydantic).
-        object.__setattr__(self, "stages", _expand_stages(self.stages, self.num_groups))
+        strategy_names = _check_strategy_names(self.strategies)
+        object.__setattr__(self, "stages", _expand_stages(self.stages, self.num_groups, strategy_names))
         return self
 
     # ---- construction ------------------------------------------------------------------------------
@@ -616,9 +623,14 @@ class SearchSpec(_Strict):
         """Final runs at once: `final.max_concurrent_trials`, else the search's."""
         return (self.final.max_concurrent_trials if self.final is not None else None) or self.max_concurrent_trials
 
+    @property
+    def strategy_names(self) -> tuple[str, ...]:
+        """The strategies the space mixes, in canonical order: the job's, or the paper's four."""
+        return _check_strategy_names(self.strategies)
+
     def initial_space(self) -> DesignSpace:
         """S0: the unconstrained space the first stage starts from."""
-        return DesignSpace(num_groups=self.num_groups)
+        return DesignSpace(num_groups=self.num_groups, strategy_names=self.strategy_names)
 
     def to_dict(self) -> dict:
         """Canonical form: every default filled in, stages expanded; JSON- and YAML-safe."""
@@ -694,9 +706,24 @@ def _allowed_choices(component: str, num_groups: int) -> str:
     return f"non-empty sets of {', '.join(STRATEGIES)} written like adapter+lora"
 
 
-def _expand_stages(stages: list[StageSpec] | None, num_groups: int) -> list[StageSpec]:
+def _check_strategy_names(names: list[str] | None) -> tuple[str, ...]:
+    """The job's `strategies` in canonical order (the paper's four when null); an error naming the entry."""
+    if names is None:
+        return PAPER_STRATEGIES
+    if not names:
+        raise InputError("strategies", f"empty list; give some of {', '.join(STRATEGIES)}, or null for the paper's four")
+    for i, name in enumerate(names):
+        if name not in STRATEGIES:
+            raise InputError(f"strategies[{i}]", f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
+        if name in names[:i]:
+            raise InputError(f"strategies[{i}]", f"{name} is listed twice")
+    return tuple(s for s in STRATEGIES if s in names)
+
+
+def _expand_stages(stages: list[StageSpec] | None, num_groups: int,
+                   strategy_names: tuple[str, ...] = PAPER_STRATEGIES) -> list[StageSpec]:
     """The stages with the default order filled in, components checked, candidates canonical and checked."""
-    space = DesignSpace(num_groups=num_groups)
+    space = DesignSpace(num_groups=num_groups, strategy_names=strategy_names)
     components = component_names(num_groups)
     if stages is None:
         stages = [StageSpec(component=c) for c in components]
