@@ -7,7 +7,9 @@ time of the run's trials on it (the mean over every task for a task not yet meas
 cost of starting it (TRIAL_START_S, the cluster simulator's figure: a record's wall time is the
 trainable's own). Rows run `slots` at a time (the cluster's trial slots, recorded per stage), each
 on the first slot that frees, in the plan's order, as the dispatch hands them out block by block
-(list scheduling).
+(list scheduling), and started one after another, as Tune's driver starts them (and the cluster
+simulator models them): with short trials on many slots, the starts, not the slots, set the time
+(402 trials of 0.2 s on 16 slots take about 402 starts, not 402 / 16 trial lengths; issue 38).
 A race can stop at any look, so under racing it is "at most"; a stage not yet planned counts every
 block it could run. Pure Python.
 """
@@ -39,15 +41,18 @@ def task_durations(records: Iterable[dict]) -> dict[str, float]:
 def list_schedule_s(tasks: Sequence[str], durations: dict[str, float], slots: int,
                     start_s: float = TRIAL_START_S) -> float | None:
     """How long trials of these tasks take on `slots` slots, each started in order on the first slot
-    that frees and costing its measured duration plus `start_s`; 0 with nothing to run, None with
-    nothing measured yet."""
+    that frees, the driver taking `start_s` per start, one start after another, and each trial then
+    lasting its measured duration; 0 with nothing to run, None with nothing measured yet."""
     if not tasks:
         return 0.0
     if "*" not in durations:
         return None
     free_at = [0.0] * max(1, min(slots, len(tasks)))  # when each slot is next free
+    driver_free = 0.0  # when the driver can start the next trial: it starts them one after another
     for task in tasks:
-        heapq.heappush(free_at, heapq.heappop(free_at) + durations.get(task, durations["*"]) + start_s)
+        launch = max(heapq.heappop(free_at), driver_free)
+        driver_free = launch + start_s
+        heapq.heappush(free_at, driver_free + durations.get(task, durations["*"]))
     return max(free_at)
 
 
