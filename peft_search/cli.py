@@ -421,7 +421,7 @@ def cmd_simulate(args) -> int:
 
     result, step_source = simulate_job(args.job, args.gpus, step_time_s=args.step_time, step_time_from=args.step_time_from,
                                        start_s=args.trial_start, scores=args.scores, seed=args.seed, backbone=args.backbone,
-                                       data_dir=args.data_dir)
+                                       data_dir=args.data_dir, start_from=args.start_from)
     if args.json:
         print(json.dumps({**result.to_dict(), "step_time_source": step_source}, indent=2))
     else:
@@ -512,8 +512,11 @@ def _add_search_commands(commands) -> None:
     simulate.add_argument("--step-time", type=float, help="seconds per optimiser step on one trial's GPUs (default: "
                           "a measured CPU figure, or --step-time-from)")
     simulate.add_argument("--step-time-from", metavar="RUN", help="take the step time from a run's finished trials")
-    simulate.add_argument("--trial-start", type=float, default=0.45, help="seconds the driver takes to start one trial "
-                          "(default 0.45, measured on a 2-core head)")
+    start = simulate.add_mutually_exclusive_group()
+    start.add_argument("--trial-start", type=float, default=0.45, help="seconds the driver takes to start one trial "
+                       "(default 0.45, measured on a 2-core head)")
+    start.add_argument("--start-from", metavar="RUN", help="take the start cost from a run: its stages' slot time that "
+                       "did not train, per trial (your driver and cluster, as they ran)")
     simulate.add_argument("--scores", default="decisive", help="the recorded stage whose scores are replayed: decisive, "
                           "tied, or a Parquet file of trial records (default decisive)")
     simulate.add_argument("--seed", type=int, default=0, help="seed of the score resampling (default 0)")

@@ -111,3 +111,31 @@ def test_the_command_prints_a_table_or_json_and_refuses_bad_input(tmp_path):
     assert bad.returncode == 2 and "--gpus" in bad.stderr
     missing = cli("simulate", str(job), "--gpus", "4", "--scores", str(tmp_path / "none.parquet"))
     assert missing.returncode == 2 and "--scores" in missing.stderr
+
+
+def test_the_start_cost_is_measured_on_a_run_where_the_driver_or_the_slots_set_the_pace(tmp_path):
+    """`simulate --start-from RUN` (issue 38): the slot time that did not train, per trial, bounded by
+    both regimes. Stage 0: 20 trials of 0.2 s on 16 slots in 9 s (the driver's pace: 0.45 s a start);
+    stage 1: 20 trials of 10 s on 2 slots in 105 s (the slots' pace: 10 s idle over 20 trials, 0.5 s);
+    stage 2 has too few trials to say anything. The median of 0.45 and 0.5."""
+    from peft_search.errors import InputError
+    from peft_search.search.simulate import measured_start_cost
+
+    run = tmp_path / "run"
+    stages = [(20, 0.2, 16, 9.0), (20, 10.0, 2, 105.0), (3, 1.0, 1, 60.0)]
+    for index, (trials, seconds, _, _) in enumerate(stages):
+        (run / "stages" / str(index) / "trials").mkdir(parents=True)
+        for i in range(trials):
+            record = {"trial_id": f"{index}-{i}", "stage": index, "choice": "a", "sample": i, "task": "sst2", "seed": 0,
+                      "status": "finished", "wall_time_s": seconds}
+            (run / "stages" / str(index) / "trials" / f"{index}-{i}.json").write_text(json.dumps(record))
+    (run / "state.json").write_text(json.dumps({"stages": [{"wall_time_s": wall, "slots": slots}
+                                                            for _, _, slots, wall in stages]}))
+    assert measured_start_cost(str(run)) == pytest.approx((0.45 + 0.5) / 2)
+
+    job = write_job(tmp_path, designs_per_choice=3, racing={"min_blocks": 2})
+    done = cli("simulate", str(job), "--gpus", "4", "--step-time", "0.5", "--start-from", str(run), "--json")
+    assert done.returncode == 0, done.stderr
+    assert "start cost 0.47 s per trial, measured on" in json.loads(done.stdout)["step_time_source"]
+    with pytest.raises(InputError, match="--start-from"):
+        measured_start_cost(str(tmp_path))  # not a run directory

@@ -325,9 +325,41 @@ def measured_step_time(run: str) -> float:
     return float(np.median(per_step))
 
 
+# Stages with fewer trials say little about the cost of a start (Tune's own start-up dominates them).
+START_COST_MIN_TRIALS = 10
+
+
+def measured_start_cost(run: str) -> float:
+    """The driver's cost per trial measured on a run (`simulate --start-from RUN`, issue 38): for each
+    stage that trained at least START_COST_MIN_TRIALS trials, the slot time that did not train, per trial,
+    bounded by both regimes a stage can be in,
+        min(wall / n, (slots x wall - sum of the trials' wall times) / n):
+    with short trials the driver sets the pace (wall = n starts); with long ones every slot-second not
+    training went to starting trials or to waiting. The median over stages. An upper bound of the pure
+    start cost (Tune's set-up and a race's waits for a block count too): the effective cost that makes the
+    simulator's wall-clock the run's."""
+    from peft_search.search.storage.paths import StoragePath
+    from peft_search.search.storage.records import read_records
+
+    directory = StoragePath.parse(run)
+    if not (directory / "state.json").is_file():
+        raise InputError("--start-from", f"{run} is not a run directory (no state.json)")
+    state = json.loads((directory / "state.json").read_text())
+    costs = []
+    for index, stage in enumerate(state.get("stages", [])):
+        wall, slots = stage.get("wall_time_s"), stage.get("slots")
+        walls = [r["wall_time_s"] for r in read_records(directory, index) if r.get("wall_time_s")]
+        if not wall or not slots or len(walls) < START_COST_MIN_TRIALS:
+            continue
+        costs.append(max(0.0, min(wall / len(walls), (slots * wall - sum(walls)) / len(walls))))
+    if not costs:
+        raise InputError("--start-from", f"{run} has no stage of at least {START_COST_MIN_TRIALS} timed trials")
+    return float(np.median(costs))
+
+
 def simulate_job(job: str, gpus: float, step_time_s: float | None = None, step_time_from: str | None = None,
                  start_s: float = DEFAULT_START_S, scores: str = "decisive", seed: int = 0, backbone: str | None = None,
-                 data_dir: str | None = None) -> tuple[SearchSimulation, str]:
+                 data_dir: str | None = None, start_from: str | None = None) -> tuple[SearchSimulation, str]:
     """`peft-search simulate`: the job file's search on `gpus` GPUs; also says where the step time came from.
     `backbone`: a local directory whose config stands in for the job's backbone (its shape is all
     planning needs; for a Hub id without network)."""
@@ -351,6 +383,9 @@ def simulate_job(job: str, gpus: float, step_time_s: float | None = None, step_t
         step_time_s, source = MEASURED_STEP_TIME_S, "MiniLM on 2 CPU cores (docs/benchmarks.md); give --step-time for GPUs"
     if not step_time_s > 0:
         raise InputError("--step-time", f"give a positive number of seconds, got {step_time_s:g}")
+    if start_from is not None:
+        start_s = measured_start_cost(start_from)
+        source += f"; start cost {start_s:.2f} s per trial, measured on {start_from}"
     return simulate_search(spec, profile, gpus, TrialModel(step_time_s, start_s), scores, seed, job=str(job)), source
 
 
