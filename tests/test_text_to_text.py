@@ -74,6 +74,20 @@ def test_every_family_trains_a_glue_task_with_all_four_strategies(models, glue_d
     assert set(result.learning_rates) == {"adapter", "prefix", "bitfit", "lora"}  # no head group: nothing else trains
 
 
+@pytest.mark.parametrize("family", LANGUAGE_MODEL_FAMILIES)
+def test_every_family_trains_a_glue_task_with_the_newer_strategies(models, glue_dir, tmp_path, family):
+    """Issue 39's five, mixed and stacked (tests/test_backbone_families.py's NEWER_STRATEGIES), through the
+    language model's own head; the output layer stays frozen and untouched by (IA)3 or VeRA."""
+    from test_backbone_families import NEWER_STRATEGIES
+
+    result = run_trial(trial(models[family], "sst2", glue_dir, tmp_path, preset=None, design=NEWER_STRATEGIES,
+                             budget_fraction=0.05))
+    assert result.status == "finished", result.error
+    assert result.head == "lm" and result.head_params == 0
+    assert abs(result.realised_params - result.target_params) <= 0.02 * result.target_params
+    assert set(result.learning_rates) == {"adapter", "prefix", "bitfit", "lora", "dora", "ia3", "vera", "loha", "rslora"}
+
+
 @pytest.mark.parametrize("family", ["t5", "bart", "llama", "qwen2", "gpt2"])  # qwen3 and mistral train as llama
 @pytest.mark.parametrize("task", ["boolq", "cb", "copa"])
 def test_superglue_tasks_train_from_the_official_jsonl_files(models, superglue_dir, tmp_path, family, task):
