@@ -182,23 +182,29 @@ def test_xlnet_batches_pad_before_the_tokens_so_the_last_position_is_real(tmp_pa
     assert collated["input_ids"][1, -1] == tokenizer.sep_token_id
 
 
-@needs_minilm
-@pytest.mark.parametrize("arch", [*DECODER_ONLY, "xlnet", "deberta-v2"])
-def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_family(arch, data_dir, tmp_path):
+def trains_saves_and_reloads(arch, design, data_dir, tmp_path, epochs: int, batch_size: int, budget: float) -> None:
+    """A real trial of `design` on `arch`'s tiny checkpoint: it finishes, meets the budget, its loss falls,
+    and the saved method re-evaluates to the same score and loss."""
     from peft_search.train import TrialConfig, evaluate_saved, run_trial
 
     checkpoint = tiny_checkpoint(tmp_path / arch, arch, with_padding_token=arch not in ("gpt2", "llama"))
-    config = TrialConfig(model=checkpoint, task="file:text=sentence,label=label", data_dir=data_dir,
-                         design=EVERY_STRATEGY, epochs=4, batch_size=8, max_length=24, seed=1, learning_rate=1e-2,
-                         budget_fraction=0.02, cache_dir=str(tmp_path / "cache"))
+    config = TrialConfig(model=checkpoint, task="file:text=sentence,label=label", data_dir=data_dir, design=design,
+                         epochs=epochs, batch_size=batch_size, max_length=24, seed=1, learning_rate=1e-2,
+                         budget_fraction=budget, cache_dir=str(tmp_path / "cache"))
     result = run_trial(config, save_dir=str(tmp_path / "saved"))
     assert result.status == "finished", result.error
     assert abs(result.realised_params - result.target_params) <= 0.02 * result.target_params
     losses = [epoch["train_loss"] for epoch in result.epochs]
-    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert len(losses) == epochs and losses[-1] < losses[0], losses
     again = evaluate_saved(config, tmp_path / "saved")
     assert again["score"] == pytest.approx(result.score, abs=1e-6)
     assert again["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=1e-5)
+
+
+@needs_minilm
+@pytest.mark.parametrize("arch", [*DECODER_ONLY, "xlnet", "deberta-v2"])
+def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_family(arch, data_dir, tmp_path):
+    trains_saves_and_reloads(arch, EVERY_STRATEGY, data_dir, tmp_path, epochs=4, batch_size=8, budget=0.02)
 
 
 @needs_minilm
@@ -206,20 +212,7 @@ def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_family(ar
 def test_the_newer_strategies_mixed_train_save_and_reload_on_every_family(arch, data_dir, tmp_path):
     """Issue 39: DoRA, (IA)3, VeRA, LoHa and rsLoRA, mixed per group and stacked on shared projections,
     train (the loss falls), meet the budget, and reload to the same score on all 11 families."""
-    from peft_search.train import TrialConfig, evaluate_saved, run_trial
-
-    checkpoint = tiny_checkpoint(tmp_path / arch, arch, with_padding_token=arch not in ("gpt2", "llama"))
-    config = TrialConfig(model=checkpoint, task="file:text=sentence,label=label", data_dir=data_dir,
-                         design=NEWER_STRATEGIES, epochs=2, batch_size=16, max_length=24, seed=1, learning_rate=1e-2,
-                         budget_fraction=0.05, cache_dir=str(tmp_path / "cache"))
-    result = run_trial(config, save_dir=str(tmp_path / "saved"))
-    assert result.status == "finished", result.error
-    assert abs(result.realised_params - result.target_params) <= 0.02 * result.target_params
-    losses = [epoch["train_loss"] for epoch in result.epochs]
-    assert losses[-1] < losses[0], losses
-    again = evaluate_saved(config, tmp_path / "saved")
-    assert again["score"] == pytest.approx(result.score, abs=1e-6)
-    assert again["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=1e-5)
+    trains_saves_and_reloads(arch, NEWER_STRATEGIES, data_dir, tmp_path, epochs=2, batch_size=16, budget=0.05)
 
 
 @needs_minilm
