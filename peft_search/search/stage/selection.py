@@ -162,6 +162,8 @@ def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[s
     choices_at_start = len(survivors)
     h2 = kn_h2(choices_at_start, alpha, first_stage) if screening else 0.0
     variance = _pair_variances(scores, survivors, list(blocks[:first_stage]))
+    if procedure == KN_PLUS_PLUS:  # each pair's differences over every block, once: a look takes a prefix
+        pair_differences = {(i, l): _positioned_pairs(scores, i, l, blocks) for i in survivors for l in survivors if i != l}
     dropped: dict[str, Dropped] = {}
     first_stage = max(first_stage, 2)  # one block says nothing about the noise: a 1-block stage just runs
     early = early_look(first_stage, planned_blocks)
@@ -179,7 +181,8 @@ def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[s
         if not screening or r < first_stage:
             continue
         if procedure == KN_PLUS_PLUS:  # variances over every block seen, h2 on their degrees of freedom
-            variance = _pair_variances(scores, survivors, seen)
+            variance = {pair: _prefix_variance(differences, r) for pair, differences in pair_differences.items()
+                        if pair[0] in survivors and pair[1] in survivors}
         for i in survivors:
             for l in survivors:
                 if i == l or not math.isfinite(variance[i, l][0]):
@@ -199,6 +202,21 @@ def select(scores: Mapping[str, Mapping[int, float | None]], choices: Sequence[s
     leader = max(survivors, key=lambda c: (means[c], -survivors.index(c)))
     outcome = UNDECIDED if len(blocks) >= planned_blocks else RUNNING
     return Selection(outcome, tuple(survivors), dropped, len(blocks), leader=leader)
+
+
+def _positioned_pairs(scores, i: str, l: str, blocks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in `blocks`, X_i - X_l) where both have a score, in block order: `_pairs` over any prefix
+    of `blocks` is the differences at positions before its length."""
+    own, other = scores.get(i, {}), scores.get(l, {})
+    kept = [(at, own[b] - other[b]) for at, b in enumerate(blocks) if own.get(b) is not None and other.get(b) is not None]
+    return np.array([at for at, _ in kept], dtype=np.int64), np.array([d for _, d in kept], dtype=np.float64)
+
+
+def _prefix_variance(differences: tuple[np.ndarray, np.ndarray], blocks: int) -> tuple[float, int]:
+    """(variance, count) of a pair's differences over the first `blocks` blocks, as `_pair_variances`."""
+    positions, values = differences
+    d = values[: int(np.searchsorted(positions, blocks))]
+    return (float(np.var(d, ddof=1)) if len(d) >= 2 else math.inf, len(d))
 
 
 def _pair_variances(scores, survivors: Sequence[str], blocks: Sequence[int]) -> dict[tuple[str, str], tuple[float, int]]:
