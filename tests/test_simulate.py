@@ -129,8 +129,8 @@ def test_the_start_cost_is_measured_on_a_run_where_the_driver_or_the_slots_set_t
             record = {"trial_id": f"{index}-{i}", "stage": index, "choice": "a", "sample": i, "task": "sst2", "seed": 0,
                       "status": "finished", "wall_time_s": seconds}
             (run / "stages" / str(index) / "trials" / f"{index}-{i}.json").write_text(json.dumps(record))
-    (run / "state.json").write_text(json.dumps({"stages": [{"wall_time_s": wall, "slots": slots}
-                                                            for _, _, slots, wall in stages]}))
+    (run / "state.json").write_text(json.dumps({"stages": [{"stage": index, "status": "selected", "wall_time_s": wall, "slots": slots}
+                                                            for index, (_, _, slots, wall) in enumerate(stages)]}))
     assert measured_start_cost(str(run)) == pytest.approx((0.45 + 0.5) / 2)
 
     job = write_job(tmp_path, designs_per_choice=3, racing={"min_blocks": 2})

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from peft_search.search.status import run_status
-from peft_search.search.time_left import TRIAL_START_S, describe_time_left, list_schedule_s, task_durations
+from peft_search.search.time_left import (START_COST_MIN_TRIALS, TRIAL_START_S, describe_time_left, list_schedule_s,
+                                          run_start_cost_s, start_cost_s, task_durations)
 
 PARTIAL = Path(__file__).parent / "data" / "runs-v0.1" / "partial"
 
@@ -37,6 +38,31 @@ def test_each_trial_starts_on_the_first_slot_that_frees_in_the_plans_order():
     assert list_schedule_s(["sst2"] * 8, durations, slots=8) == pytest.approx(8 * TRIAL_START_S + 10)
     assert list_schedule_s([], durations, slots=4) == 0.0
     assert list_schedule_s(["sst2"], {}, slots=4) is None  # nothing measured yet: no figure
+
+
+def test_a_running_trial_holds_its_slot_until_it_ends():
+    durations = {"sst2": 10.0, "*": 10.0}
+    # 16 slots, 5 busy for 3 s more: two trials start at once on free slots, 0.5 s apart.
+    assert list_schedule_s(["sst2"] * 2, durations, slots=16, start_s=0.5, running=[3.0] * 5) == 11.0
+    # 2 slots, both busy: the trials wait for them (3 s and 4 s), then start and last 10 s.
+    assert list_schedule_s(["sst2"] * 2, durations, slots=2, start_s=0.5, running=[3.0, 4.0]) == 14.5
+    assert list_schedule_s([], durations, slots=2, running=[3.0, 4.0]) == 4.0  # nothing to start: the last to end
+
+
+def test_the_start_cost_is_the_slot_time_that_did_not_train_per_trial_in_either_regime():
+    # The driver's pace: 20 trials of 0.2 s on 16 slots in 9 s: 9 / 20, far below the idle slot time.
+    assert start_cost_s(9.0, 16, 20 * 0.2, 20) == pytest.approx(0.45)
+    # The slots' pace: 20 trials of 10 s on 2 slots in 105 s: 10 idle slot-seconds over 20 trials.
+    assert start_cost_s(105.0, 2, 200.0, 20) == pytest.approx(0.5)
+    assert start_cost_s(9.0, 16, 4.0, START_COST_MIN_TRIALS - 1) is None  # too few to say
+    # A run's: the median over its ended stages; a stage still running says nothing yet.
+    stages = [{"stage": 0, "status": "selected", "wall_time_s": 9.0, "slots": 16},
+              {"stage": 1, "status": "tie", "wall_time_s": 105.0, "slots": 2},
+              {"stage": 2, "status": "running", "wall_time_s": 1.0, "slots": 2}]
+    records = ([{"stage": 0, "wall_time_s": 0.2}] * 20 + [{"stage": 1, "wall_time_s": 10.0}] * 20
+               + [{"stage": 2, "wall_time_s": 10.0}] * 20)
+    assert run_start_cost_s(stages, records) == pytest.approx((0.45 + 0.5) / 2)
+    assert run_start_cost_s(stages[2:], records) is None
 
 
 @pytest.mark.parametrize("seconds, at_most, text", [

@@ -40,7 +40,7 @@ import numpy as np
 
 from peft_search.errors import InputError
 from peft_search.search.seeds import derive_seed
-from peft_search.search.time_left import TRIAL_START_S
+from peft_search.search.time_left import START_COST_MIN_TRIALS, TRIAL_START_S, run_start_cost_s
 from peft_search.search.stage.decide import decide_plan
 from peft_search.search.stage.dispatch import Dispatch
 from peft_search.search.stage.estimate import config_steps
@@ -325,19 +325,10 @@ def measured_step_time(run: str) -> float:
     return float(np.median(per_step))
 
 
-# Stages with fewer trials say little about the cost of a start (Tune's own start-up dominates them).
-START_COST_MIN_TRIALS = 10
-
-
 def measured_start_cost(run: str) -> float:
-    """The driver's cost per trial measured on a run (`simulate --start-from RUN`, issue 38): for each
-    stage that trained at least START_COST_MIN_TRIALS trials, the slot time that did not train, per trial,
-    bounded by both regimes a stage can be in,
-        min(wall / n, (slots x wall - sum of the trials' wall times) / n):
-    with short trials the driver sets the pace (wall = n starts); with long ones every slot-second not
-    training went to starting trials or to waiting. The median over stages. An upper bound of the pure
-    start cost (Tune's set-up and a race's waits for a block count too): the effective cost that makes the
-    simulator's wall-clock the run's."""
+    """The driver's cost per trial measured on a run (`simulate --start-from RUN`, issue 38): the median
+    over its stages of at least START_COST_MIN_TRIALS timed trials of the slot time that did not train,
+    per trial (`time_left.start_cost_s`, the measure a running search takes of itself)."""
     from peft_search.search.storage.paths import StoragePath
     from peft_search.search.storage.records import read_records
 
@@ -345,16 +336,10 @@ def measured_start_cost(run: str) -> float:
     if not (directory / "state.json").is_file():
         raise InputError("--start-from", f"{run} is not a run directory (no state.json)")
     state = json.loads((directory / "state.json").read_text())
-    costs = []
-    for index, stage in enumerate(state.get("stages", [])):
-        wall, slots = stage.get("wall_time_s"), stage.get("slots")
-        walls = [r["wall_time_s"] for r in read_records(directory, index) if r.get("wall_time_s")]
-        if not wall or not slots or len(walls) < START_COST_MIN_TRIALS:
-            continue
-        costs.append(max(0.0, min(wall / len(walls), (slots * wall - sum(walls)) / len(walls))))
-    if not costs:
+    cost = run_start_cost_s(state.get("stages", []), read_records(directory))
+    if cost is None:
         raise InputError("--start-from", f"{run} has no stage of at least {START_COST_MIN_TRIALS} timed trials")
-    return float(np.median(costs))
+    return cost
 
 
 def simulate_job(job: str, gpus: float, step_time_s: float | None = None, step_time_from: str | None = None,

@@ -11,7 +11,8 @@ from peft_search.search.stage.decide import ChoiceStats, Decision, is_done, outc
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import FINAL_DIR, final_done, read_final_records, read_records, started_trials
 from peft_search.search.storage.run_dir import STATE_FILE, read_json, require_run
-from peft_search.search.time_left import describe_time_left, list_schedule_s, rows_left, task_durations, unplanned_stage_tasks
+from peft_search.search.time_left import (TRIAL_START_S, describe_time_left, list_schedule_s, rows_left, run_start_cost_s,
+                                          task_durations, unplanned_stage_tasks)
 
 
 def run_status(path: str | Path) -> dict:
@@ -75,13 +76,16 @@ def run_status(path: str | Path) -> dict:
 
 def time_left(run_dir: StoragePath, spec, state: dict, records: list[dict]) -> dict[int, float | None]:
     """stage -> the seconds it may still take (search/time_left.py): 0 once decided or skipped; the
-    rows its race may still need for a planned stage; every block for one not planned yet. None
-    before any trial of the run has a wall time."""
+    rows its race may still need for a planned stage; every block for one not planned yet; each start
+    at the cost the run's ended stages measured. None before any trial of the run has a wall time."""
     from peft_search.search.seeds import derive_seed
     from peft_search.search.stage.plan import plan_path, read_plan
     from peft_search.search.stage.racing import race_state
 
     durations = task_durations(records)
+    # The driver's cost per trial as the run's ended stages measured it (before any: the assumed figure).
+    measured = run_start_cost_s(state["stages"], records)
+    start_s = TRIAL_START_S if measured is None else measured
     # The trials the cluster ran at once, as the latest stage saw it (a run before 0.4: the spec's cap, or 1).
     slots = next((s["slots"] for s in reversed(state["stages"]) if s.get("slots")), spec.max_concurrent_trials or 1)
     left: dict[int, float | None] = {}
@@ -99,7 +103,7 @@ def time_left(run_dir: StoragePath, spec, state: dict, records: list[dict]) -> d
                 row.task for row in rows_left(plan, mine, race.survivors if race is not None else None)]
         else:
             tasks = unplanned_stage_tasks(spec, index)
-        left[index] = list_schedule_s(tasks, durations, slots)
+        left[index] = list_schedule_s(tasks, durations, slots, start_s)
     return left
 
 

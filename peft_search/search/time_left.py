@@ -10,19 +10,53 @@ on the first slot that frees, in the plan's order, as the dispatch hands them ou
 (list scheduling), and started one after another, as Tune's driver starts them (and the cluster
 simulator models them): with short trials on many slots, the starts, not the slots, set the time
 (402 trials of 0.2 s on 16 slots take about 402 starts, not 402 / 16 trial lengths; issue 38).
-A race can stop at any look, so under racing it is "at most"; a stage not yet planned counts every
+The cost of a start is measured, not assumed, once there is something to measure it on
+(`start_cost_s`): a running stage measures its own as it goes, `status` takes the run's finished
+stages', and before either TRIAL_START_S stands in. A race can stop at any look, so under racing it is "at most"; a stage not yet planned counts every
 block it could run. Pure Python.
 """
 
 from __future__ import annotations
 
 import heapq
+import statistics
 from collections import defaultdict
 from typing import Iterable, Sequence
 
 # Seconds Tune's driver takes to start a trial, on top of the trial's own wall time: fitted on a
-# 2-core head with reused actors (tests/test_rehearsal.py); the cluster simulator's default too.
+# 2-core head with reused actors (tests/test_rehearsal.py); the cluster simulator's default too, and
+# what stands in until a run has measured its own (`start_cost_s`).
 TRIAL_START_S = 0.45
+# Fewer trials say little about the cost of a start (Tune's own start-up dominates them).
+START_COST_MIN_TRIALS = 10
+
+
+def start_cost_s(wall_s: float, slots: int, trained_s: float, trials: int) -> float | None:
+    """The driver's cost per trial as a stage shows it (issue 38): the slot time that did not train,
+    per trial started, bounded by both regimes a stage can be in,
+        min(wall / n, (slots x wall - trained) / n):
+    with short trials the driver sets the pace (the wall is n starts); with long ones every slot-second
+    not training went to starting trials or to waiting. `trained_s`: the trials' own wall time (a
+    running one's so far). An upper bound of the pure start cost (a race's waits count too): the
+    effective cost that makes a list schedule's wall-clock the stage's. None below
+    START_COST_MIN_TRIALS trials started or before any time passed."""
+    if trials < START_COST_MIN_TRIALS or wall_s <= 0:
+        return None
+    return max(0.0, min(wall_s / trials, (slots * wall_s - trained_s) / trials))
+
+
+def run_start_cost_s(stages: Sequence[dict], records: Iterable[dict]) -> float | None:
+    """The median of `start_cost_s` over a run's stages that ran to their end (`state.json`'s stages:
+    `wall_time_s` and `slots`; their trial records); None when no stage says."""
+    ended = [stage for stage in stages if stage.get("status") not in ("pending", "running")]
+    walls: dict[int, list[float]] = defaultdict(list)
+    for record in records:
+        if record.get("wall_time_s"):
+            walls[record["stage"]].append(float(record["wall_time_s"]))
+    costs = [cost for stage in ended if stage.get("wall_time_s") and stage.get("slots")
+             for cost in [start_cost_s(stage["wall_time_s"], stage["slots"], sum(walls[stage["stage"]]),
+                                       len(walls[stage["stage"]]))] if cost is not None]
+    return statistics.median(costs) if costs else None
 
 
 def task_durations(records: Iterable[dict]) -> dict[str, float]:
@@ -39,21 +73,25 @@ def task_durations(records: Iterable[dict]) -> dict[str, float]:
 
 
 def list_schedule_s(tasks: Sequence[str], durations: dict[str, float], slots: int,
-                    start_s: float = TRIAL_START_S) -> float | None:
+                    start_s: float = TRIAL_START_S, running: Sequence[float] = ()) -> float | None:
     """How long trials of these tasks take on `slots` slots, each started in order on the first slot
     that frees, the driver taking `start_s` per start, one start after another, and each trial then
-    lasting its measured duration; 0 with nothing to run, None with nothing measured yet."""
+    lasting its measured duration; `running`: the seconds until each trial already running ends (its
+    slot is busy until then). 0 with nothing to run, None with nothing measured yet."""
     if not tasks:
-        return 0.0
+        return max(running, default=0.0)
     if "*" not in durations:
         return None
-    free_at = [0.0] * max(1, min(slots, len(tasks)))  # when each slot is next free
+    slots = max(1, slots)
+    # When each slot is next free: the running trials' ends, and as many free slots as there are trials to start.
+    free_at = sorted(running)[:slots] + [0.0] * min(max(0, slots - len(running)), len(tasks))
+    heapq.heapify(free_at)
     driver_free = 0.0  # when the driver can start the next trial: it starts them one after another
     for task in tasks:
         launch = max(heapq.heappop(free_at), driver_free)
         driver_free = launch + start_s
         heapq.heappush(free_at, driver_free + durations.get(task, durations["*"]))
-    return max(free_at)
+    return max(max(free_at), max(running, default=0.0))
 
 
 def rows_left(plan, records: Sequence[dict], survivors: Sequence[str] | None = None) -> list:
@@ -83,4 +121,5 @@ def describe_time_left(seconds: float | None, at_most: bool) -> str | None:
     return f"{'at most' if at_most else 'about'} {amount} left"
 
 
-__all__ = ["TRIAL_START_S", "describe_time_left", "list_schedule_s", "rows_left", "task_durations", "unplanned_stage_tasks"]
+__all__ = ["START_COST_MIN_TRIALS", "TRIAL_START_S", "describe_time_left", "list_schedule_s", "rows_left", "run_start_cost_s",
+           "start_cost_s", "task_durations", "unplanned_stage_tasks"]

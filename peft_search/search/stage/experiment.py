@@ -10,6 +10,7 @@ unnecessary). Our progress line replaces Tune's tables on the terminal.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from ray.tune.search import Searcher
@@ -22,7 +23,8 @@ from peft_search.search.stage.racing import RaceState, race_state
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_records, read_results, started_trials
 from peft_search.search.storage.run_dir import stage_dir
-from peft_search.search.time_left import describe_time_left, list_schedule_s, rows_left, task_durations
+from peft_search.search.time_left import (TRIAL_START_S, describe_time_left, list_schedule_s, rows_left, start_cost_s,
+                                          task_durations)
 from peft_search.search.trials import record_failure
 
 EXPERIMENT = "tune"
@@ -48,8 +50,10 @@ class StageSearcher(Searcher):
         self.say = say or (lambda line: None)
         self.replay_trial = replay
         self.rows = {row.trial_id: row for row in plan.rows}
+        self.slots = slots
         self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots)
         self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
+        self.launched: dict[str, float] = {}  # plan row id -> when this experiment handed it out (monotonic)
         self.finished: dict[str, dict] = {}  # finished records read so far: each is read once, not after every trial
         self.recorded: set[str] = set()
         self.state = self.replay()
@@ -62,6 +66,7 @@ class StageSearcher(Searcher):
     def suggest(self, trial_id: str):
         for row in self.dispatch.rows(self.state, self.recorded, set(self.in_flight.values())):
             self.in_flight[trial_id] = row.trial_id
+            self.launched[row.trial_id] = time.monotonic()
             config = {"run_dir": str(self.run_dir), "row": row.trial_row()}
             if self.replay_trial is not None:
                 config["replay"] = self.replay_trial(row)
@@ -84,6 +89,24 @@ class StageSearcher(Searcher):
                      f"left, {self.state.blocks} blocks each")
         if self.state.done and not before.done:
             self.say(f"stage {self.plan.stage + 1}: race over after round {self.state.round + 1}: {self.state.reason}")
+
+    def start_cost_s(self, records: list[dict]) -> float | None:
+        """The driver's cost per trial as this experiment shows it so far (`time_left.start_cost_s`): its
+        trials' own wall times (a running one's: since it was handed out), over the slots' time since the
+        first was handed out. None until enough trials have started."""
+        launched = list(self.launched.items())  # the progress line's thread reads what the driver's writes
+        if not launched:
+            return None
+        now = time.monotonic()
+        walls = {r["trial_id"]: r.get("wall_time_s") or 0.0 for r in records}
+        trained = sum(walls[row] if row in walls else now - at for row, at in launched)
+        return start_cost_s(now - min(at for _, at in launched), self.slots, trained, len(launched))
+
+    def running_s(self, records: list[dict]) -> dict[str, float]:
+        """Plan row id -> seconds since it was handed out, for the rows running now (no record yet)."""
+        recorded, now = {r["trial_id"] for r in records}, time.monotonic()
+        launched = dict(self.launched)
+        return {row: now - launched[row] for row in list(self.in_flight.values()) if row not in recorded and row in launched}
 
     def save(self, checkpoint_path: str) -> None:
         # Nothing to keep: the race is replayed from the trial records.
@@ -119,11 +142,20 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     def time_left(records: list[dict]) -> str | None:
         survivors = searcher.state.survivors if racing is not None else None
         durations = task_durations(earlier + records)
-        stage_s = list_schedule_s([row.task for row in rows_left(plan, records, survivors)], durations, slots)
+        if "*" not in durations:
+            return None  # nothing measured yet
+        measured = searcher.start_cost_s(records)  # as soon as enough trials started
+        start_s = TRIAL_START_S if measured is None else measured
+        # A running trial holds its slot for what its task's trials last, less what it has run (its start included).
+        running = searcher.running_s(records)
+        running_left = [max(0.0, start_s + durations.get(searcher.rows[row].task, durations["*"]) - since)
+                        for row, since in running.items()]
+        to_start = [row.task for row in rows_left(plan, records, survivors) if row.trial_id not in running]
+        stage_s = list_schedule_s(to_start, durations, slots, start_s, running_left)
         text = describe_time_left(stage_s, at_most=racing is not None)
         if text is None or not later_stages:
             return text
-        search_s = stage_s + sum(list_schedule_s(stage_tasks, durations, slots) for stage_tasks in later_stages)
+        search_s = stage_s + sum(list_schedule_s(stage_tasks, durations, slots, start_s) for stage_tasks in later_stages)
         return f"{text} (the search: {describe_time_left(search_s, at_most=racing is not None).removesuffix(' left')})"
 
     progress = RecordProgress(f"stage {plan.stage + 1}/{num_stages} ({plan.component})",
