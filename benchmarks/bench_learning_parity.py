@@ -26,7 +26,9 @@ Every finished run is appended to --out at once; running again skips the runs it
 `--strategy dora|rslora|loha|vera|ia3` (issue 39): the strategy's preset on both sides, HF peft's own
 implementation of it (tests/hf_reference.py, `hf_twin`: same modules, sizes and scaling) starting from our
 initial tensors (so the two differ by dropout draws and the schedule's first step only); the sides are
-`ours` and `hf_peft` (HF peft's own data path is LoRA's check of our data path, made once).
+`ours` and `hf_peft` (HF peft's own data path is LoRA's check of our data path, made once). A strategy
+whose rate is a multiple of the base ((IA)3's and VeRA's `learning_rate_scale`) trains its tensors at that
+multiple on both sides (recorded as `lr_scale` in the settings).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hf_reference import (  # noqa: E402 - tests/ holds the reference, shared with the equivalence test
     LossRecorder,
+    hf_learning_rate_scale,
     hf_lora_twin,
     hf_twin,
     our_lora_ranks,
@@ -83,7 +86,8 @@ def step_for_step(args) -> dict:
     loader = training_loader(prepared.data.train, prepared.tokenizer, prepared.data.task, config.batch_size, config.seed)
     torch.manual_seed(1234)
     theirs = train_reference(reference, loader, lr=config.base_learning_rate, total_steps=config.max_steps,
-                             warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
+                             warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio),
+                             lr_scale=hf_learning_rate_scale(args.strategy))
     dev = evaluation_loader(prepared.data.validation, prepared.tokenizer, prepared.data.task, config.batch_size)
     ours_predicted, _ = predict(prepared.model, dev, True)
     theirs_predicted, _ = predict(reference, dev, True)
@@ -109,7 +113,8 @@ def train_hf_peft(config: TrialConfig) -> dict:
         model = hf_twin(config.preset, load_model(config.model, task), prepared.model)
     loader = training_loader(prepared.data.train, prepared.tokenizer, task, config.batch_size, config.seed)
     losses = train_reference(model, loader, lr=config.base_learning_rate, total_steps=config.max_steps, schedule="transformers",
-                             warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio))
+                             warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio),
+                             lr_scale=hf_learning_rate_scale(config.preset))  # our per-strategy rate, on its tensors
     dev = evaluation_loader(prepared.data.validation, prepared.tokenizer, task, config.batch_size)
     predictions, labels = predict(model, dev, task.regression)
     metrics = compute_metrics(task.metrics, predictions, labels, 1 if task.regression else task.num_labels)
@@ -242,8 +247,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    from peft_search.peft.strategies import STRATEGY_REGISTRY
+
+    scale = STRATEGY_REGISTRY[args.strategy].learning_rate_scale  # its tensors train at lr x this, on both sides
     settings = {"steps": args.steps, "train_examples": args.train_examples, "lr": args.lr,
-                **({"strategy": args.strategy} if args.strategy != "lora" else {})}  # LoRA's records predate the key
+                **({"strategy": args.strategy} if args.strategy != "lora" else {}),  # LoRA's records predate the key
+                **({"lr_scale": scale} if scale != 1 else {})}
     records = [r for r in records if r["settings"] == settings]
     done = {(r["task"], r["seed"], r["side"]) for r in records}
     for task in args.tasks:

@@ -100,21 +100,41 @@ def constant_then_linear(warmup_steps: int, total_steps: int) -> Callable[[int],
     return factor
 
 
-def hf_decay_groups(model, weight_decay: float) -> list[dict]:
-    """The transformers Trainer's AdamW groups: no decay on biases and LayerNorm weights."""
-    decay, no_decay = [], []
+# The names HF peft gives each strategy's trainable tensors (anything else trainable is the task head).
+HF_PARAMETER_MARKS = {"lora": "lora_", "dora": "lora_", "rslora": "lora_", "loha": "hada_", "vera": "vera_lambda_",
+                      "ia3": "ia3_l"}
+
+
+def hf_learning_rate_scale(strategy: str) -> Callable[[str], float]:
+    """Parameter name -> the factor our trainer applies to the base rate: `strategy`'s
+    `learning_rate_scale` for HF peft's tensors of that strategy, 1 for the head (as ours)."""
+    from peft_search.peft.strategies import STRATEGY_REGISTRY
+
+    mark, scale = HF_PARAMETER_MARKS[strategy], STRATEGY_REGISTRY[strategy].learning_rate_scale
+    return lambda name: scale if mark in name else 1.0
+
+
+def hf_decay_groups(model, weight_decay: float, lr: float | None = None,
+                    lr_scale: Callable[[str], float] | None = None) -> list[dict]:
+    """The transformers Trainer's AdamW groups: no decay on biases and LayerNorm weights; with `lr` and
+    `lr_scale`, each group split further by its parameters' rate (lr x lr_scale(name)), as our trainer's."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+            groups.setdefault((no_decay, lr_scale(name) if lr_scale else 1.0), []).append(parameter)
+    ordered = sorted(groups.items(), key=lambda item: item[0])  # decay first, as before
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+             **({"lr": lr * scale} if lr_scale else {})} for (no_decay, scale), params in ordered]
 
 
 def train_reference(model, loader, *, lr: float, total_steps: int, warmup_steps: int, weight_decay: float = 0.0,
-                    schedule: str = "ours") -> list[float]:
+                    schedule: str = "ours", lr_scale: Callable[[str], float] | None = None) -> list[float]:
     """A plain torch loop: AdamW, a linear schedule (`ours`, or `transformers` for
     get_linear_schedule_with_warmup, which warms up from 0), gradients clipped at norm 1, as many
-    passes over `loader` as `total_steps` needs. Returns the loss of every step."""
-    optimizer = torch.optim.AdamW(hf_decay_groups(model, weight_decay), lr=lr)
+    passes over `loader` as `total_steps` needs. `lr_scale`: parameter name -> factor of `lr`
+    (hf_learning_rate_scale; None: one rate). Returns the loss of every step."""
+    optimizer = torch.optim.AdamW(hf_decay_groups(model, weight_decay, lr, lr_scale), lr=lr)
     if schedule == "transformers":
         from transformers import get_linear_schedule_with_warmup
 

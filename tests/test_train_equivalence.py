@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from conftest import needs_minilm
-from hf_reference import LossRecorder, hf_lora_twin, hf_twin, our_lora_ranks, predict, train_reference, warmup_steps_for
+from hf_reference import (HF_PARAMETER_MARKS, LossRecorder, hf_learning_rate_scale, hf_lora_twin, hf_twin, our_lora_ranks, predict,
+                          train_reference, warmup_steps_for)
 from peft_search.train.batching import evaluation_loader, training_loader
 from peft_search.train.loop import train_worker
 from peft_search.train.metrics import compute_metrics
@@ -103,9 +104,11 @@ def train_both(config, prepared, reference):
     assert outcome["status"] == "finished", outcome.get("error")
     loader = training_loader(prepared.data.train, prepared.tokenizer, prepared.data.task, config.batch_size, config.seed)
     torch.manual_seed(1234)
+    # A strategy whose rate is a multiple of the base ((IA)3's, VeRA's): the reference's tensors train at it too.
+    lr_scale = hf_learning_rate_scale(config.preset) if config.preset in HF_PARAMETER_MARKS else None
     reference_losses = train_reference(reference, loader, lr=config.base_learning_rate, total_steps=config.max_steps,
                                        warmup_steps=warmup_steps_for(config.max_steps, config.warmup_ratio),
-                                       weight_decay=config.weight_decay)
+                                       weight_decay=config.weight_decay, lr_scale=lr_scale)
     return outcome, recorder.losses, reference_losses
 
 

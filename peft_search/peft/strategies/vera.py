@@ -106,7 +106,7 @@ class VeraStrategy(Strategy):
     name = "vera"
     size_field = "vera_params"  # a fixed size: its parameter count, as BitFit's
     elastic = False
-    learning_rate_scale = 1.0
+    learning_rate_scale = 10.0  # its few vectors stay near chance at the base rate (docs/design.md, "Learning rates")
 
     def fixed_cost(self, site) -> int:
         return projections_cost(site, VeraVectors.param_count)
