@@ -11,8 +11,8 @@ what the estimate before this change said (the assumed 0.45 s start cost, runnin
 
 Prints, per trial length, the estimate over the actual at 10%, 25% and 50% of the stage, and the
 widest miss from a tenth of the stage to three quarters. Then the simulator held against each run, as
-the rehearsal test does: with the assumed start cost, and with the one measured on the *other*
-length's run (`simulate --start-from`), so that no run predicts itself.
+the rehearsal test does: with the assumed start cost, with the one the run measured itself, and with
+the one measured on the *other* length's run (`simulate --start-from`: a cost that must carry over).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def measure(length: str, gpus: int, address: str, storage: str) -> dict:
         rows.append({"fraction": (at - start) / (end - start), "actual_s": actual, "estimate_s": new, "before_s": old})
     return {"length": length, "step_time_s": step_time_s, "trials": len(records), "stage_s": end - start,
             "mean_trial_s": sum(r["wall_time_s"] for r in records) / len(records), "lines": rows,
-            "run_dir": result.run_dir, "wall_s": result.wall_s, "gpu_use": result.gpu_use,
+            "wall_s": result.wall_s, "gpu_use": result.gpu_use,
             "start_cost_s": measured_start_cost(result.run_dir)}
 
 
@@ -146,7 +146,7 @@ def main() -> None:
             for measured in results:
                 others = [r["start_cost_s"] for r in results if r is not measured]
                 measured["simulated"] = [simulated(measured, args.gpus, start_s, storage)
-                                         for start_s in [TRIAL_START_S, *others]]
+                                         for start_s in [TRIAL_START_S, measured["start_cost_s"], *others]]
                 print(f"{measured['length']}: on Ray {measured['wall_s']:.1f} s, GPU use {measured['gpu_use']:.1%} "
                       f"(start cost measured on it: {measured['start_cost_s']:.2f} s)", flush=True)
                 for sim in measured["simulated"]:

@@ -197,30 +197,29 @@ def test_a_six_block_stage_stops_for_a_tie_after_three_blocks_under_the_default_
     assert state.outcome == "tie" and state.decided_at == 3 and trained == 9
 
 
-def test_the_searcher_measures_the_drivers_start_cost_and_what_runs(tmp_path, profile, monkeypatch):
-    """Issue 38: time left takes the start cost a running stage shows, not an assumed one. The driver
-    hands out a trial every 0.8 s to 16 slots; each trains 0.2 s: the slots sit idle, the driver sets the
-    pace, and 20 trials started in 15.2 s measure 15.2 / 20 = 0.76 s a start."""
+def test_the_searcher_knows_what_runs_and_that_a_wait_for_the_race_is_not_the_drivers(tmp_path, profile, monkeypatch):
+    """Issue 38: time left holds a running trial's slot for what it has left (`running_s`: seconds since
+    it was handed out, for the rows without a record), and a `suggest` with nothing to hand out tells
+    the start clock that the next start waited for the race, not for the driver."""
     from peft_search.search.stage import experiment
 
     clock = [100.0]
     monkeypatch.setattr(experiment.time, "monotonic", lambda: clock[0])
-    spec = make_spec(racing=None, designs_per_choice=8)
+    spec = make_spec(designs_per_choice=8)
     plan = plan_stage(spec, 0, spec.initial_space(), profile)
-    searcher = StageSearcher(tmp_path, plan, None, spec.tasks, seed=7, slots=16)
-    assert searcher.start_cost_s([]) is None  # nothing started yet
-    for i in range(20):
-        if i:
-            clock[0] += 0.8
-        config = searcher.suggest(f"t{i}")
-        if i < 18:  # the last two still run
-            row = config["row"]
-            path = row.record_path(tmp_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(trial_record(row, {"status": "finished", "score": 0.5, "wall_time_s": 0.2}, "t0", "t1")))
-            searcher.on_trial_complete(f"t{i}", {"score": 0.5})
+    searcher = StageSearcher(tmp_path, plan, spec.racing, spec.tasks, seed=7, slots=16)
+    configs = []
+    for i in range(3):
+        configs.append(searcher.suggest(f"t{i}"))
+        clock[0] += 0.8
+    train(tmp_path, configs[0])
+    searcher.on_trial_complete("t0", {"score": 0.0})
     records = read_records(tmp_path, 0)
-    # Slot time not training: 16 x 15.2 s less 18 x 0.2 s trained and the two running ones' 0.8 s and 0 s.
-    assert searcher.start_cost_s(records) == pytest.approx(min(15.2 / 20, (16 * 15.2 - 18 * 0.2 - 0.8) / 20))
-    assert searcher.running_s(records) == {searcher.in_flight["t18"]: pytest.approx(0.8), searcher.in_flight["t19"]: 0.0}
-    assert searcher.start_cost_s(records[:5]) == pytest.approx(0.76)  # fewer records: still the driver's pace
+    assert searcher.running_s(records) == {configs[1]["row"].trial_id: pytest.approx(1.6), configs[2]["row"].trial_id: pytest.approx(0.8)}
+    searcher.starts.started(1.0, running_before=0)
+    for i in range(3, plan.num_trials + 1):  # hand out the first look's rows: then the race waits
+        config = searcher.suggest(f"t{i}")
+        if config is None:
+            break
+        assert config != Searcher.FINISHED
+    assert searcher.starts.last is None  # the gap to the next start is not counted

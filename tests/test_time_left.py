@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from peft_search.search.status import run_status
-from peft_search.search.time_left import (START_COST_MIN_TRIALS, TRIAL_START_S, describe_time_left, list_schedule_s,
-                                          run_start_cost_s, start_cost_s, task_durations)
+from peft_search.search.time_left import (START_COST_MIN_TRIALS, TRIAL_START_S, StartGaps, describe_time_left,
+                                          list_schedule_s, run_start_cost_s, start_cost_s, task_durations)
 
 PARTIAL = Path(__file__).parent / "data" / "runs-v0.1" / "partial"
 
@@ -63,6 +63,33 @@ def test_the_start_cost_is_the_slot_time_that_did_not_train_per_trial_in_either_
                + [{"stage": 2, "wall_time_s": 10.0}] * 20)
     assert run_start_cost_s(stages, records) == pytest.approx((0.45 + 0.5) / 2)
     assert run_start_cost_s(stages[2:], records) is None
+    # A stage that timed its starts as it ran says so in state.json: that figure, not the bound.
+    stages[1]["start_cost_s"] = 0.61
+    assert run_start_cost_s(stages, records) == pytest.approx((0.45 + 0.61) / 2)
+
+
+def test_the_drivers_start_cost_is_the_gap_between_starts_while_a_slot_stayed_free():
+    """4 slots, trials of 10 s, the driver taking 0.5 s a start: 4 starts fill the slots (3 gaps of 0.5 s
+    counted; after the 4th no slot is free, so the gap to the 5th is a wait for a slot); then each start
+    follows an end. A start after the searcher waited for the race is not counted either."""
+    gaps = StartGaps(slots=4)
+    assert gaps.start_s() is None
+    at = 0.0
+    for wave in range(4):
+        for k in range(4):
+            gaps.started(at + 0.5 * k, running_before=k)
+        at += 10.5
+    assert gaps.gaps == [0.5] * 12 and gaps.start_s() == pytest.approx(0.5)
+    gaps.started(100.0, running_before=0)
+    gaps.waited()
+    gaps.started(130.0, running_before=0)  # 30 s later: the race's wait, not the driver's
+    assert gaps.gaps == [0.5] * 12
+    few = StartGaps(slots=16)
+    for k in range(START_COST_MIN_TRIALS - 1):
+        few.started(0.7 * k, running_before=k)
+    assert few.start_s() is None  # 8 gaps: too few to say
+    few.started(0.7 * 9, running_before=9)
+    assert few.start_s() == pytest.approx(0.7)
 
 
 @pytest.mark.parametrize("seconds, at_most, text", [

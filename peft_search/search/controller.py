@@ -250,12 +250,15 @@ class Controller:
             )
             started = time.monotonic()
             tracked = self.tracker.stage_started(index, component, plan.choices) if self.tracker else None
-            run_stage(self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
-                      self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index),
-                      replay=self.rehearsal.for_plan(plan) if self.rehearsal is not None else None,
-                      slots=slots, callbacks=[self.tracker.callback(self.run_dir, tracked)] if self.tracker else None,
-                      later_stages=[unplanned_stage_tasks(self.spec, later) for later in range(index + 1, num_stages)])
+            start_cost_s = run_stage(
+                self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
+                self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index),
+                replay=self.rehearsal.for_plan(plan) if self.rehearsal is not None else None,
+                slots=slots, callbacks=[self.tracker.callback(self.run_dir, tracked)] if self.tracker else None,
+                later_stages=[unplanned_stage_tasks(self.spec, later) for later in range(index + 1, num_stages)])
             stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
+            if start_cost_s is not None:  # the driver's time per trial start, as this stage timed it (search/time_left.py)
+                stage_state["start_cost_s"] = round(start_cost_s, 3)
             interrupt.check()  # Tune stopped early: the stage is not decided, whatever finished
             records = read_records(self.run_dir, index)
             decision = self._decide(index, plan, records)

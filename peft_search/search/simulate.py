@@ -327,8 +327,9 @@ def measured_step_time(run: str) -> float:
 
 def measured_start_cost(run: str) -> float:
     """The driver's cost per trial measured on a run (`simulate --start-from RUN`, issue 38): the median
-    over its stages of at least START_COST_MIN_TRIALS timed trials of the slot time that did not train,
-    per trial (`time_left.start_cost_s`, the measure a running search takes of itself)."""
+    over its ended stages of the start cost each timed as it ran (`state.json`'s `start_cost_s`), or for
+    a stage run before that was recorded, of its slot time that did not train per trial
+    (`time_left.run_start_cost_s`)."""
     from peft_search.search.storage.paths import StoragePath
     from peft_search.search.storage.records import read_records
 

@@ -4,16 +4,17 @@ left"): the progress line and `status` say it.
 A stage still trains the rows its race may need: the rows without a record of the choices still in
 it (every row without a record, without racing). A task's trial lasts, by estimate, the mean wall
 time of the run's trials on it (the mean over every task for a task not yet measured), plus Tune's
-cost of starting it (TRIAL_START_S, the cluster simulator's figure: a record's wall time is the
-trainable's own). Rows run `slots` at a time (the cluster's trial slots, recorded per stage), each
-on the first slot that frees, in the plan's order, as the dispatch hands them out block by block
-(list scheduling), and started one after another, as Tune's driver starts them (and the cluster
-simulator models them): with short trials on many slots, the starts, not the slots, set the time
-(402 trials of 0.2 s on 16 slots take about 402 starts, not 402 / 16 trial lengths; issue 38).
-The cost of a start is measured, not assumed, once there is something to measure it on
-(`start_cost_s`): a running stage measures its own as it goes, `status` takes the run's finished
-stages', and before either TRIAL_START_S stands in. A race can stop at any look, so under racing it is "at most"; a stage not yet planned counts every
-block it could run. Pure Python.
+cost of starting it (a record's wall time is the trainable's own). Rows run `slots` at a time (the
+cluster's trial slots, recorded per stage), each on the first slot that frees, as the dispatch hands
+them out (block by block; in a running stage's progress line in the dispatch's own order, longest
+trial first within a block) (list scheduling), and started one after another, as Tune's driver starts
+them (and the cluster simulator models them): with short trials on many slots, the starts, not the
+slots, set the time (402 trials of 0.2 s on 16 slots take about 402 starts, not 402 / 16 trial
+lengths; issue 38). The cost of a start is measured, not assumed, once there is something to measure
+it on: a running stage times its own starts (`StartGaps`), `status` takes the run's ended stages'
+(recorded, or for an older run `start_cost_s` of its stages' wall times), and before either
+TRIAL_START_S stands in. A race can stop at any look, so under racing it is "at most"; a stage not
+yet planned counts every block it could run. Pure Python.
 """
 
 from __future__ import annotations
@@ -45,17 +46,49 @@ def start_cost_s(wall_s: float, slots: int, trained_s: float, trials: int) -> fl
     return max(0.0, min(wall_s / trials, (slots * wall_s - trained_s) / trials))
 
 
+class StartGaps:
+    """The driver's time per trial start, timed as a stage runs (issue 38): the gaps between one trial's
+    start and the next's while a slot stayed free, so that the next start waited for the driver alone
+    (not for a slot, and not for the race: `waited` drops the gap in which the searcher had nothing to
+    hand out). Their mean, once START_COST_MIN_TRIALS trials started; the controller records it per
+    stage in `state.json` (`start_cost_s`)."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.gaps: list[float] = []
+        self.last: tuple[float, bool] | None = None  # (when the last trial started, whether a slot stayed free)
+
+    def started(self, at: float, running_before: int) -> None:
+        """A trial started at `at` (seconds, monotonic), `running_before` trials running besides it."""
+        if self.last is not None and self.last[1]:
+            self.gaps.append(at - self.last[0])
+        self.last = (at, running_before + 1 < self.slots)
+
+    def waited(self) -> None:
+        self.last = None
+
+    def start_s(self) -> float | None:
+        return sum(self.gaps) / len(self.gaps) if len(self.gaps) >= START_COST_MIN_TRIALS - 1 else None
+
+
 def run_start_cost_s(stages: Sequence[dict], records: Iterable[dict]) -> float | None:
-    """The median of `start_cost_s` over a run's stages that ran to their end (`state.json`'s stages:
-    `wall_time_s` and `slots`; their trial records); None when no stage says."""
+    """The median over a run's stages that ran to their end of the start cost each measured as it ran
+    (`start_cost_s` in `state.json`), or for a stage run before it was recorded `start_cost_s` of its
+    wall time, slots and trial records; None when no stage says."""
     ended = [stage for stage in stages if stage.get("status") not in ("pending", "running")]
     walls: dict[int, list[float]] = defaultdict(list)
     for record in records:
         if record.get("wall_time_s"):
             walls[record["stage"]].append(float(record["wall_time_s"]))
-    costs = [cost for stage in ended if stage.get("wall_time_s") and stage.get("slots")
-             for cost in [start_cost_s(stage["wall_time_s"], stage["slots"], sum(walls[stage["stage"]]),
-                                       len(walls[stage["stage"]]))] if cost is not None]
+    costs = []
+    for stage in ended:
+        if stage.get("start_cost_s") is not None:
+            costs.append(stage["start_cost_s"])
+        elif stage.get("wall_time_s") and stage.get("slots"):
+            trials = walls[stage["stage"]]
+            cost = start_cost_s(stage["wall_time_s"], stage["slots"], sum(trials), len(trials))
+            if cost is not None:
+                costs.append(cost)
     return statistics.median(costs) if costs else None
 
 
@@ -121,5 +154,5 @@ def describe_time_left(seconds: float | None, at_most: bool) -> str | None:
     return f"{'at most' if at_most else 'about'} {amount} left"
 
 
-__all__ = ["START_COST_MIN_TRIALS", "TRIAL_START_S", "describe_time_left", "list_schedule_s", "rows_left", "run_start_cost_s",
+__all__ = ["START_COST_MIN_TRIALS", "TRIAL_START_S", "StartGaps", "describe_time_left", "list_schedule_s", "rows_left", "run_start_cost_s",
            "start_cost_s", "task_durations", "unplanned_stage_tasks"]

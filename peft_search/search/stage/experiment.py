@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from peft_search.search.progress import RecordProgress
@@ -23,7 +24,7 @@ from peft_search.search.stage.racing import RaceState, race_state
 from peft_search.search.storage.paths import StoragePath
 from peft_search.search.storage.records import read_records, read_results, started_trials
 from peft_search.search.storage.run_dir import stage_dir
-from peft_search.search.time_left import (TRIAL_START_S, describe_time_left, list_schedule_s, rows_left, start_cost_s,
+from peft_search.search.time_left import (TRIAL_START_S, StartGaps, describe_time_left, list_schedule_s, rows_left,
                                           task_durations)
 from peft_search.search.trials import record_failure
 
@@ -54,6 +55,7 @@ class StageSearcher(Searcher):
         self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots)
         self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
         self.launched: dict[str, float] = {}  # plan row id -> when this experiment handed it out (monotonic)
+        self.starts = StartGaps(slots)  # the driver's time per start, timed by `TrialStarts`
         self.finished: dict[str, dict] = {}  # finished records read so far: each is read once, not after every trial
         self.recorded: set[str] = set()
         self.state = self.replay()
@@ -71,6 +73,7 @@ class StageSearcher(Searcher):
             if self.replay_trial is not None:
                 config["replay"] = self.replay_trial(row)
             return config
+        self.starts.waited()  # nothing to hand out: the next start waits for the race, not the driver
         return Searcher.FINISHED if self.state.done else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -90,18 +93,6 @@ class StageSearcher(Searcher):
         if self.state.done and not before.done:
             self.say(f"stage {self.plan.stage + 1}: race over after round {self.state.round + 1}: {self.state.reason}")
 
-    def start_cost_s(self, records: list[dict]) -> float | None:
-        """The driver's cost per trial as this experiment shows it so far (`time_left.start_cost_s`): its
-        trials' own wall times (a running one's: since it was handed out), over the slots' time since the
-        first was handed out. None until enough trials have started."""
-        launched = list(self.launched.items())  # the progress line's thread reads what the driver's writes
-        if not launched:
-            return None
-        now = time.monotonic()
-        walls = {r["trial_id"]: r.get("wall_time_s") or 0.0 for r in records}
-        trained = sum(walls[row] if row in walls else now - at for row, at in launched)
-        return start_cost_s(now - min(at for _, at in launched), self.slots, trained, len(launched))
-
     def running_s(self, records: list[dict]) -> dict[str, float]:
         """Plan row id -> seconds since it was handed out, for the rows running now (no record yet)."""
         recorded, now = {r["trial_id"] for r in records}, time.monotonic()
@@ -116,9 +107,21 @@ class StageSearcher(Searcher):
         self.state = self.replay()
 
 
+class TrialStarts(Callback):
+    """Times each trial's start on the driver (Tune calls `on_trial_start` as a trial starts running),
+    with the trials running besides it, for the searcher's `StartGaps`."""
+
+    def __init__(self, starts: StartGaps):
+        self.starts = starts
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        running = sum(1 for other in trials if other is not trial and other.status == "RUNNING")
+        self.starts.started(time.monotonic(), running)
+
+
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
               racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1, callbacks: list | None = None,
-              later_stages: list[list[str]] = ()) -> None:
+              later_stages: list[list[str]] = ()) -> float | None:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
     the records, so the rows that already have one are never trained again). `slots`: trials the
@@ -126,11 +129,12 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     tracking: search/tracking.py); `later_stages`, the tasks of every trial each later stage could
     run (the progress line's time left in the search: search/time_left.py). Once the race is
     decided, trials still running are stopped; they leave no record (their started markers are
-    removed: nothing of this stage runs any more)."""
+    removed: nothing of this stage runs any more). Returns the driver's time per trial start as this
+    experiment measured it (`time_left.StartGaps`; None: too few starts)."""
     searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay,
                              slots=slots)
     if searcher.state.done:
-        return
+        return None
     directory = stage_dir(run_dir, plan.stage)
     unrecorded = len({row.trial_id for row in plan.rows} - {r["trial_id"] for r in read_records(run_dir, plan.stage)})
     limit = "at most " if racing is not None else ""
@@ -144,13 +148,15 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
         durations = task_durations(earlier + records)
         if "*" not in durations:
             return None  # nothing measured yet
-        measured = searcher.start_cost_s(records)  # as soon as enough trials started
+        measured = searcher.starts.start_s()  # as soon as enough trials started
         start_s = TRIAL_START_S if measured is None else measured
         # A running trial holds its slot for what its task's trials last, less what it has run (its start included).
         running = searcher.running_s(records)
         running_left = [max(0.0, start_s + durations.get(searcher.rows[row].task, durations["*"]) - since)
                         for row, since in running.items()]
-        to_start = [row.task for row in rows_left(plan, records, survivors) if row.trial_id not in running]
+        left = {row.trial_id for row in rows_left(plan, records, survivors)}
+        # In the order the dispatch hands them out (block by block, longest trial first).
+        to_start = [row.task for row in searcher.dispatch.order if row.trial_id in left and row.trial_id not in running]
         stage_s = list_schedule_s(to_start, durations, slots, start_s, running_left)
         text = describe_time_left(stage_s, at_most=racing is not None)
         if text is None or not later_stages:
@@ -164,7 +170,8 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     run_experiment(directory, experiment_name(directory, EXPERIMENT), resources=resources, max_concurrent=max_concurrent,
                    retries=retries, progress=progress, searcher=searcher,
                    num_samples=unrecorded,  # an upper bound: a race usually needs fewer
-                   done=lambda: searcher.state.done, callbacks=callbacks)
+                   done=lambda: searcher.state.done, callbacks=[*(callbacks or []), TrialStarts(searcher.starts)])
     if searcher.state.done:
         for trial_id in started_trials(run_dir, plan.stage):
             searcher.rows[trial_id].trial_row().started_path(run_dir).unlink(missing_ok=True)
+    return searcher.starts.start_s()
