@@ -182,14 +182,15 @@ def test_xlnet_batches_pad_before_the_tokens_so_the_last_position_is_real(tmp_pa
     assert collated["input_ids"][1, -1] == tokenizer.sep_token_id
 
 
-def trains_saves_and_reloads(arch, design, data_dir, tmp_path, epochs: int, batch_size: int, budget: float) -> None:
+def trains_saves_and_reloads(arch, design, data_dir, tmp_path, epochs: int, batch_size: int, budget: float,
+                             learning_rate: float = 1e-2) -> None:
     """A real trial of `design` on `arch`'s tiny checkpoint: it finishes, meets the budget, its loss falls,
     and the saved method re-evaluates to the same score and loss."""
     from peft_search.train import TrialConfig, evaluate_saved, run_trial
 
     checkpoint = tiny_checkpoint(tmp_path / arch, arch, with_padding_token=arch not in ("gpt2", "llama"))
     config = TrialConfig(model=checkpoint, task="file:text=sentence,label=label", data_dir=data_dir, design=design,
-                         epochs=epochs, batch_size=batch_size, max_length=24, seed=1, learning_rate=1e-2,
+                         epochs=epochs, batch_size=batch_size, max_length=24, seed=1, learning_rate=learning_rate,
                          budget_fraction=budget, cache_dir=str(tmp_path / "cache"))
     result = run_trial(config, save_dir=str(tmp_path / "saved"))
     assert result.status == "finished", result.error
@@ -211,8 +212,10 @@ def test_a_design_with_every_strategy_trains_saves_and_reloads_on_each_family(ar
 @pytest.mark.parametrize("arch", sorted(BACKBONES))
 def test_the_newer_strategies_mixed_train_save_and_reload_on_every_family(arch, data_dir, tmp_path):
     """Issue 39: DoRA, (IA)3, VeRA, LoHa and rsLoRA, mixed per group and stacked on shared projections,
-    train (the loss falls), meet the budget, and reload to the same score on all 11 families."""
-    trains_saves_and_reloads(arch, NEWER_STRATEGIES, data_dir, tmp_path, epochs=2, batch_size=16, budget=0.05)
+    train (the loss falls), meet the budget, and reload to the same score on all 11 families. At the
+    default base rate: (IA)3 and VeRA train at 10x it, which 1e-2 would make 0.1 (too hot for 12 steps)."""
+    trains_saves_and_reloads(arch, NEWER_STRATEGIES, data_dir, tmp_path, epochs=2, batch_size=16, budget=0.05,
+                             learning_rate=5e-3)
 
 
 @needs_minilm
