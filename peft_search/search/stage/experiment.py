@@ -51,7 +51,6 @@ class StageSearcher(Searcher):
         self.say = say or (lambda line: None)
         self.replay_trial = replay
         self.rows = {row.trial_id: row for row in plan.rows}
-        self.slots = slots
         self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots)
         self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
         self.launched: dict[str, float] = {}  # plan row id -> when this experiment handed it out (monotonic)
