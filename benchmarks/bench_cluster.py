@@ -12,7 +12,8 @@ Settings (each a change to the job's `racing`):
 - `fixed`: `racing: null`, every planned row released at once, longest first (the paper's protocol);
 - `default`: the job's racing with today's spec defaults filled in;
 - `mb8-laN`: min_blocks 8, lookahead N (any N; `mb8-all`: every planned block);
-- `kn`, `kn++`: the job's racing with that selection procedure (docs/design.md, "Selection procedure").
+- `kn`, `kn++`: the job's racing with that selection procedure (docs/design.md, "Selection procedure");
+- `unpacked`: the job with a Tune trial per row (`rows_per_trial: 1`, the dispatch before packed trials).
 Per setting and GPU count it prints the means over seeds (score resamples) of: wall-clock (hours,
 and in longest-trial lengths), GPU use, GPU-hours trained and wasted, the agreement with the
 reference's best (stages keeping it) and the share of claims (selections, ties) that are right.
@@ -36,6 +37,13 @@ from peft_search.search.simulate import TrialModel, simulate_search  # noqa: E40
 from peft_search.search.spec import SearchSpec, load_spec  # noqa: E402
 
 TODAY = {"min_blocks": 3, "lookahead": 0}
+
+
+def setting_job(name: str, job: dict) -> dict:
+    """The job's spec under a setting: `unpacked` sets rows_per_trial, every other one the racing."""
+    if name == "unpacked":
+        return {**job, "rows_per_trial": 1}
+    return {**job, "racing": setting_racing(name, job.get("racing") or {})}
 
 
 def setting_racing(name: str, racing: dict | None) -> dict | None:
@@ -68,6 +76,7 @@ def summarise(runs) -> dict:
         "gpu_h": mean(r.total("busy_gpu_s") / 3600 for r in runs),
         "wasted_share": mean(r.total("wasted_gpu_s") / r.total("busy_gpu_s") for r in runs),
         "trials": mean(r.total("trials") for r in runs),
+        "tune_trials": mean(r.total("tune_trials") for r in runs),
         "work_bound_h": mean(r.total("work_bound_s") / 3600 for r in runs),
         "critical_path_h": mean(r.total("critical_path_s") / 3600 for r in runs),
         "tail_idle_share": mean(r.total("tail_idle_gpu_s") / r.total("gpu_s") for r in runs),
@@ -97,7 +106,7 @@ def main() -> None:
     table = []
     for stream in args.streams.split(","):
         for setting in args.settings.split(","):
-            job = SearchSpec.from_dict({**base, "racing": setting_racing(setting, base.get("racing") or {})})
+            job = SearchSpec.from_dict(setting_job(setting, base))
             for gpus in [float(g) for g in args.gpus.split(",")]:
                 started = time.monotonic()
                 seeds = 1 if setting == "fixed" and stream != args.streams.split(",")[0] else args.seeds

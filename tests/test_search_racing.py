@@ -48,11 +48,11 @@ def fake_score(row: TrialRow) -> float:
 
 
 def train(run_dir, config: dict) -> None:
-    row = config["row"]
-    result = {"status": "finished", "score": fake_score(row)}
-    path = row.record_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(trial_record(row, result, "t0", "t1")))
+    for row in config["rows"]:
+        result = {"status": "finished", "score": fake_score(row)}
+        path = row.record_path(run_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(trial_record(row, result, "t0", "t1")))
 
 
 def drive(searcher: StageSearcher, run_dir, concurrency: int = 2, stop_after: int | None = None) -> int:
@@ -126,22 +126,24 @@ def drive_out_of_order(searcher: StageSearcher, run_dir, concurrency: int, seed:
 @pytest.mark.parametrize("means", [TRUE_MEANS, {c: 0.70 + 0.001 * i for i, c in enumerate(TRUE_MEANS)}],
                          ids=["decisive", "tied"])
 def test_look_ahead_with_results_out_of_order_decides_as_one_round_at_a_time(tmp_path, profile, monkeypatch, means):
-    """Blocks are judged in order (dispatch.py): however many rows run ahead and in whatever order
-    they finish, the verdict is the sequential race's, on the records it judged."""
+    """Blocks are judged in order (dispatch.py): however many rows run ahead, packed three to a trial
+    or not, and in whatever order they finish, the verdict is the sequential race's, on the records
+    it judged."""
     monkeypatch.setitem(globals(), "TRUE_MEANS", means)
     verdicts = {}
-    for name, lookahead, slots in (("rounds", 0, 1), ("auto", "auto", 12), ("far", 4, 30)):
+    for name, lookahead, slots, rows_per_trial in (("rounds", 0, 1, 1), ("auto", "auto", 12, 1), ("far", 4, 30, 1),
+                                                   ("packed", "auto", 12, 3)):
         spec = make_spec(racing={"min_blocks": 8, "delta": 0.05, "lookahead": lookahead})
         plan = plan_stage(spec, 0, spec.initial_space(), profile)
         run_dir = tmp_path / name
-        searcher = StageSearcher(run_dir, plan, spec.racing, spec.tasks, seed=7, slots=slots)
+        searcher = StageSearcher(run_dir, plan, spec.racing, spec.tasks, seed=7, slots=slots, rows_per_trial=rows_per_trial)
         drive_out_of_order(searcher, run_dir, concurrency=slots, seed=3)
         state = searcher.state
         assert state.done
         judged = judged_records(plan, state, read_records(run_dir, 0))
         verdicts[name] = (state.outcome, state.kept, state.decided_at, state.tied, sorted(state.eliminated),
                           sorted(r["trial_id"] for r in judged))
-    assert verdicts["auto"] == verdicts["rounds"] == verdicts["far"]
+    assert verdicts["auto"] == verdicts["rounds"] == verdicts["far"] == verdicts["packed"]
 
 
 def test_without_racing_every_planned_row_runs(tmp_path, profile):
@@ -177,8 +179,25 @@ def test_a_trial_that_crashed_past_its_retries_is_recorded_as_failed(tmp_path, p
     config = searcher.suggest("t1")
     searcher.on_trial_complete("t1", None, error=True)
     (record,) = read_records(tmp_path, 0)
-    assert record["trial_id"] == config["row"].trial_id and record["status"] == "failed"
-    assert config["row"].trial_id not in {row.trial_id for row in searcher.state.pending}
+    assert record["trial_id"] == config["rows"][0].trial_id and record["status"] == "failed"
+    assert config["rows"][0].trial_id not in {row.trial_id for row in searcher.state.pending}
+
+
+def test_a_packed_trial_reports_each_row_and_a_crash_fails_only_the_row_it_was_training(tmp_path, profile):
+    """Three rows to a trial: each row's record is judged as it lands (`row_done`), before the trial
+    ends; a trial that raised past its retries after its first row is recorded as failed at its
+    second row, and its third goes out again."""
+    spec = make_spec(designs_per_choice=2)
+    plan = plan_stage(spec, 0, spec.initial_space(), profile)
+    searcher = StageSearcher(tmp_path, plan, spec.racing, spec.tasks, seed=7, rows_per_trial=3)
+    first, second, third = searcher.suggest("t1")["rows"]
+    train(tmp_path, {"rows": [first]})
+    searcher.on_trial_result("t1", {"row_id": first.trial_id, "row_done": True})
+    assert first.trial_id in searcher.recorded and second.trial_id in searcher.launched
+    searcher.on_trial_complete("t1", None, error=True)
+    statuses = {r["trial_id"]: r["status"] for r in read_records(tmp_path, 0)}
+    assert statuses == {first.trial_id: "finished", second.trial_id: "failed"}
+    assert searcher.suggest("t2")["rows"][0].trial_id == third.trial_id
 
 
 def test_a_six_block_stage_stops_for_a_tie_after_three_blocks_under_the_default_first_stage(tmp_path, profile,
@@ -198,9 +217,10 @@ def test_a_six_block_stage_stops_for_a_tie_after_three_blocks_under_the_default_
 
 
 def test_the_searcher_knows_what_runs_and_that_a_wait_for_the_race_is_not_the_drivers(tmp_path, profile, monkeypatch):
-    """Issue 38: time left holds a running trial's slot for what it has left (`running_s`: seconds since
-    it was handed out, for the rows without a record), and a `suggest` with nothing to hand out tells
-    the start clock that the next start waited for the race, not for the driver."""
+    """Issue 38: time left holds a running trial's slot for what it has left (`in_flight_left_s`: its
+    task's duration and start less the time since it was handed out, for the rows without a record),
+    and a `suggest` with nothing to hand out tells the start clock that the next start waited for the
+    race, not for the driver."""
     from peft_search.search.stage import experiment
 
     clock = [100.0]
@@ -215,7 +235,9 @@ def test_the_searcher_knows_what_runs_and_that_a_wait_for_the_race_is_not_the_dr
     train(tmp_path, configs[0])
     searcher.on_trial_complete("t0", {"score": 0.0})
     records = read_records(tmp_path, 0)
-    assert searcher.running_s(records) == {configs[1]["row"].trial_id: pytest.approx(1.6), configs[2]["row"].trial_id: pytest.approx(0.8)}
+    left_s, held = searcher.in_flight_left_s(records, {"sst2": 5.0, "*": 5.0}, start_s=0.5)
+    assert left_s == [pytest.approx(5.5 - 1.6), pytest.approx(5.5 - 0.8)]
+    assert held == {configs[1]["rows"][0].trial_id, configs[2]["rows"][0].trial_id}
     searcher.starts.started(1.0, running_before=0)
     for i in range(3, plan.num_trials + 1):  # hand out the first look's rows: then the race waits
         config = searcher.suggest(f"t{i}")

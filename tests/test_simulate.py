@@ -65,6 +65,22 @@ def test_a_fractional_gpu_packs_trials(profile, reference):
     assert result.stages[0].busy_gpu_s == 40.0  # each holds half a GPU
 
 
+def test_packed_trials_spend_one_start_on_several_rows(profile, reference):
+    """24 trials of 1 s on 8 GPUs, 1 s to start each: one after another the driver needs 24 s, and
+    the last ends at 25 s. Four rows to a trial: 6 trials launched at 0 to 5 s, each training its
+    rows back to back for 4 s after its start: the last ends at 10 s, the same 24 GPU-s trained.
+    `auto` packs once a row's length is measured (the first ends at 2 s: the first two trials go out
+    alone), each trial then sqrt(2 x work left x 1 s) long: 13 trials, 15 s; the same decision."""
+    model = TrialModel(step_time_s=0.1, start_s=1.0)
+    one = simulate_search(tiny_spec(designs_per_choice=12, rows_per_trial=1), profile, 8, model, reference).stages[0]
+    four = simulate_search(tiny_spec(designs_per_choice=12, rows_per_trial=4), profile, 8, model, reference).stages[0]
+    auto = simulate_search(tiny_spec(designs_per_choice=12), profile, 8, model, reference).stages[0]
+    assert (one.tune_trials, one.trials, one.wall_s, one.busy_gpu_s) == (24, 24, 25.0, 24.0)
+    assert (four.tune_trials, four.trials, four.wall_s, four.busy_gpu_s) == (6, 24, 10.0, 24.0)
+    assert (auto.tune_trials, auto.trials, auto.wall_s, auto.busy_gpu_s) == (13, 24, 15.0, 24.0)
+    assert one.kept == four.kept == auto.kept == one.best
+
+
 def raced(lookahead: int) -> SearchSpec:
     return tiny_spec(designs_per_choice=12, racing={"min_blocks": 8, "lookahead": lookahead, "delta": 0.05})
 

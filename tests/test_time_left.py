@@ -10,7 +10,8 @@ import pytest
 
 from peft_search.search.status import run_status
 from peft_search.search.time_left import (START_COST_MIN_TRIALS, TRIAL_START_S, StartGaps, describe_time_left,
-                                          list_schedule_s, run_start_cost_s, start_cost_s, task_durations)
+                                          list_schedule_s, pack_target_s, packed_s, run_start_cost_s, start_cost_s,
+                                          task_durations)
 
 PARTIAL = Path(__file__).parent / "data" / "runs-v0.1" / "partial"
 
@@ -47,6 +48,25 @@ def test_a_running_trial_holds_its_slot_until_it_ends():
     # 2 slots, both busy: the trials wait for them (3 s and 4 s), then start and last 10 s.
     assert list_schedule_s(["sst2"] * 2, durations, slots=2, start_s=0.5, running=[3.0, 4.0]) == 14.5
     assert list_schedule_s([], durations, slots=2, running=[3.0, 4.0]) == 4.0  # nothing to start: the last to end
+
+
+def test_a_packed_trial_is_at_most_the_drivers_time_for_every_slot_and_the_economic_lot_of_the_work_left():
+    """Issue 38, `rows_per_trial: auto` (stage/dispatch.py): at most 2 x slots x start (the driver keeps
+    up); where the driver sets the pace, sqrt(2 x work left x start), but never below a slot's share."""
+    assert pack_target_s(16, 0.5) == 16.0
+    assert pack_target_s(16, 0.5, left_s=10_000) == 16.0  # plenty of work: the driver's cap
+    assert pack_target_s(16, 0.5, left_s=100) == pytest.approx(10.0)  # sqrt(2 x 100 x 0.5)
+    assert pack_target_s(2, 0.5, left_s=7) == pytest.approx(2.0)  # 2 slots: the cap, 2 x 2 x 0.5
+    assert pack_target_s(16, 0.01, left_s=320) == pytest.approx(0.32)  # the cap, under a slot's share (20 s)
+    durations = {"short": 1.0, "*": 1.0}
+    # 100 rows of 1 s, 16 slots, 0.5 s a start: the first trials take 10 rows, the last ones fewer.
+    trials = packed_s(["short"] * 100, durations, slots=16, start_s=0.5, rows_per_trial="auto")
+    assert sum(trials) == 100 and trials[0] == 10.0 and trials[-1] < trials[0]
+    assert packed_s(["short"] * 10, durations, 16, 0.5, rows_per_trial=4) == [4.0, 4.0, 2.0]
+    assert packed_s(["short"] * 3, durations, 16, 0.5) == [1.0] * 3
+    # Packed, the driver's 100 starts (50 s) become a few: the rows end far sooner.
+    assert list_schedule_s(["short"] * 100, durations, 16, 0.5, rows_per_trial="auto") < 20
+    assert list_schedule_s(["short"] * 100, durations, 16, 0.5) == pytest.approx(100 * 0.5 + 1)
 
 
 def test_the_start_cost_is_the_slot_time_that_did_not_train_per_trial_in_either_regime():

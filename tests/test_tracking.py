@@ -2,7 +2,7 @@
 backend store, local artifact root, a loopback port) started here, and W&B in offline mode.
 
 One small real search (MiniLM on the bundled tweets, one stage of two choices, two blocks of 3-step
-trials) logs to both; MLflow's client reads back one run per trial with its parameters and metrics,
+trials, packed two to a Tune trial) logs to both; MLflow's client reads back one run per trial with its parameters and metrics,
 nested under the stage's run, which holds the decision; the W&B offline run files hold the same.
 A server that is down at the start stops `run` with exit 2 naming `tracking.mlflow` before the run
 directory exists; a server killed mid-stage costs a warning, not a trial.
@@ -38,7 +38,9 @@ SERVER = os.environ.get("MLFLOW_SERVER") or str(REPO / ".venv-mlflow" / "bin" / 
 needs_server = pytest.mark.skipif(not Path(SERVER).is_file(),
                                   reason=f"no MLflow server at {SERVER} (make test installs it in .venv-mlflow/)")
 
-JOB = {**TINY_JOB, "name": "tracked", "stages": TINY_JOB["stages"][:1]}  # one stage of two choices, two blocks
+# One stage of two choices, two blocks; two rows to a Tune trial (`rows_per_trial`), so each tracked run
+# is a row, whichever trial trained it.
+JOB = {**TINY_JOB, "name": "tracked", "stages": TINY_JOB["stages"][:1], "rows_per_trial": 2}
 
 
 def free_port() -> int:

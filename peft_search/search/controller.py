@@ -255,7 +255,8 @@ class Controller:
                 self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index),
                 replay=self.rehearsal.for_plan(plan) if self.rehearsal is not None else None,
                 slots=slots, callbacks=[self.tracker.callback(self.run_dir, tracked)] if self.tracker else None,
-                later_stages=[unplanned_stage_tasks(self.spec, later) for later in range(index + 1, num_stages)])
+                later_stages=[unplanned_stage_tasks(self.spec, later) for later in range(index + 1, num_stages)],
+                rows_per_trial=self.spec.rows_per_trial)
             stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
             if start_cost_s is not None:  # the driver's time per trial start, as this stage timed it (search/time_left.py)
                 stage_state["start_cost_s"] = round(start_cost_s, 3)

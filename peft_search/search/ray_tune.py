@@ -14,7 +14,7 @@ from typing import Callable
 from peft_search.search.interrupt import tune_stopper
 from peft_search.search.progress import RecordProgress, quiet_tune_output
 from peft_search.search.storage.paths import StoragePath
-from peft_search.search.trials import TrialRow, trial_trainable
+from peft_search.search.trials import TrialRow, trial_rows, trial_trainable
 
 
 def start_ray(address: str | None, say: Callable[[str], None] = print) -> None:
@@ -68,7 +68,8 @@ def run_experiment(
     """One Tune experiment under `directory / name`, every trial one `trial_trainable` on `resources`.
 
     What it trains: `rows` of `run_dir` (each once, as a grid), or whatever `searcher` suggests, at
-    most `num_samples` trials: a `TrialRow` (`{"run_dir", "row"}`: Ray pickles it, no JSON) or, with
+    most `num_samples` trials: TrialRows (`{"run_dir", "rows"}`: one, or several trained back to
+    back; Ray pickles them, no JSON) or, with
     `template`, a learning rate in `param_space` applied to that one row. `retries`: Tune restarts a trial that raised this many
     times. `done()` true ends the experiment early, stopping what still runs (a decided race).
     `callbacks`: Tune callbacks on the driver besides Tune's own loggers (experiment tracking).
@@ -114,9 +115,14 @@ def run_experiment(
 
 
 def _trial_name(trial) -> str:
-    """The row's trial id where the trial has a row (the dashboard and Tune's files name it so)."""
-    row = trial.config.get("row")
-    return row.trial_id if isinstance(row, TrialRow) else f"{trial.trainable_name}_{trial.trial_id}"
+    """The row's trial id where the trial has one row (the dashboard and Tune's files name it so); a
+    packed trial's first row and how many follow it, with Tune's own id (a row can go out again)."""
+    rows = trial_rows(trial.config)
+    if len(rows) == 1 and isinstance(rows[0], TrialRow):
+        return rows[0].trial_id
+    if rows:
+        return f"{rows[0].trial_id}+{len(rows) - 1}_{trial.trial_id}"
+    return f"{trial.trainable_name}_{trial.trial_id}"
 
 
 __all__ = ["cluster_slots", "experiment_name", "run_experiment", "start_ray"]

@@ -150,7 +150,8 @@ class StageResult:
     best: str | None = None  # the choice that replays the reference's best
     right: bool | None = None  # the kept choice within delta of the best (a tie: every tied choice is); None: no claim
     blocks: int = 0  # blocks the decision rests on
-    trials: int = 0  # trials started
+    trials: int = 0  # rows started (each a trial, or one of a packed trial's)
+    tune_trials: int = 0  # trials the driver started (fewer than rows when trials are packed)
     trials_wasted: int = 0  # started, then not used by the decision (look-ahead past it, or stopped)
     wall_s: float = 0.0
     longest_trial_s: float = 0.0
@@ -195,7 +196,7 @@ class SearchSimulation:
         return max((s.longest_trial_s for s in self.stages), default=0.0)
 
     def to_dict(self) -> dict:
-        totals = {name: self.total(name) for name in ("wall_s", "busy_gpu_s", "wasted_gpu_s", "trials", "trials_wasted",
+        totals = {name: self.total(name) for name in ("wall_s", "busy_gpu_s", "wasted_gpu_s", "trials", "tune_trials", "trials_wasted",
                                                        "work_bound_s", "critical_path_s", "tail_idle_gpu_s")}
         totals.update(gpu_use=self.gpu_use, longest_trial_s=self.longest_trial_s,
                       wall_in_longest_trials=self.wall_s / self.longest_trial_s if self.longest_trial_s else None)
@@ -227,10 +228,14 @@ class SearchSimulation:
         return "\n".join(lines)
 
 
-def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, replay: ScoreReplay) -> StageResult:
-    """One stage on the cluster: dispatch, race and stop exactly as the Tune searcher does."""
+def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, replay: ScoreReplay,
+                   measured: dict[str, float] | None = None) -> StageResult:
+    """One stage on the cluster: dispatch, race and stop exactly as the Tune searcher does. `measured`:
+    task -> a trial's seconds, for the tasks whose trials have ended (in this stage or an earlier one),
+    which is what packing knows of a row's length (the searcher's measured durations); updated here."""
     racing, tasks = spec.racing, tuple(spec.tasks)
     slots, per_trial = cluster.slots(spec.resources, spec.max_concurrent_trials)
+    measured = {} if measured is None else measured
     lengths = {}
 
     def seconds(row: PlanRow) -> float:
@@ -238,33 +243,44 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
             lengths[row.task] = model.seconds(row)
         return lengths[row.task]
 
-    dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots, length=seconds)
+    dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots, length=seconds,
+                        rows_per_trial=spec.rows_per_trial)
     records: list[dict] = []
     recorded: set[str] = set()
-    running: dict[str, tuple[float, PlanRow]] = {}  # row id -> (its run's start, row)
-    events: list[tuple[float, int, str]] = []  # (end, launch order, row id)
+    # Rows handed out without a record yet -> (when it starts training, row); a packed trial's later
+    # rows start as the one before them ends.
+    running: dict[str, tuple[float, PlanRow]] = {}
+    events: list[tuple[float, int, str, bool]] = []  # (a row's end, hand-out order, row id, whether its trial ends)
     now, driver_free, launched, busy, last_launch = 0.0, 0.0, 0, 0.0, 0.0
+    trials_running = trials_launched = 0
     state = race_state(plan, records, racing, tasks)
     outstanding = {row.trial_id for row in state.pending}
     while True:
-        if not state.done and len(running) < slots:
-            for row in dispatch.rows(state, recorded, running):
-                launch = max(now, driver_free)
-                driver_free = launch + model.start_s
-                start = launch + model.start_s
+        while not state.done and trials_running < slots:
+            rows = dispatch.next_trial(state, recorded, running, seconds=lambda row: measured.get(row.task),
+                                       start_s=model.start_s)
+            if not rows:
+                break
+            launch = max(now, driver_free)
+            driver_free = launch + model.start_s
+            start = launch + model.start_s
+            for position, row in enumerate(rows):  # back to back in the trial's one actor
                 running[row.trial_id] = (start, row)
-                heapq.heappush(events, (start + seconds(row), launched, row.trial_id))
+                start += seconds(row)
+                heapq.heappush(events, (start, launched, row.trial_id, position == len(rows) - 1))
                 launched += 1
-                last_launch = launch
-                if len(running) >= slots:
-                    break
+            trials_running += 1
+            trials_launched += 1
+            last_launch = launch
         if not events:
             break
         now = events[0][0]
-        while events and events[0][0] == now:  # trials ending at the same moment all report before the next launch
-            _, _, trial_id = heapq.heappop(events)
+        while events and events[0][0] == now:  # rows ending at the same moment all report before the next launch
+            _, _, trial_id, trial_ends = heapq.heappop(events)
             start, row = running.pop(trial_id)
+            trials_running -= trial_ends
             busy += seconds(row) * per_trial
+            measured.setdefault(row.task, seconds(row))
             score = replay.score(row)
             records.append({"trial_id": row.trial_id, "choice": row.choice, "block": row.block, "design_id": row.design_id,
                             "task": row.task, "seed": row.seed, "status": "finished" if score is not None else "failed",
@@ -276,6 +292,9 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
             outstanding = {r.trial_id for r in state.pending}
         if state.done:
             break
+    started = {row_id: value for row_id, value in running.items() if value[0] < now}  # a packed trial's queued rows never start
+    launched = len(records) + len(started)
+    running = started
     stopped_gpu_s = sum(max(0.0, now - start) * per_trial for start, _ in running.values())  # stopped at the decision
     busy += stopped_gpu_s
     used = judged_records(plan, state, records) if racing is not None else records
@@ -290,7 +309,7 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
     longest_needed = max((r["seconds"] for r in used), default=0.0)
     return StageResult(
         stage=plan.stage, component=plan.component, choices=len(plan.choices), outcome=state.outcome, kept=kept,
-        best=replay.best, right=right, blocks=state.decided_at or state.blocks, trials=launched,
+        best=replay.best, right=right, blocks=state.decided_at or state.blocks, trials=launched, tune_trials=trials_launched,
         trials_wasted=launched - len(used), wall_s=now, longest_trial_s=max(lengths.values(), default=0.0),
         gpu_s=now * cluster.gpus, busy_gpu_s=busy, stopped_gpu_s=stopped_gpu_s, wasted_gpu_s=busy - used_gpu_s,
         work_bound_s=used_gpu_s / cluster.gpus, critical_path_s=longest_needed + model.start_s, tail_s=now - last_launch,
@@ -427,13 +446,14 @@ def simulate_search(spec, profile, gpus: float, model: TrialModel, scores: str =
     slots, _ = cluster.slots(spec.resources, spec.max_concurrent_trials)
     result = SearchSimulation(job, gpus, slots, model.step_time_s, model.start_s, scores)
     space = spec.initial_space()
+    measured: dict[str, float] = {}  # task -> a trial's seconds, once one has ended (what packing knows)
     for index, stage in enumerate(spec.stages):
         plan = plan_stage(spec, index, space, profile)
         if plan.skipped:
             result.stages.append(StageResult(index, stage.component, len(stage.candidates), "skipped"))
             continue
         replay = ScoreReplay(reference, plan, random.Random(derive_seed(seed, "simulate", index)))
-        stage_result = simulate_stage(spec, plan, cluster, model, replay)
+        stage_result = simulate_stage(spec, plan, cluster, model, replay, measured)
         result.stages.append(stage_result)
         space = space.clamp(stage.component, space.parse_choice(stage.component, stage_result.kept))
     return result

@@ -103,7 +103,9 @@ def time_left(run_dir: StoragePath, spec, state: dict, records: list[dict]) -> d
                 row.task for row in rows_left(plan, mine, race.survivors if race is not None else None)]
         else:
             tasks = unplanned_stage_tasks(spec, index)
-        left[index] = list_schedule_s(tasks, durations, slots, start_s)
+        # A stage packs short rows into trials as its dispatch does (a joint search trains one per trial).
+        left[index] = list_schedule_s(tasks, durations, slots, start_s,
+                                      rows_per_trial=spec.rows_per_trial if spec.joint is None else 1)
     return left
 
 

@@ -20,6 +20,7 @@ yet planned counts every block it could run. Pure Python.
 from __future__ import annotations
 
 import heapq
+import math
 import statistics
 from collections import defaultdict
 from typing import Iterable, Sequence
@@ -30,6 +31,21 @@ from typing import Iterable, Sequence
 TRIAL_START_S = 0.45
 # Fewer trials say little about the cost of a start (Tune's own start-up dominates them).
 START_COST_MIN_TRIALS = 10
+# `rows_per_trial: auto` packs rows into a trial of at most this many times the driver's time to start
+# one trial on every slot (stage/dispatch.py): the driver then keeps every slot fed with time to spare
+# (chosen with the simulator: 1.25 to 2 did the same on the Qwen job; docs/benchmarks.md, "Packed trials").
+PACK_SLOT_STARTS = 2
+
+
+def pack_target_s(slots: int, start_s: float, left_s: float = math.inf) -> float:
+    """The seconds a packed trial may last, with `left_s` seconds of rows still to hand out: at most
+    PACK_SLOT_STARTS x `slots` starts of `start_s` (the driver keeps up), and where the driver sets the
+    pace sqrt(2 x left x start): the economic lot size, which minimises the rest's starts (left / c
+    of `start_s` each) plus the wait for the last trial (c / 2); never less than a slot's share of the
+    work left, where the slots set the pace."""
+    driver_s = math.sqrt(2 * left_s * start_s) if math.isfinite(left_s) else math.inf
+    share_s = left_s / max(1, slots)
+    return min(PACK_SLOT_STARTS * slots * start_s, max(share_s, driver_s))
 
 
 def start_cost_s(wall_s: float, slots: int, trained_s: float, trials: int) -> float | None:
@@ -105,25 +121,50 @@ def task_durations(records: Iterable[dict]) -> dict[str, float]:
     return durations
 
 
+def packed_s(tasks: Sequence[str], durations: dict[str, float], slots: int, start_s: float,
+             rows_per_trial: int | str = 1) -> list[float]:
+    """The seconds of each trial that rows of these tasks go out as, in order: one row each, or
+    consecutive rows packed as the dispatch packs them (`rows_per_trial`: a number of rows, or `auto`:
+    up to `pack_target_s`; stage/dispatch.py)."""
+    seconds = [durations.get(task, durations["*"]) for task in tasks]
+    if rows_per_trial == 1:
+        return seconds
+    if rows_per_trial != "auto":
+        return [sum(seconds[i:i + rows_per_trial]) for i in range(0, len(seconds), rows_per_trial)]
+    trials: list[float] = []
+    left_s, target_s = sum(seconds), 0.0
+    for row_s in seconds:
+        if trials and trials[-1] + row_s <= target_s:
+            trials[-1] += row_s
+        else:  # a new trial, sized by the work still to hand out
+            target_s = pack_target_s(slots, start_s, left_s)
+            trials.append(row_s)
+        left_s -= row_s
+    return trials
+
+
 def list_schedule_s(tasks: Sequence[str], durations: dict[str, float], slots: int,
-                    start_s: float = TRIAL_START_S, running: Sequence[float] = ()) -> float | None:
+                    start_s: float = TRIAL_START_S, running: Sequence[float] = (),
+                    rows_per_trial: int | str = 1) -> float | None:
     """How long trials of these tasks take on `slots` slots, each started in order on the first slot
     that frees, the driver taking `start_s` per start, one start after another, and each trial then
     lasting its measured duration; `running`: the seconds until each trial already running ends (its
-    slot is busy until then). 0 with nothing to run, None with nothing measured yet."""
+    slot is busy until then); `rows_per_trial`: the rows go out packed (`packed_s`). 0 with nothing to
+    run, None with nothing measured yet."""
     if not tasks:
         return max(running, default=0.0)
     if "*" not in durations:
         return None
+    trials = packed_s(tasks, durations, slots, start_s, rows_per_trial)
     slots = max(1, slots)
     # When each slot is next free: the running trials' ends, and as many free slots as there are trials to start.
-    free_at = sorted(running)[:slots] + [0.0] * min(max(0, slots - len(running)), len(tasks))
+    free_at = sorted(running)[:slots] + [0.0] * min(max(0, slots - len(running)), len(trials))
     heapq.heapify(free_at)
     driver_free = 0.0  # when the driver can start the next trial: it starts them one after another
-    for task in tasks:
+    for trial_s in trials:
         launch = max(heapq.heappop(free_at), driver_free)
         driver_free = launch + start_s
-        heapq.heappush(free_at, driver_free + durations.get(task, durations["*"]))
+        heapq.heappush(free_at, driver_free + trial_s)
     return max(max(free_at), max(running, default=0.0))
 
 
@@ -154,5 +195,5 @@ def describe_time_left(seconds: float | None, at_most: bool) -> str | None:
     return f"{'at most' if at_most else 'about'} {amount} left"
 
 
-__all__ = ["START_COST_MIN_TRIALS", "TRIAL_START_S", "StartGaps", "describe_time_left", "list_schedule_s", "rows_left", "run_start_cost_s",
+__all__ = ["PACK_SLOT_STARTS", "START_COST_MIN_TRIALS", "TRIAL_START_S", "StartGaps", "describe_time_left", "list_schedule_s", "pack_target_s", "packed_s", "rows_left", "run_start_cost_s",
            "start_cost_s", "task_durations", "unplanned_stage_tasks"]

@@ -32,11 +32,12 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from peft_search.errors import InputError
 from peft_search.search.stage.decide import kept_as
 from peft_search.search.storage.run_dir import read_json
+from peft_search.search.trials import TrialRow, trial_rows
 
-# Tune fills these into every result (ours: the trial id, and whether a record was replayed); the
-# tracker logs what the trial itself reported.
+# Tune fills these into every result (ours: the row's id, whether a record was replayed, whether a
+# packed trial's row ended); the tracker logs what the trial itself reported.
 TUNE_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"time_this_iter_s", "done", "trial_id", "experiment_tag", "replayed",
-                                                 "should_checkpoint"}
+                                                 "should_checkpoint", "row_id", "row_done"}
 # A tracking server that does not answer fails fast: a few tries over seconds, not MLflow's default of minutes.
 # Our lines say where the runs are, once (`Tracker.where`), instead of MLflow's two lines per run.
 MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -323,41 +324,49 @@ def short(error: BaseException) -> str:
 
 
 class TrialLogger(Callback):
-    """Tune's callback API on the driver: a tracked run per trial, its reported metrics per step, its
-    record's outcome at the end."""
+    """Tune's callback API on the driver: a tracked run per row (a packed trial trains several, each
+    reporting under its own id), its reported metrics per step, its record's outcome at the end."""
 
     def __init__(self, tracker: Tracker, run_dir, parent: dict | None):
         self.tracker, self.run_dir, self.parent = tracker, run_dir, parent
-        self.handles: dict[str, dict] = {}
+        self.handles: dict[tuple[str, str], dict] = {}  # (Tune's trial id, row id) -> the row's tracked run
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        row = trial.config.get("row")
-        if row is None or trial.trial_id in self.handles:
-            return
-        tags = {"peft_search.stage": str(row.fields.get("stage", "final")), "peft_search.kind": "trial",
-                "peft_search.trial": row.trial_id}
-        self.handles[trial.trial_id] = self.tracker.start(row.trial_id, trial_params(row), tags, self.parent)
+        rows = trial_rows(trial.config)
+        if rows:
+            self._start(trial, rows[0])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        handle = self.handles.get(trial.trial_id)
+        row = next((row for row in trial_rows(trial.config) if row.trial_id == result.get("row_id")), None)
+        handle = self._start(trial, row) if row is not None else None
         if handle is None:
             return
         metrics = {metric_key(k): float(v) for k, v in result.items()
                    if k not in TUNE_RESULT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         if metrics:
             self.tracker.log(handle, metrics, step=int(result.get("training_iteration") or 0))
+        if result.get("row_done"):  # a packed trial's row ended; the next one reports under its own id
+            self._end(trial, row)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial)
+        for row in trial_rows(trial.config):
+            self._end(trial, row)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial)
+        self.on_trial_complete(iteration, trials, trial)
 
-    def _end(self, trial):
-        handle = self.handles.pop(trial.trial_id, None)
-        row = trial.config.get("row")
-        if handle is None or row is None:
-            return
+    def _start(self, trial, row: TrialRow) -> dict:
+        key = (trial.trial_id, row.trial_id)
+        if key not in self.handles:
+            tags = {"peft_search.stage": str(row.fields.get("stage", "final")), "peft_search.kind": "trial",
+                    "peft_search.trial": row.trial_id}
+            self.handles[key] = self.tracker.start(row.trial_id, trial_params(row), tags, self.parent)
+        return self.handles[key]
+
+    def _end(self, trial, row: TrialRow) -> None:
+        handle = self.handles.pop((trial.trial_id, row.trial_id), None)
+        if handle is None:
+            return  # never started (a packed trial stopped before it), or ended already
         path = row.record_path(self.run_dir)
         if not path.is_file():  # stopped by a decided race (or crashed): no record, no outcome
             self.tracker.log(handle, {}, params={"status": "stopped"})

@@ -165,26 +165,39 @@ def reported_score(record: dict) -> float:
     return score if record["status"] == "finished" and score is not None and math.isfinite(score) else float("nan")
 
 
+def trial_rows(config: dict) -> list[TrialRow]:
+    """The rows a trial's config trains, in order: a stage's (`rows`: one, or several packed back to
+    back) or a final run's (`row`)."""
+    return list(config["rows"]) if config.get("rows") else [config["row"]] if config.get("row") is not None else []
+
+
 def trial_trainable(config: dict, **constants) -> None:
-    """Ray Tune function trainable: run `config["row"]` (a TrialRow), at `config["learning_rate"]`
-    when a searcher samples one (rehearsed instead when `config["replay"]` is given), record it,
-    report it. `constants` (`run_dir`, `row`), given through `tune.with_parameters`, fill what the
-    config leaves out (a searcher's space holds only the rate)."""
+    """Ray Tune function trainable: run `config["rows"]` one after another (a packed stage trial;
+    rehearsed instead when `config["replays"]` gives each its seconds and score) or `config["row"]`
+    (a TrialRow, at `config["learning_rate"]` when a searcher samples one), record each row the
+    moment it ends, report it (`row_id`: Tune fills `trial_id` with its own). Every row of a packed
+    trial but its last reports `row_done`: the searcher hears of it before the trial ends. `constants` (`run_dir`, `row`), given through
+    `tune.with_parameters`, fill what the config leaves out (a searcher's space holds only the rate)."""
     from ray import tune
 
     config = {**constants, **config}
-    row = config["row"]
+    rows = trial_rows(config)
     if "learning_rate" in config:
-        row = row.with_learning_rate(config["learning_rate"])
-    epochs_reported = []
+        rows = [row.with_learning_rate(config["learning_rate"]) for row in rows]
+    replays = config.get("replays") or [config.get("replay")] * len(rows)
+    run_dir = StoragePath.parse(config["run_dir"])
+    for position, (row, replay) in enumerate(zip(rows, replays)):
+        epochs_reported = []
 
-    def on_epoch(metrics: dict) -> None:
-        epochs_reported.append(metrics)
-        tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "trial_id": row.trial_id})
+        def on_epoch(metrics: dict, row: TrialRow = row, epochs_reported: list = epochs_reported) -> None:
+            epochs_reported.append(metrics)
+            tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "row_id": row.trial_id})
 
-    record, replayed = run_row(StoragePath.parse(config["run_dir"]), row, on_epoch=on_epoch, replay=config.get("replay"))
-    if replayed or not epochs_reported or record["status"] != "finished":
-        tune.report({"score": reported_score(record), "status": record["status"], "trial_id": row.trial_id, "replayed": replayed})
+        record, replayed = run_row(run_dir, row, on_epoch=on_epoch, replay=replay)
+        last = position == len(rows) - 1
+        if not last or replayed or not epochs_reported or record["status"] != "finished":
+            tune.report({"score": reported_score(record), "status": record["status"], "row_id": row.trial_id,
+                         "replayed": replayed, "row_done": not last})
 
 
 def trial_resources(resources) -> dict:
@@ -195,4 +208,5 @@ def trial_resources(resources) -> dict:
     return {"cpu": resources.cpus, "gpu": resources.gpus}
 
 
-__all__ = ["TrialRow", "canonical_json", "record_failure", "row_id", "run_row", "trial_record", "trial_resources", "trial_trainable"]
+__all__ = ["TrialRow", "canonical_json", "record_failure", "row_id", "run_row", "trial_record", "trial_resources", "trial_rows",
+           "trial_trainable"]

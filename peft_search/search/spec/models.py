@@ -490,6 +490,13 @@ class SearchSpec(_Strict):
     max_concurrent_trials: int | None = Field(
         None, ge=1, le=MAX_CONCURRENT, description="trials running at once; null = as many as the cluster's resources allow"
     )
+    rows_per_trial: int | Literal["auto"] = Field(
+        "auto",
+        description="stage rows one Tune trial trains back to back, each still its own record (resumed row by row): "
+        "auto packs short rows until a trial lasts twice what the driver takes to start a trial on every slot, once "
+        "their length is measured (trials long enough, or few slots, are not packed); 1: a trial per row "
+        "(docs/design.md, \"Packed trials\")",
+    )
     retries: int = Field(
         1, ge=0, le=MAX_RETRIES, description=f"times a failed trial is retried before it counts as failed (0 to {MAX_RETRIES})"
     )
@@ -500,6 +507,13 @@ class SearchSpec(_Strict):
         None, description="experiment trackers (MLflow, W&B) that receive every trial and decision; null = none (TensorBoard "
         "files are written either way: tensorboard --logdir RUN/stages)"
     )
+
+    @field_validator("rows_per_trial")
+    @classmethod
+    def _rows_per_trial_in_range(cls, value):
+        if value != "auto" and not 1 <= value <= MAX_DESIGNS:
+            raise ValueError(f"give auto or a whole number of rows from 1 to {MAX_DESIGNS:,}")
+        return value
 
     @model_validator(mode="after")
     def _check(self):

@@ -1,10 +1,12 @@
 """One refinement stage as one Ray Tune experiment: `StageSearcher` (a Tune `Searcher`) hands out
 the plan rows the race can use whenever Tune has a free slot (`dispatch.Dispatch`: no round
-barrier), and the one trainable of `search.trials` trains each (a pure function of its row, which
-records the trial the moment it ends). The searcher's state is replayed from the trial records, so a
-resumed stage (a fresh experiment) continues the race and never repeats a finished trial. Once the
-race is decided the experiment stops the trials still running (look-ahead work the decision made
-unnecessary). Our progress line replaces Tune's tables on the terminal.
+barrier), one row per trial or short rows packed several to a trial (`rows_per_trial`), and the one
+trainable of `search.trials` trains each row (a pure function of its row, which records the row the
+moment it ends and reports it: the race hears of each row of a packed trial as it ends). The
+searcher's state is replayed from the trial records, so a resumed stage (a fresh experiment)
+continues the race and never repeats a finished trial. Once the race is decided the experiment stops
+the trials still running (look-ahead work the decision made unnecessary). Our progress line replaces
+Tune's tables on the terminal.
 """
 
 from __future__ import annotations
@@ -38,22 +40,26 @@ class StageSearcher(Searcher):
     the race from the trial records (`racing.race_state`), so a stage resumed in a fresh experiment
     continues the race where it stopped; which row goes out next is `dispatch.Dispatch`'s (the
     procedure's next look, then `racing.lookahead` blocks more, longest trial first). Without racing
-    it hands out every row without a record. A trial that Tune gives up on (it raised past
-    `retries`) is recorded as failed here, so that every planned row that ran ends with exactly one
-    record. `replay` (the cluster rehearsal, search/simulate.py) gives each row's modelled seconds
-    and recorded score instead of training.
+    it hands out every row without a record. Short rows go out packed (`rows_per_trial`, sized by
+    the rows' durations measured so far, `earlier` stages' included, and the start cost the stage
+    times). A trial that Tune gives up on (it raised past `retries`) is recorded as failed here, at
+    the row it was training (a packed trial's later rows go out again), so that every planned row
+    that ran ends with exactly one record. `replay` (the cluster rehearsal, search/simulate.py) gives
+    each row's modelled seconds and recorded score instead of training.
     """
 
     def __init__(self, run_dir: StoragePath, plan: StagePlan, racing, tasks, seed: int, say=None, replay=None,
-                 slots: int = 1):
+                 slots: int = 1, rows_per_trial: int | str = 1, earlier: list[dict] = ()):
         super().__init__(metric="score", mode="max")
         self.run_dir, self.plan, self.racing, self.tasks, self.seed = run_dir, plan, racing, tuple(tasks), seed
         self.say = say or (lambda line: None)
         self.replay_trial = replay
         self.rows = {row.trial_id: row for row in plan.rows}
-        self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots)
-        self.in_flight: dict[str, str] = {}  # Tune's trial id -> plan row id
-        self.launched: dict[str, float] = {}  # plan row id -> when this experiment handed it out (monotonic)
+        self.dispatch = Dispatch(plan, racing.lookahead if racing is not None else None, slots, rows_per_trial=rows_per_trial)
+        self.in_flight: dict[str, tuple[str, ...]] = {}  # Tune's trial id -> its plan row ids, in the order it trains them
+        self.launched: dict[str, float] = {}  # plan row id -> when it started training here (monotonic)
+        self.earlier = list(earlier)  # earlier stages' records: their durations size packed trials
+        self.durations: dict[str, float] = {}  # task -> mean wall time of its rows so far
         self.starts = StartGaps(slots)  # the driver's time per start, timed by `TrialStarts`
         self.finished: dict[str, dict] = {}  # finished records read so far: each is read once, not after every trial
         self.recorded: set[str] = set()
@@ -62,23 +68,43 @@ class StageSearcher(Searcher):
     def replay(self) -> RaceState:
         records = read_records(self.run_dir, self.plan.stage, finished=self.finished)
         self.recorded = {r["trial_id"] for r in records}
+        self.durations = task_durations(self.earlier + records)
         return race_state(self.plan, records, self.racing, self.tasks, self.seed)
 
     def suggest(self, trial_id: str):
-        for row in self.dispatch.rows(self.state, self.recorded, set(self.in_flight.values())):
-            self.in_flight[trial_id] = row.trial_id
-            self.launched[row.trial_id] = time.monotonic()
-            config = {"run_dir": str(self.run_dir), "row": row.trial_row()}
-            if self.replay_trial is not None:
-                config["replay"] = self.replay_trial(row)
-            return config
-        self.starts.waited()  # nothing to hand out: the next start waits for the race, not the driver
-        return Searcher.FINISHED if self.state.done else None
+        running = {row for rows in self.in_flight.values() for row in rows}
+        start_s = self.starts.start_s() or TRIAL_START_S
+        rows = self.dispatch.next_trial(self.state, self.recorded, running, seconds=lambda row: self.durations.get(row.task),
+                                        start_s=start_s)
+        if not rows:
+            self.starts.waited()  # nothing to hand out: the next start waits for the race, not the driver
+            return Searcher.FINISHED if self.state.done else None
+        self.in_flight[trial_id] = tuple(row.trial_id for row in rows)
+        self.launched[rows[0].trial_id] = time.monotonic()
+        config = {"run_dir": str(self.run_dir), "rows": [row.trial_row() for row in rows]}
+        if self.replay_trial is not None:
+            config["replays"] = [self.replay_trial(row) for row in rows]
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A row of a packed trial ended (`row_done`): the next one starts, and the race hears of it now."""
+        if not result.get("row_done"):
+            return
+        rows = self.in_flight.get(trial_id, ())
+        if result.get("row_id") in rows[:-1]:
+            self.launched[rows[rows.index(result["row_id"]) + 1]] = time.monotonic()
+        self.judge()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        row_id = self.in_flight.pop(trial_id, None)
-        if error and row_id is not None:
-            record_failure(self.run_dir, self.rows[row_id].trial_row(), "the trial raised past its retries (see the Tune logs)")
+        rows = self.in_flight.pop(trial_id, ())
+        unrecorded = [row for row in rows if not self.rows[row].trial_row().record_path(self.run_dir).is_file()]
+        if error and unrecorded:  # the rows run in order: the first without a record is the one that failed
+            record_failure(self.run_dir, self.rows[unrecorded[0]].trial_row(),
+                           "the trial raised past its retries (see the Tune logs)")
+        self.judge()
+
+    def judge(self) -> None:
+        """Replay the race from the records, and say what changed."""
         before, self.state = self.state, self.replay()
         if self.racing is None:
             return  # fixed N: no rounds, no drops, nothing to announce
@@ -92,11 +118,23 @@ class StageSearcher(Searcher):
         if self.state.done and not before.done:
             self.say(f"stage {self.plan.stage + 1}: race over after round {self.state.round + 1}: {self.state.reason}")
 
-    def running_s(self, records: list[dict]) -> dict[str, float]:
-        """Plan row id -> seconds since it was handed out, for the rows running now (no record yet)."""
-        recorded, now = {r["trial_id"] for r in records}, time.monotonic()
-        launched = dict(self.launched)
-        return {row: now - launched[row] for row in list(self.in_flight.values()) if row not in recorded and row in launched}
+    def in_flight_left_s(self, records: list[dict], durations: dict[str, float], start_s: float) -> tuple[list[float], set[str]]:
+        """The seconds each trial in flight still holds its slot, and the rows they hold without a record:
+        the row training now takes its task's duration (plus the trial's start, for its first row) less
+        what it has run, and each row queued behind it in a packed trial all of its own."""
+        recorded, now, launched = {r["trial_id"] for r in records}, time.monotonic(), dict(self.launched)
+        trials_s, held = [], set()
+        for rows in list(self.in_flight.values()):
+            waiting = [row for row in rows if row not in recorded]
+            if not waiting:
+                continue
+            trial_s = 0.0
+            for row in waiting:
+                row_s = durations.get(self.rows[row].task, durations["*"]) + start_s * (row == rows[0])
+                trial_s += max(0.0, row_s - (now - launched[row])) if row in launched else row_s
+            trials_s.append(trial_s)
+            held.update(waiting)
+        return trials_s, held
 
     def save(self, checkpoint_path: str) -> None:
         # Nothing to keep: the race is replayed from the trial records.
@@ -120,27 +158,28 @@ class TrialStarts(Callback):
 
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
               racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1, callbacks: list | None = None,
-              later_stages: list[list[str]] = ()) -> float | None:
+              later_stages: list[list[str]] = (), rows_per_trial: int | str = 1) -> float | None:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
     the records, so the rows that already have one are never trained again). `slots`: trials the
-    cluster runs at once, which sizes `lookahead: auto`; `callbacks`, Tune callbacks (experiment
+    cluster runs at once, which sizes `lookahead: auto` and packed trials (`rows_per_trial`, the
+    spec's: rows one trial trains back to back); `callbacks`, Tune callbacks (experiment
     tracking: search/tracking.py); `later_stages`, the tasks of every trial each later stage could
     run (the progress line's time left in the search: search/time_left.py). Once the race is
     decided, trials still running are stopped; they leave no record (their started markers are
     removed: nothing of this stage runs any more). Returns the driver's time per trial start as this
     experiment measured it (`time_left.StartGaps`; None: too few starts)."""
+    # Earlier stages' trial durations count until this stage has its own: from results.parquet, one
+    # read (on an object store, reading every record again would be one GET each).
+    earlier = [r for r in read_results(run_dir, ["stage", "task", "wall_time_s"]) if r["stage"] < plan.stage]
     searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay,
-                             slots=slots)
+                             slots=slots, rows_per_trial=rows_per_trial, earlier=earlier)
     if searcher.state.done:
         return None
     directory = stage_dir(run_dir, plan.stage)
     unrecorded = len({row.trial_id for row in plan.rows} - {r["trial_id"] for r in read_records(run_dir, plan.stage)})
     limit = "at most " if racing is not None else ""
     finished: dict[str, dict] = {}  # every 2 s the progress line lists the records; each finished one is read once
-    # Earlier stages' trial durations count until this stage has its own: from results.parquet, one
-    # read (on an object store, reading every record again would be one GET each).
-    earlier = [r for r in read_results(run_dir, ["stage", "task", "wall_time_s"]) if r["stage"] < plan.stage]
 
     def time_left(records: list[dict]) -> str | None:
         survivors = searcher.state.survivors if racing is not None else None
@@ -149,18 +188,17 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
             return None  # nothing measured yet
         measured = searcher.starts.start_s()  # as soon as enough trials started
         start_s = TRIAL_START_S if measured is None else measured
-        # A running trial holds its slot for what its task's trials last, less what it has run (its start included).
-        running = searcher.running_s(records)
-        running_left = [max(0.0, start_s + durations.get(searcher.rows[row].task, durations["*"]) - since)
-                        for row, since in running.items()]
+        # A running trial holds its slot for what its rows last, less what it has run (its start included).
+        running_left, handed_out = searcher.in_flight_left_s(records, durations, start_s)
         left = {row.trial_id for row in rows_left(plan, records, survivors)}
-        # In the order the dispatch hands them out (block by block, longest trial first).
-        to_start = [row.task for row in searcher.dispatch.order if row.trial_id in left and row.trial_id not in running]
-        stage_s = list_schedule_s(to_start, durations, slots, start_s, running_left)
+        # In the order the dispatch hands them out (block by block, longest trial first), packed as it packs them.
+        to_start = [row.task for row in searcher.dispatch.order if row.trial_id in left and row.trial_id not in handed_out]
+        stage_s = list_schedule_s(to_start, durations, slots, start_s, running_left, rows_per_trial)
         text = describe_time_left(stage_s, at_most=racing is not None)
         if text is None or not later_stages:
             return text
-        search_s = stage_s + sum(list_schedule_s(stage_tasks, durations, slots, start_s) for stage_tasks in later_stages)
+        search_s = stage_s + sum(list_schedule_s(stage_tasks, durations, slots, start_s, rows_per_trial=rows_per_trial)
+                                 for stage_tasks in later_stages)
         return f"{text} (the search: {describe_time_left(search_s, at_most=racing is not None).removesuffix(' left')})"
 
     progress = RecordProgress(f"stage {plan.stage + 1}/{num_stages} ({plan.component})",
