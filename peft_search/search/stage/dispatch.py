@@ -74,13 +74,14 @@ class Dispatch:
             sorted(plan.rows, key=lambda row: (self.block_position(row), -lengths[row.task])))  # stable: plan order
         self.start = 0  # the first row that may still go out
         self.rows_per_trial = rows_per_trial
-        self.pack_size = rows_per_trial if rows_per_trial != "auto" else 1  # rows a trial takes now
 
     def blocks_ahead(self, survivors: int) -> int:
         if self.lookahead != "auto":
             return self.lookahead
-        # Trials of `pack_size` rows fill the slots: the look-ahead counts rows, not trials.
-        return math.ceil(AUTO_SLOT_FILLS * self.slots * self.pack_size / max(1.0, survivors * self.rows_per_choice_block))
+        # Rows, whether or not they go out packed: packing spares the driver starts, it does not put
+        # more work in flight (sized by trials, the look-ahead wasted 8% more GPU-hours of the T5 job on
+        # 256 GPUs in the simulator, for 6% less wall-clock).
+        return math.ceil(AUTO_SLOT_FILLS * self.slots / max(1.0, survivors * self.rows_per_choice_block))
 
     def block_position(self, row: PlanRow) -> int:
         return self.position[row.block if row.block is not None else row.sample]
@@ -132,9 +133,6 @@ class Dispatch:
                 break  # the trial is as long as it should be: the row goes out with the next one
             rows.append(row)
             total_s += row_s
-        # What a trial takes at these rows' lengths (the look-ahead is sized by it), whether or not
-        # the useful rows ran out first.
-        self.pack_size = max(1, math.ceil(target_s / (total_s / len(rows))))
         return rows
 
 __all__ = ["AUTO_SLOT_FILLS", "Dispatch", "row_steps"]
