@@ -10,7 +10,8 @@ trials"), run alternately so that both see the same machine.
 (the slots set it: nothing should change). Without racing the stage runs every row, so both settings
 train the same rows and keep the same choice. Prints per run: the stage's wall-clock, GPU use (the
 rows' own seconds over the GPUs' time), rows recorded, Tune trials started, the kept choice; and the
-simulator's figures for the same job at the start cost the run timed itself.
+simulator's figures for the same job at the start costs the run timed itself (on reused and on new
+actors: `simulate --start-from`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from peft_search.peft import load_backbone, profile_backbone  # noqa: E402
-from peft_search.search.simulate import TrialModel, measured_start_cost, rehearse, simulate_search  # noqa: E402
+from peft_search.search.simulate import TrialModel, measured_trial_model, rehearse, simulate_search  # noqa: E402
 from peft_search.search.spec import SearchSpec  # noqa: E402
 from peft_search.search.storage.paths import StoragePath  # noqa: E402
 
@@ -63,12 +64,12 @@ def measure(length: str, setting: str, gpus: int, address: str, storage: str) ->
     step_time_s, _ = LENGTHS[length]
     spec = job(length, SETTINGS[setting], storage)
     result = rehearse(spec, gpus, TrialModel(step_time_s=step_time_s), address=address)
-    start_s = measured_start_cost(result.run_dir)
-    model = TrialModel(step_time_s=step_time_s, start_s=start_s)
+    model = measured_trial_model(result.run_dir, step_time_s)  # the start costs the run timed, new and reused actors apart
     simulated = simulate_search(spec, profile_backbone(load_backbone("minilm", meta=True)), gpus, model).stages[0]
     return {"length": length, "setting": setting, "wall_s": result.wall_s, "gpu_use": result.gpu_use,
             "rows": result.trials, "tune_trials": tune_trials(result.run_dir), "kept": result.kept[0],
-            "start_cost_s": start_s, "simulated_wall_s": simulated.wall_s, "simulated_gpu_use": simulated.gpu_use,
+            "start_cost_s": model.start_s, "fresh_start_s": model.fresh_start_s,
+            "simulated_wall_s": simulated.wall_s, "simulated_gpu_use": simulated.gpu_use,
             "simulated_tune_trials": simulated.tune_trials}
 
 
@@ -95,7 +96,8 @@ def main() -> None:
                         run = measure(length, setting, args.gpus, cluster.address, storage)
                         runs.append(run)
                         print(f"{length}, {setting}: {run['wall_s']:.1f} s, GPU use {run['gpu_use']:.1%}, {run['rows']} rows in "
-                              f"{run['tune_trials']} Tune trials, kept {run['kept']}, start cost {run['start_cost_s']:.2f} s; "
+                              f"{run['tune_trials']} Tune trials, kept {run['kept']}, start cost {run['start_cost_s']:.2f} s "
+                              f"({run['fresh_start_s'] or float('nan'):.2f} s on a new actor); "
                               f"simulated at it: {run['simulated_wall_s']:.1f} s, {run['simulated_gpu_use']:.1%}, "
                               f"{run['simulated_tune_trials']} trials", flush=True)
     finally:

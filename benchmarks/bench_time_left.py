@@ -12,7 +12,8 @@ what the estimate before this change said (the assumed 0.45 s start cost, runnin
 Prints, per trial length, the estimate over the actual at 10%, 25% and 50% of the stage, and the
 widest miss from a tenth of the stage to three quarters. Then the simulator held against each run, as
 the rehearsal test does: with the assumed start cost, with the one the run measured itself, and with
-the one measured on the *other* length's run (`simulate --start-from`: a cost that must carry over).
+the one measured on the *other* length's run (`simulate --start-from`: a cost that must carry over),
+each as one cost per start and as the costs on new and on reused actors apart.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from peft_search.search.progress import listening  # noqa: E402
 from peft_search.peft import load_backbone, profile_backbone  # noqa: E402
-from peft_search.search.simulate import TrialModel, measured_start_cost, rehearse, simulate_search  # noqa: E402
+from peft_search.search.simulate import (TrialModel, measured_start_cost, measured_trial_model, rehearse,  # noqa: E402
+                                         simulate_search)
 from peft_search.search.spec import SearchSpec  # noqa: E402
 from peft_search.search.stage.plan import plan_path, read_plan  # noqa: E402
 from peft_search.search.storage.paths import StoragePath  # noqa: E402
@@ -90,16 +92,19 @@ def measure(length: str, gpus: int, address: str, storage: str) -> dict:
     return {"length": length, "step_time_s": step_time_s, "trials": len(records), "stage_s": end - start,
             "mean_trial_s": sum(r["wall_time_s"] for r in records) / len(records), "lines": rows,
             "wall_s": result.wall_s, "gpu_use": result.gpu_use,
-            "start_cost_s": measured_start_cost(result.run_dir)}
+            "start_cost_s": measured_start_cost(result.run_dir),
+            # Apart, on new actors (the stage's first wave) and on reused ones.
+            "fresh_start_s": measured_trial_model(result.run_dir, step_time_s).fresh_start_s,
+            "reused_start_s": measured_trial_model(result.run_dir, step_time_s).start_s}
 
 
-def simulated(measured: dict, gpus: int, start_s: float, storage: str) -> dict:
+def simulated(measured: dict, gpus: int, start_s: float, storage: str, fresh_start_s: float | None = None) -> dict:
     """The simulator's wall-clock and GPU use for the same job, trial model and seed."""
     step_time_s, designs = LENGTHS[measured["length"]]
     spec = SearchSpec.from_dict({**JOB, "designs_per_choice": designs, "storage": storage})
     stage = simulate_search(spec, profile_backbone(load_backbone("minilm", meta=True)), gpus,
-                            TrialModel(step_time_s=step_time_s, start_s=start_s)).stages[0]
-    return {"start_s": start_s, "wall_s": stage.wall_s, "gpu_use": stage.gpu_use,
+                            TrialModel(step_time_s=step_time_s, start_s=start_s, fresh_start_s=fresh_start_s)).stages[0]
+    return {"start_s": start_s, "fresh_start_s": fresh_start_s, "wall_s": stage.wall_s, "gpu_use": stage.gpu_use,
             "wall_ratio": stage.wall_s / measured["wall_s"], "gpu_use_points": 100 * (stage.gpu_use - measured["gpu_use"])}
 
 
@@ -144,13 +149,17 @@ def main() -> None:
                     figures = ", ".join(f"{k} {v:.2f}x" if v is not None else f"{k} -" for k, v in measured["summary"][key].items())
                     print(f"  time left / actual, {name}: {figures}", flush=True)
             for measured in results:
-                others = [r["start_cost_s"] for r in results if r is not measured]
-                measured["simulated"] = [simulated(measured, args.gpus, start_s, storage)
-                                         for start_s in [TRIAL_START_S, measured["start_cost_s"], *others]]
+                # The assumed cost; the run's own (one cost, then new and reused actors apart); the other run's.
+                costs = [(TRIAL_START_S, None)]
+                for run in [measured, *(r for r in results if r is not measured)]:
+                    costs += [(run["start_cost_s"], None), (run["reused_start_s"], run["fresh_start_s"])]
+                measured["simulated"] = [simulated(measured, args.gpus, start_s, storage, fresh_s) for start_s, fresh_s in costs]
                 print(f"{measured['length']}: on Ray {measured['wall_s']:.1f} s, GPU use {measured['gpu_use']:.1%} "
-                      f"(start cost measured on it: {measured['start_cost_s']:.2f} s)", flush=True)
+                      f"(start cost measured on it: {measured['start_cost_s']:.2f} s; on reused actors "
+                      f"{measured['reused_start_s']:.2f} s, on new ones {measured['fresh_start_s'] or float('nan'):.2f} s)", flush=True)
                 for sim in measured["simulated"]:
-                    print(f"  simulated at {sim['start_s']:.2f} s a start: {sim['wall_s']:.1f} s ({sim['wall_ratio']:.2f}x), "
+                    fresh = f" ({sim['fresh_start_s']:.2f} s on a new actor)" if sim["fresh_start_s"] is not None else ""
+                    print(f"  simulated at {sim['start_s']:.2f} s a start{fresh}: {sim['wall_s']:.1f} s ({sim['wall_ratio']:.2f}x), "
                           f"GPU use {sim['gpu_use']:.1%} ({sim['gpu_use_points']:+.1f} points)", flush=True)
     finally:
         ray.shutdown()

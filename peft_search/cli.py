@@ -515,8 +515,8 @@ def _add_search_commands(commands) -> None:
     start = simulate.add_mutually_exclusive_group()
     start.add_argument("--trial-start", type=float, default=0.45, help="seconds the driver takes to start one trial "
                        "(default 0.45, measured on a 2-core head)")
-    start.add_argument("--start-from", metavar="RUN", help="take the start cost from a run: its stages' slot time that "
-                       "did not train, per trial (your driver and cluster, as they ran)")
+    start.add_argument("--start-from", metavar="RUN", help="take the start cost from a run: what its stages timed per "
+                       "trial start, on new and on reused actors (your driver and cluster, as they ran)")
     simulate.add_argument("--scores", default="decisive", help="the recorded stage whose scores are replayed: decisive, "
                           "tied, or a Parquet file of trial records (default decisive)")
     simulate.add_argument("--seed", type=int, default=0, help="seed of the score resampling (default 0)")

@@ -8,10 +8,13 @@ actors, fitted to this test's first runs), which at trials of 4 to 9 s is not ne
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from peft_search.peft import load_backbone, profile_backbone
-from peft_search.search.simulate import TrialModel, rehearse, simulate_search
+from peft_search.search.simulate import TrialModel, measured_trial_model, rehearse, simulate_search
 from peft_search.search.spec import SearchSpec
 from ray_clusters import local_ray_cluster
 from tiny_search_run import needs_minilm_and_tweets
@@ -59,3 +62,9 @@ def test_a_rehearsed_search_on_ray_runs_as_the_simulator_predicts(gpu_cluster, t
     assert measured.wall_s == pytest.approx(stage.wall_s, rel=0.15)
     recorded_use = (stage.busy_gpu_s - stage.stopped_gpu_s) / stage.gpu_s  # a stopped trial leaves no record on Ray
     assert abs(measured.gpu_use - recorded_use) <= 0.05
+    # The stage timed its starts, on new actors (its first wave) and on reused ones apart: what
+    # `simulate --start-from` reads back (search/time_left.py, StartGaps).
+    (timed,) = json.loads((Path(measured.run_dir) / "state.json").read_text())["stages"]
+    assert timed["fresh_start_s"] > 0 and timed["reused_start_s"] > 0 and timed["start_cost_s"] > 0
+    model = measured_trial_model(measured.run_dir, MODEL.step_time_s)
+    assert (model.fresh_start_s, model.start_s) == (timed["fresh_start_s"], timed["reused_start_s"])

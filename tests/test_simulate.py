@@ -57,6 +57,14 @@ def test_the_driver_starts_trials_one_after_another(profile, reference):
     assert result.stages[0].busy_gpu_s == 80.0  # the start counts as idle
 
 
+def test_a_stages_first_starts_each_start_a_new_actor(profile, reference):
+    """The first 3 of 8 trials of 10 s on 3 GPUs start new actors, 2 s each: launches at 0, 2 and 4
+    (ends 12, 14, 16); reused ones take 1 s: at 12, 14, 16 (ends 23, 25, 27), at 23 and 25: 36 s."""
+    model = TrialModel(step_time_s=1.0, start_s=1.0, fresh_start_s=2.0)
+    result = simulate_search(tiny_spec(), profile, 3, model, reference)
+    assert result.stages[0].wall_s == 36.0 and result.fresh_start_s == 2.0
+
+
 def test_a_fractional_gpu_packs_trials(profile, reference):
     spec = tiny_spec(resources={"cpus": 1, "gpus": 0.5})
     result = simulate_search(spec, profile, 2, TrialModel(step_time_s=1.0, start_s=0.0), reference)

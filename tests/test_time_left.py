@@ -10,7 +10,8 @@ import pytest
 
 from peft_search.search.status import run_status
 from peft_search.search.time_left import (START_COST_MIN_TRIALS, TRIAL_START_S, StartGaps, describe_time_left,
-                                          list_schedule_s, pack_target_s, packed_s, run_start_cost_s, start_cost_s,
+                                          list_schedule_s, pack_target_s, packed_s, run_start_cost_s, run_start_costs_s,
+                                          start_cost_s,
                                           task_durations)
 
 PARTIAL = Path(__file__).parent / "data" / "runs-v0.1" / "partial"
@@ -110,6 +111,26 @@ def test_the_drivers_start_cost_is_the_gap_between_starts_while_a_slot_stayed_fr
     assert few.start_s() is None  # 8 gaps: too few to say
     few.started(0.7 * 9, running_before=9)
     assert few.start_s() == pytest.approx(0.7)
+
+
+def test_starts_on_new_actors_are_timed_apart_from_starts_on_reused_ones():
+    """A stage's first `slots` trials each start a new actor: 8 slots, fresh starts 1.4 s apart, then
+    every start after an end on a reused actor, 0.7 s apart; the next start is a reused one's."""
+    gaps = StartGaps(slots=8)
+    for k in range(8):
+        gaps.started(1.4 * k, running_before=k)
+    assert gaps.fresh == [pytest.approx(1.4)] * 7 and gaps.fresh_s() == pytest.approx(1.4) and gaps.reused_s() is None
+    assert gaps.next_start_s() is None  # 7 gaps in all: too few for the one cost either
+    for k in range(10):  # a wave of ends: slots free up, reused actors start 0.7 s apart
+        gaps.started(100.0 + 0.7 * k, running_before=0)
+    assert gaps.reused_s() == pytest.approx(0.7) and gaps.next_start_s() == pytest.approx(0.7)
+    assert gaps.start_s() == pytest.approx((7 * 1.4 + 9 * 0.7) / 16)  # one cost over every start, as before
+    stages = [{"stage": 0, "status": "selected", "fresh_start_s": 1.4, "reused_start_s": 0.7},
+              {"stage": 1, "status": "tie", "fresh_start_s": 1.2, "reused_start_s": 0.9},
+              {"stage": 2, "status": "running", "fresh_start_s": 5.0, "reused_start_s": 5.0},
+              {"stage": 3, "status": "undecided", "start_cost_s": 0.6}]  # before they were timed apart
+    assert run_start_costs_s(stages) == (pytest.approx(1.3), pytest.approx(0.8))
+    assert run_start_costs_s(stages[3:]) == (None, None)
 
 
 @pytest.mark.parametrize("seconds, at_most, text", [

@@ -250,7 +250,7 @@ class Controller:
             )
             started = time.monotonic()
             tracked = self.tracker.stage_started(index, component, plan.choices) if self.tracker else None
-            start_cost_s = run_stage(
+            start_costs = run_stage(
                 self.run_dir, plan, num_stages, trial_resources(self.spec.resources), self.spec.max_concurrent_trials,
                 self.spec.retries, racing=self.spec.racing, tasks=self.spec.tasks, seed=derive_seed(self.spec.seed, index),
                 replay=self.rehearsal.for_plan(plan) if self.rehearsal is not None else None,
@@ -258,8 +258,8 @@ class Controller:
                 later_stages=[unplanned_stage_tasks(self.spec, later) for later in range(index + 1, num_stages)],
                 rows_per_trial=self.spec.rows_per_trial)
             stage_state["wall_time_s"] = round(stage_state.get("wall_time_s", 0) + time.monotonic() - started, 1)
-            if start_cost_s is not None:  # the driver's time per trial start, as this stage timed it (search/time_left.py)
-                stage_state["start_cost_s"] = round(start_cost_s, 3)
+            # The driver's time per trial start as this stage timed it, and on new and reused actors (search/time_left.py).
+            stage_state.update({key: round(cost, 3) for key, cost in start_costs.items() if cost is not None})
             interrupt.check()  # Tune stopped early: the stage is not decided, whatever finished
             records = read_records(self.run_dir, index)
             decision = self._decide(index, plan, records)

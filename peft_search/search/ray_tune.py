@@ -118,11 +118,9 @@ def _trial_name(trial) -> str:
     """The row's trial id where the trial has one row (the dashboard and Tune's files name it so); a
     packed trial's first row and how many follow it, with Tune's own id (a row can go out again)."""
     rows = trial_rows(trial.config)
-    if len(rows) == 1 and isinstance(rows[0], TrialRow):
-        return rows[0].trial_id
-    if rows:
-        return f"{rows[0].trial_id}+{len(rows) - 1}_{trial.trial_id}"
-    return f"{trial.trainable_name}_{trial.trial_id}"
+    if not rows or not all(isinstance(row, TrialRow) for row in rows):  # e.g. a grid's row not resolved yet
+        return f"{trial.trainable_name}_{trial.trial_id}"
+    return rows[0].trial_id if len(rows) == 1 else f"{rows[0].trial_id}+{len(rows) - 1}_{trial.trial_id}"
 
 
 __all__ = ["cluster_slots", "experiment_name", "run_experiment", "start_ray"]

@@ -10,8 +10,9 @@ Nothing of this is copied; only the trials are modelled:
   on a GPU; a CPU-only job takes one slot per trial), at most `max_concurrent_trials` at once.
 - Length: a trial trains its optimiser steps (`estimate.config_steps`: the Hub's published train
   sizes for epoch-based GLUE trials) at `step_time_s` seconds each. Starting a trial costs the
-  driver `start_s` (Tune launches trials one after another; about 0.45 s on a 2-core head): the
-  slot is held meanwhile and the GPU counts as idle.
+  driver `start_s` (Tune launches trials one after another; about 0.45 s on a 2-core head), or
+  `fresh_start_s` for a stage's first `slots` trials, each on a new actor: the slot is held meanwhile
+  and the GPU counts as idle. Short rows go out packed as the dispatch packs them.
 - Scores: replayed from a recorded reference stage (`benchmarks/data/decisions-reference*.parquet`),
   never invented: a plan block takes a reference block (a fresh random permutation of the
   reference's blocks, drawn again once used up), and the stage's choices take the reference's
@@ -40,7 +41,7 @@ import numpy as np
 
 from peft_search.errors import InputError
 from peft_search.search.seeds import derive_seed
-from peft_search.search.time_left import START_COST_MIN_TRIALS, TRIAL_START_S, run_start_cost_s
+from peft_search.search.time_left import START_COST_MIN_TRIALS, TRIAL_START_S, run_start_cost_s, run_start_costs_s
 from peft_search.search.stage.decide import decide_plan
 from peft_search.search.stage.dispatch import Dispatch
 from peft_search.search.stage.estimate import config_steps
@@ -66,7 +67,14 @@ MEASURED_STEP_TIME_S = 1.754
 @dataclass(frozen=True)
 class TrialModel:
     step_time_s: float  # seconds per optimiser step
-    start_s: float = DEFAULT_START_S  # the driver's time to launch one trial
+    start_s: float = DEFAULT_START_S  # the driver's time to launch one trial (on a reused actor)
+    # ... on a new actor: a stage's first `slots` trials (each Tune experiment starts its own actors);
+    # None: `start_s` (time_left.StartGaps times both on a run)
+    fresh_start_s: float | None = None
+
+    def start_cost(self, launched: int, slots: int) -> float:
+        """The driver's time to launch a stage's trial after `launched` others."""
+        return self.fresh_start_s if self.fresh_start_s is not None and launched < slots else self.start_s
 
     def seconds(self, row: PlanRow) -> float:
         steps = config_steps(row.config)
@@ -178,6 +186,7 @@ class SearchSimulation:
     start_s: float
     scores: str
     stages: list[StageResult] = field(default_factory=list)
+    fresh_start_s: float | None = None  # a start on a new actor, where it differs
 
     def total(self, name: str) -> float:
         return sum(getattr(s, name) for s in self.stages)
@@ -201,14 +210,16 @@ class SearchSimulation:
         totals.update(gpu_use=self.gpu_use, longest_trial_s=self.longest_trial_s,
                       wall_in_longest_trials=self.wall_s / self.longest_trial_s if self.longest_trial_s else None)
         return {"job": self.job, "gpus": self.gpus, "slots": self.slots, "step_time_s": self.step_time_s,
-                "start_s": self.start_s, "scores": self.scores,
+                "start_s": self.start_s, "fresh_start_s": self.fresh_start_s, "scores": self.scores,
                 "stages": [{**asdict(s), "gpu_use": s.gpu_use} for s in self.stages], "total": totals}
 
     def describe(self) -> str:
         hours = lambda seconds: f"{seconds / 3600:,.1f}"  # noqa: E731
         longest = self.longest_trial_s or 1.0
         lines = [f"{self.job} on {self.gpus:g} GPUs ({self.slots} trials at once), {self.step_time_s:g} s per step, "
-                 f"{self.start_s:g} s to start a trial; scores replayed from {self.scores}",
+                 f"{self.start_s:g} s to start a trial"
+                 + (f" ({self.fresh_start_s:g} s on a new actor)" if self.fresh_start_s is not None else "")
+                 + f"; scores replayed from {self.scores}",
                  f"{'stage':<6}{'component':<16}{'outcome':<11}{'kept':<16}{'blocks':>6}{'trials':>8}"
                  f"{'wall h':>9}{'x longest':>10}{'GPU use':>8}{'GPU-h':>10}{'wasted':>9}{'work/N h':>9}{'crit. h':>8}"]
         for s in self.stages:
@@ -262,8 +273,8 @@ def simulate_stage(spec, plan: StagePlan, cluster: Cluster, model: TrialModel, r
             if not rows:
                 break
             launch = max(now, driver_free)
-            driver_free = launch + model.start_s
-            start = launch + model.start_s
+            driver_free = launch + model.start_cost(trials_launched, slots)
+            start = driver_free
             for position, row in enumerate(rows):  # back to back in the trial's one actor
                 running[row.trial_id] = (start, row)
                 start += seconds(row)
@@ -349,17 +360,30 @@ def measured_start_cost(run: str) -> float:
     over its ended stages of the start cost each timed as it ran (`state.json`'s `start_cost_s`), or for
     a stage run before that was recorded, of its slot time that did not train per trial
     (`time_left.run_start_cost_s`)."""
-    from peft_search.search.storage.paths import StoragePath
     from peft_search.search.storage.records import read_records
 
-    directory = StoragePath.parse(run)
-    if not (directory / "state.json").is_file():
-        raise InputError("--start-from", f"{run} is not a run directory (no state.json)")
-    state = json.loads((directory / "state.json").read_text())
+    directory, state = _run_state(run)
     cost = run_start_cost_s(state.get("stages", []), read_records(directory))
     if cost is None:
         raise InputError("--start-from", f"{run} has no stage of at least {START_COST_MIN_TRIALS} timed trials")
     return cost
+
+
+def measured_trial_model(run: str, step_time_s: float) -> TrialModel:
+    """The trial model with the start costs a run timed: on reused actors (the run's start cost where
+    its stages did not time reused starts apart) and on new ones (`time_left.run_start_costs_s`)."""
+    _, state = _run_state(run)
+    fresh_s, reused_s = run_start_costs_s(state.get("stages", []))
+    return TrialModel(step_time_s, reused_s if reused_s is not None else measured_start_cost(run), fresh_s)
+
+
+def _run_state(run: str):
+    from peft_search.search.storage.paths import StoragePath
+
+    directory = StoragePath.parse(run)
+    if not (directory / "state.json").is_file():
+        raise InputError("--start-from", f"{run} is not a run directory (no state.json)")
+    return directory, json.loads((directory / "state.json").read_text())
 
 
 def simulate_job(job: str, gpus: float, step_time_s: float | None = None, step_time_from: str | None = None,
@@ -388,10 +412,12 @@ def simulate_job(job: str, gpus: float, step_time_s: float | None = None, step_t
         step_time_s, source = MEASURED_STEP_TIME_S, "MiniLM on 2 CPU cores (docs/benchmarks.md); give --step-time for GPUs"
     if not step_time_s > 0:
         raise InputError("--step-time", f"give a positive number of seconds, got {step_time_s:g}")
+    model = TrialModel(step_time_s, start_s)
     if start_from is not None:
-        start_s = measured_start_cost(start_from)
-        source += f"; start cost {start_s:.2f} s per trial, measured on {start_from}"
-    return simulate_search(spec, profile, gpus, TrialModel(step_time_s, start_s), scores, seed, job=str(job)), source
+        model = measured_trial_model(start_from, step_time_s)
+        fresh = f" ({model.fresh_start_s:.2f} s on a new actor)" if model.fresh_start_s is not None else ""
+        source += f"; start cost {model.start_s:.2f} s per trial{fresh}, measured on {start_from}"
+    return simulate_search(spec, profile, gpus, model, scores, seed, job=str(job)), source
 
 
 class Rehearsal:
@@ -444,7 +470,7 @@ def simulate_search(spec, profile, gpus: float, model: TrialModel, scores: str =
     reference = Reference(STREAMS.get(scores, Path(scores)))
     cluster = Cluster(gpus)
     slots, _ = cluster.slots(spec.resources, spec.max_concurrent_trials)
-    result = SearchSimulation(job, gpus, slots, model.step_time_s, model.start_s, scores)
+    result = SearchSimulation(job, gpus, slots, model.step_time_s, model.start_s, scores, fresh_start_s=model.fresh_start_s)
     space = spec.initial_space()
     measured: dict[str, float] = {}  # task -> a trial's seconds, once one has ended (what packing knows)
     for index, stage in enumerate(spec.stages):
@@ -460,4 +486,5 @@ def simulate_search(spec, profile, gpus: float, model: TrialModel, scores: str =
 
 
 __all__ = ["Cluster", "DEFAULT_START_S", "Reference", "STREAMS", "ScoreReplay", "SearchSimulation", "StageResult", "TrialModel",
-           "Rehearsal", "RehearsalResult", "measured_step_time", "rehearse", "simulate_job", "simulate_search", "simulate_stage"]
+           "Rehearsal", "RehearsalResult", "measured_start_cost", "measured_step_time", "measured_trial_model", "rehearse",
+           "simulate_job", "simulate_search", "simulate_stage"]

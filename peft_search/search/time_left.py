@@ -31,6 +31,8 @@ from typing import Iterable, Sequence
 TRIAL_START_S = 0.45
 # Fewer trials say little about the cost of a start (Tune's own start-up dominates them).
 START_COST_MIN_TRIALS = 10
+# Starts on new actors timed before their cost is believed (a stage has at most `slots` of them).
+FRESH_MIN_GAPS = 3
 # `rows_per_trial: auto` packs rows into a trial of at most this many times the driver's time to start
 # one trial on every slot (stage/dispatch.py): the driver then keeps every slot fed with time to spare
 # (chosen with the simulator: 1.25 to 2 did the same on the Qwen job; docs/benchmarks.md, "Packed trials").
@@ -67,17 +69,25 @@ class StartGaps:
     start and the next's while a slot stayed free, so that the next start waited for the driver alone
     (not for a slot, and not for the race: `waited` drops the gap in which the searcher had nothing to
     hand out). Their mean, once START_COST_MIN_TRIALS trials started; the controller records it per
-    stage in `state.json` (`start_cost_s`)."""
+    stage in `state.json` (`start_cost_s`). A stage's first `slots` trials each start a new actor
+    (a Tune experiment reuses an actor only once one of its trials has ended), so their gaps are also
+    kept apart from the later ones' (`fresh_s`, `reused_s`): a fresh start costs about twice a reused
+    one on a 2-core head (docs/benchmarks.md, "Time left")."""
 
     def __init__(self, slots: int):
         self.slots = slots
         self.gaps: list[float] = []
+        self.fresh: list[float] = []  # gaps before a start on a new actor (the experiment's first `slots` starts)
+        self.reused: list[float] = []  # gaps before a start on a reused actor
+        self.count = 0  # trials started
         self.last: tuple[float, bool] | None = None  # (when the last trial started, whether a slot stayed free)
 
     def started(self, at: float, running_before: int) -> None:
         """A trial started at `at` (seconds, monotonic), `running_before` trials running besides it."""
+        self.count += 1
         if self.last is not None and self.last[1]:
             self.gaps.append(at - self.last[0])
+            (self.fresh if self.count <= self.slots else self.reused).append(at - self.last[0])
         self.last = (at, running_before + 1 < self.slots)
 
     def waited(self) -> None:
@@ -85,6 +95,28 @@ class StartGaps:
 
     def start_s(self) -> float | None:
         return sum(self.gaps) / len(self.gaps) if len(self.gaps) >= START_COST_MIN_TRIALS - 1 else None
+
+    def fresh_s(self) -> float | None:
+        """The mean start on a new actor, from FRESH_MIN_GAPS such starts."""
+        return sum(self.fresh) / len(self.fresh) if len(self.fresh) >= FRESH_MIN_GAPS else None
+
+    def reused_s(self) -> float | None:
+        """The mean start on a reused actor, once START_COST_MIN_TRIALS - 1 such gaps were timed."""
+        return sum(self.reused) / len(self.reused) if len(self.reused) >= START_COST_MIN_TRIALS - 1 else None
+
+    def next_start_s(self) -> float | None:
+        """What the stage's next start costs, by what it timed: past its first wave, a reused actor's."""
+        return (self.reused_s() if self.count >= self.slots else None) or self.start_s()
+
+
+def run_start_costs_s(stages: Sequence[dict]) -> tuple[float | None, float | None]:
+    """(fresh, reused): the medians over a run's ended stages of the costs of a start on a new actor
+    and on a reused one, as each stage timed them (`fresh_start_s`, `reused_start_s` in `state.json`);
+    None where no stage says (a run before they were recorded, or stages too small to time them)."""
+    ended = [stage for stage in stages if stage.get("status") not in ("pending", "running")]
+    fresh = [stage["fresh_start_s"] for stage in ended if stage.get("fresh_start_s") is not None]
+    reused = [stage["reused_start_s"] for stage in ended if stage.get("reused_start_s") is not None]
+    return (statistics.median(fresh) if fresh else None), (statistics.median(reused) if reused else None)
 
 
 def run_start_cost_s(stages: Sequence[dict], records: Iterable[dict]) -> float | None:
@@ -195,5 +227,5 @@ def describe_time_left(seconds: float | None, at_most: bool) -> str | None:
     return f"{'at most' if at_most else 'about'} {amount} left"
 
 
-__all__ = ["PACK_SLOT_STARTS", "START_COST_MIN_TRIALS", "TRIAL_START_S", "StartGaps", "describe_time_left", "list_schedule_s", "pack_target_s", "packed_s", "rows_left", "run_start_cost_s",
+__all__ = ["FRESH_MIN_GAPS", "PACK_SLOT_STARTS", "START_COST_MIN_TRIALS", "TRIAL_START_S", "StartGaps", "describe_time_left", "list_schedule_s", "pack_target_s", "packed_s", "rows_left", "run_start_cost_s", "run_start_costs_s",
            "start_cost_s", "task_durations", "unplanned_stage_tasks"]

@@ -73,7 +73,7 @@ class StageSearcher(Searcher):
 
     def suggest(self, trial_id: str):
         running = {row for rows in self.in_flight.values() for row in rows}
-        start_s = self.starts.start_s() or TRIAL_START_S
+        start_s = self.starts.next_start_s() or TRIAL_START_S
         rows = self.dispatch.next_trial(self.state, self.recorded, running, seconds=lambda row: self.durations.get(row.task),
                                         start_s=start_s)
         if not rows:
@@ -158,7 +158,7 @@ class TrialStarts(Callback):
 
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
               racing=None, tasks=(), seed: int = 0, replay=None, slots: int = 1, callbacks: list | None = None,
-              later_stages: list[list[str]] = (), rows_per_trial: int | str = 1) -> float | None:
+              later_stages: list[list[str]] = (), rows_per_trial: int | str = 1) -> dict[str, float | None]:
     """Run the rows the stage's race needs (every row without a record, without racing) as one Tune
     experiment under `stages/<i>/tune` (`tune-<time>` for a resumed stage: the race is replayed from
     the records, so the rows that already have one are never trained again). `slots`: trials the
@@ -168,14 +168,15 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     run (the progress line's time left in the search: search/time_left.py). Once the race is
     decided, trials still running are stopped; they leave no record (their started markers are
     removed: nothing of this stage runs any more). Returns the driver's time per trial start as this
-    experiment measured it (`time_left.StartGaps`; None: too few starts)."""
+    experiment timed it (`time_left.StartGaps`: `start_cost_s` over every start, `fresh_start_s` on new
+    actors, `reused_start_s` on reused ones; None: too few starts)."""
     # Earlier stages' trial durations count until this stage has its own: from results.parquet, one
     # read (on an object store, reading every record again would be one GET each).
     earlier = [r for r in read_results(run_dir, ["stage", "task", "wall_time_s"]) if r["stage"] < plan.stage]
     searcher = StageSearcher(run_dir, plan, racing, tasks, seed, say=lambda line: print(line, flush=True), replay=replay,
                              slots=slots, rows_per_trial=rows_per_trial, earlier=earlier)
     if searcher.state.done:
-        return None
+        return {}
     directory = stage_dir(run_dir, plan.stage)
     unrecorded = len({row.trial_id for row in plan.rows} - {r["trial_id"] for r in read_records(run_dir, plan.stage)})
     limit = "at most " if racing is not None else ""
@@ -186,7 +187,7 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
         durations = task_durations(earlier + records)
         if "*" not in durations:
             return None  # nothing measured yet
-        measured = searcher.starts.start_s()  # as soon as enough trials started
+        measured = searcher.starts.next_start_s()  # as soon as enough trials started
         start_s = TRIAL_START_S if measured is None else measured
         # A running trial holds its slot for what its rows last, less what it has run (its start included).
         running_left, handed_out = searcher.in_flight_left_s(records, durations, start_s)
@@ -211,4 +212,5 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     if searcher.state.done:
         for trial_id in started_trials(run_dir, plan.stage):
             searcher.rows[trial_id].trial_row().started_path(run_dir).unlink(missing_ok=True)
-    return searcher.starts.start_s()
+    starts = searcher.starts
+    return {"start_cost_s": starts.start_s(), "fresh_start_s": starts.fresh_s(), "reused_start_s": starts.reused_s()}
