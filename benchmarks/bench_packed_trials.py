@@ -25,33 +25,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from peft_search.peft import load_backbone, profile_backbone  # noqa: E402
 from peft_search.search.simulate import TrialModel, measured_trial_model, rehearse, simulate_search  # noqa: E402
 from peft_search.search.spec import SearchSpec  # noqa: E402
 from peft_search.search.storage.paths import StoragePath  # noqa: E402
 
-# RTE, MRPC and STS-B at one epoch of batch 32: 78, 115 and 180 steps (their published train sizes);
-# rehearsed trials never read data.
-LENGTHS = {"short": (0.01, 12), "long": (0.15, 4)}  # step time (s), designs per choice
+from bench_time_left import JOB, LENGTHS, logical_gpu_cluster  # noqa: E402  the same stage and trial lengths
+
 SETTINGS = {"one row a trial": 1, "packed (auto)": "auto"}
-JOB = {
-    "name": "packed",
-    "backbone": "minilm",
-    "tasks": ["rte", "mrpc", "stsb"],
-    "budget_fraction": 0.005,
-    "stages": [{"component": "grouping", "candidates": ["uniform", "spindle", "bottleneck"]}],
-    "racing": None,
-    "fidelity": {"epochs": 1},
-    "hyperparameters": {"batch_size": 32},
-    "resources": {"cpus": 1, "gpus": 1},
-    "retries": 0,
-}
 
 
 def job(length: str, rows_per_trial, storage: str) -> SearchSpec:
     _, designs = LENGTHS[length]
-    return SearchSpec.from_dict({**JOB, "designs_per_choice": designs, "rows_per_trial": rows_per_trial, "storage": storage})
+    return SearchSpec.from_dict({**JOB, "name": "packed", "designs_per_choice": designs, "rows_per_trial": rows_per_trial,
+                                 "storage": storage})
 
 
 def tune_trials(run_dir: str) -> int:
@@ -80,15 +69,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=16, help="logical GPUs, over two nodes")
     parser.add_argument("--json", help="write every run's figures here")
     args = parser.parse_args()
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(2):
-        cluster.add_node(num_cpus=args.gpus // 2, num_gpus=args.gpus // 2)
-    cluster.wait_for_nodes()
     runs = []
-    try:
+    with logical_gpu_cluster(args.gpus) as cluster:
         with tempfile.TemporaryDirectory() as storage:
             for length in args.lengths:
                 for _ in range(args.repeats):
@@ -100,9 +82,6 @@ def main() -> None:
                               f"({run['fresh_start_s'] or float('nan'):.2f} s on a new actor); "
                               f"simulated at it: {run['simulated_wall_s']:.1f} s, {run['simulated_gpu_use']:.1%}, "
                               f"{run['simulated_tune_trials']} trials", flush=True)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
     summary = {}
     for length in args.lengths:
         walls = {setting: [r["wall_s"] for r in runs if r["length"] == length and r["setting"] == setting] for setting in SETTINGS}

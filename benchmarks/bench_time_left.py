@@ -24,6 +24,7 @@ import re
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -57,6 +58,24 @@ JOB = {
 }
 LEFT = re.compile(r"(?:about|at most) ([\d.]+) (s|min|h) left")
 UNIT = {"s": 1, "min": 60, "h": 3600}
+
+
+@contextmanager
+def logical_gpu_cluster(gpus: int):
+    """A local Ray cluster of two nodes with `gpus` logical GPUs (and as many CPUs) between them, the
+    head holding none: the benchmarks' stand-in for a GPU cluster."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=gpus // 2, num_gpus=gpus // 2)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def seconds_left(line: str) -> float | None:
@@ -129,15 +148,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=16, help="logical GPUs, over two nodes")
     parser.add_argument("--json", help="write every line's figures here")
     args = parser.parse_args()
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(2):
-        cluster.add_node(num_cpus=args.gpus // 2, num_gpus=args.gpus // 2)
-    cluster.wait_for_nodes()
     results = []
-    try:
+    with logical_gpu_cluster(args.gpus) as cluster:
         with tempfile.TemporaryDirectory() as storage:
             for length in args.lengths:
                 measured = measure(length, args.gpus, cluster.address, storage)
@@ -161,9 +173,6 @@ def main() -> None:
                     fresh = f" ({sim['fresh_start_s']:.2f} s on a new actor)" if sim["fresh_start_s"] is not None else ""
                     print(f"  simulated at {sim['start_s']:.2f} s a start{fresh}: {sim['wall_s']:.1f} s ({sim['wall_ratio']:.2f}x), "
                           f"GPU use {sim['gpu_use']:.1%} ({sim['gpu_use_points']:+.1f} points)", flush=True)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps({"gpus": args.gpus, "results": results}, indent=1))
 
