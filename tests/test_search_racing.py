@@ -218,9 +218,9 @@ def test_a_six_block_stage_stops_for_a_tie_after_three_blocks_under_the_default_
 
 def test_the_searcher_knows_what_runs_and_that_a_wait_for_the_race_is_not_the_drivers(tmp_path, profile, monkeypatch):
     """Issue 38: time left holds a running trial's slot for what it has left (`in_flight_left_s`: its
-    task's duration and start less the time since it was handed out, for the rows without a record),
-    and a `suggest` with nothing to hand out tells the start clock that the next start waited for the
-    race, not for the driver."""
+    task's duration and start less the time since Tune started it, for the rows without a record; a
+    trial handed out that has not started holds none), and a `suggest` with nothing to hand out tells
+    the start clock that the next start waited for the race, not for the driver."""
     from peft_search.search.stage import experiment
 
     clock = [100.0]
@@ -229,17 +229,19 @@ def test_the_searcher_knows_what_runs_and_that_a_wait_for_the_race_is_not_the_dr
     plan = plan_stage(spec, 0, spec.initial_space(), profile)
     searcher = StageSearcher(tmp_path, plan, spec.racing, spec.tasks, seed=7, slots=16)
     configs = []
-    for i in range(3):
+    for i in range(4):
         configs.append(searcher.suggest(f"t{i}"))
+        if i < 3:
+            searcher.trial_started(f"t{i}")  # t3 was handed out ahead of a free slot: it waits for one
         clock[0] += 0.8
     train(tmp_path, configs[0])
     searcher.on_trial_complete("t0", {"score": 0.0})
     records = read_records(tmp_path, 0)
     left_s, held = searcher.in_flight_left_s(records, {"sst2": 5.0, "*": 5.0}, start_s=0.5)
-    assert left_s == [pytest.approx(5.5 - 1.6), pytest.approx(5.5 - 0.8)]
+    assert left_s == [pytest.approx(5.5 - 2.4), pytest.approx(5.5 - 1.6)]
     assert held == {configs[1]["rows"][0].trial_id, configs[2]["rows"][0].trial_id}
     searcher.starts.started(1.0, running_before=0)
-    for i in range(3, plan.num_trials + 1):  # hand out the first look's rows: then the race waits
+    for i in range(4, plan.num_trials + 1):  # hand out the first look's rows: then the race waits
         config = searcher.suggest(f"t{i}")
         if config is None:
             break

@@ -120,7 +120,8 @@ def test_starts_on_new_actors_are_timed_apart_from_starts_on_reused_ones():
     for k in range(8):
         gaps.started(1.4 * k, running_before=k)
     assert gaps.fresh == [pytest.approx(1.4)] * 7 and gaps.fresh_s() == pytest.approx(1.4) and gaps.reused_s() is None
-    assert gaps.next_start_s() is None  # 7 gaps in all: too few for the one cost either
+    assert gaps.start_s() is None  # 7 gaps in all: too few for the one cost over every start ...
+    assert gaps.next_start_s() == pytest.approx(1.4)  # ... but enough to say what the first wave's starts cost
     for k in range(10):  # a wave of ends: slots free up, reused actors start 0.7 s apart
         gaps.started(100.0 + 0.7 * k, running_before=0)
     assert gaps.reused_s() == pytest.approx(0.7) and gaps.next_start_s() == pytest.approx(0.7)

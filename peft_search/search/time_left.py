@@ -106,8 +106,10 @@ class StartGaps:
         return sum(self.reused) / len(self.reused) if len(self.reused) >= START_COST_MIN_TRIALS - 1 else None
 
     def next_start_s(self) -> float | None:
-        """What the stage's next start costs, by what it timed: past its first wave, a reused actor's."""
-        return (self.reused_s() if self.count >= self.slots else None) or self.start_s()
+        """What the stage's next start costs, by what it timed: past its first wave, a reused actor's;
+        else the mean over every start, or, within the first wave (too few starts for that, which is
+        where a stage's first tenth often is), a new actor's."""
+        return (self.reused_s() if self.count >= self.slots else None) or self.start_s() or self.fresh_s()
 
 
 def run_start_costs_s(stages: Sequence[dict]) -> tuple[float | None, float | None]:

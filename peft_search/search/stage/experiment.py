@@ -80,11 +80,17 @@ class StageSearcher(Searcher):
             self.starts.waited()  # nothing to hand out: the next start waits for the race, not the driver
             return Searcher.FINISHED if self.state.done else None
         self.in_flight[trial_id] = tuple(row.trial_id for row in rows)
-        self.launched[rows[0].trial_id] = time.monotonic()
         config = {"run_dir": str(self.run_dir), "rows": [row.trial_row() for row in rows]}
         if self.replay_trial is not None:
             config["replays"] = [self.replay_trial(row) for row in rows]
         return config
+
+    def trial_started(self, trial_id: str) -> None:
+        """Tune started the trial (`TrialStarts`): its first row trains from now. Tune asks for trials
+        ahead of a free slot, so a trial handed out may wait for one first."""
+        rows = self.in_flight.get(trial_id)
+        if rows and rows[0] not in self.launched:
+            self.launched[rows[0]] = time.monotonic()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A row of a packed trial ended (`row_done`): the next one starts, and the race hears of it now."""
@@ -119,14 +125,15 @@ class StageSearcher(Searcher):
             self.say(f"stage {self.plan.stage + 1}: race over after round {self.state.round + 1}: {self.state.reason}")
 
     def in_flight_left_s(self, records: list[dict], durations: dict[str, float], start_s: float) -> tuple[list[float], set[str]]:
-        """The seconds each trial in flight still holds its slot, and the rows they hold without a record:
-        the row training now takes its task's duration (plus the trial's start, for its first row) less
-        what it has run, and each row queued behind it in a packed trial all of its own."""
+        """The seconds each trial that started still holds its slot, and the rows they hold without a
+        record: the row training now takes its task's duration (plus the trial's start, for its first
+        row) less what it has run, and each row queued behind it in a packed trial all of its own. A
+        trial handed out but not started yet holds no slot: its rows are still to start."""
         recorded, now, launched = {r["trial_id"] for r in records}, time.monotonic(), dict(self.launched)
         trials_s, held = [], set()
         for rows in list(self.in_flight.values()):
             waiting = [row for row in rows if row not in recorded]
-            if not waiting:
+            if not waiting or rows[0] not in launched:
                 continue
             trial_s = 0.0
             for row in waiting:
@@ -146,14 +153,16 @@ class StageSearcher(Searcher):
 
 class TrialStarts(Callback):
     """Times each trial's start on the driver (Tune calls `on_trial_start` as a trial starts running),
-    with the trials running besides it, for the searcher's `StartGaps`."""
+    with the trials running besides it, for the searcher's `StartGaps`, and tells the searcher which
+    trial started (time left counts a trial as running from then)."""
 
-    def __init__(self, starts: StartGaps):
-        self.starts = starts
+    def __init__(self, searcher: StageSearcher):
+        self.searcher = searcher
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         running = sum(1 for other in trials if other is not trial and other.status == "RUNNING")
-        self.starts.started(time.monotonic(), running)
+        self.searcher.starts.started(time.monotonic(), running)
+        self.searcher.trial_started(trial.trial_id)
 
 
 def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources: dict, max_concurrent: int | None, retries: int,
@@ -208,7 +217,7 @@ def run_stage(run_dir: StoragePath, plan: StagePlan, num_stages: int, resources:
     run_experiment(directory, experiment_name(directory, EXPERIMENT), resources=resources, max_concurrent=max_concurrent,
                    retries=retries, progress=progress, searcher=searcher,
                    num_samples=unrecorded,  # an upper bound: a race usually needs fewer
-                   done=lambda: searcher.state.done, callbacks=[*(callbacks or []), TrialStarts(searcher.starts)])
+                   done=lambda: searcher.state.done, callbacks=[*(callbacks or []), TrialStarts(searcher)])
     if searcher.state.done:
         for trial_id in started_trials(run_dir, plan.stage):
             searcher.rows[trial_id].trial_row().started_path(run_dir).unlink(missing_ok=True)
