@@ -163,3 +163,21 @@ def test_the_start_cost_is_measured_on_a_run_where_the_driver_or_the_slots_set_t
     assert "start cost 0.47 s per trial, measured on" in json.loads(done.stdout)["step_time_source"]
     with pytest.raises(InputError, match="--start-from"):
         measured_start_cost(str(tmp_path))  # not a run directory
+
+
+def test_a_run_that_timed_new_and_reused_actors_apart_gives_the_simulator_both(tmp_path):
+    """A stage records its starts on new actors and on reused ones (search/time_left.py, StartGaps):
+    `simulate --start-from` charges a stage's first slots starts the one, the rest the other; a run
+    from before keeps its one cost for both."""
+    from peft_search.search.simulate import measured_trial_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stages = [{"stage": 0, "status": "selected", "start_cost_s": 0.8, "fresh_start_s": 1.4, "reused_start_s": 0.7},
+              {"stage": 1, "status": "tie", "start_cost_s": 0.9, "fresh_start_s": 1.6, "reused_start_s": 0.9}]
+    (run / "state.json").write_text(json.dumps({"stages": stages}))
+    assert measured_trial_model(str(run), 0.5) == TrialModel(0.5, start_s=pytest.approx(0.8), fresh_start_s=pytest.approx(1.5))
+    for stage in stages:
+        del stage["fresh_start_s"], stage["reused_start_s"]
+    (run / "state.json").write_text(json.dumps({"stages": stages}))
+    assert measured_trial_model(str(run), 0.5) == TrialModel(0.5, start_s=pytest.approx(0.85), fresh_start_s=None)
