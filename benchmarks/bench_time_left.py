@@ -94,6 +94,7 @@ def measure(length: str, gpus: int, address: str, storage: str) -> dict:
     with listening(lambda prefix, done, line: lines.append((time.time(), line))):
         result = rehearse(spec, gpus, TrialModel(step_time_s=step_time_s), address=address)
     run_dir = StoragePath.parse(result.run_dir)
+    timed = measured_trial_model(result.run_dir, step_time_s)  # its starts on new and on reused actors
     records = read_records(run_dir, 0)
     plan = read_plan(plan_path(run_dir, 0))
     start = min(timestamp(r["started_at"]) for r in records)
@@ -112,9 +113,7 @@ def measure(length: str, gpus: int, address: str, storage: str) -> dict:
             "mean_trial_s": sum(r["wall_time_s"] for r in records) / len(records), "lines": rows,
             "wall_s": result.wall_s, "gpu_use": result.gpu_use,
             "start_cost_s": measured_start_cost(result.run_dir),
-            # Apart, on new actors (the stage's first wave) and on reused ones.
-            "fresh_start_s": measured_trial_model(result.run_dir, step_time_s).fresh_start_s,
-            "reused_start_s": measured_trial_model(result.run_dir, step_time_s).start_s}
+            "fresh_start_s": timed.fresh_start_s, "reused_start_s": timed.start_s}
 
 
 def simulated(measured: dict, gpus: int, start_s: float, storage: str, fresh_start_s: float | None = None) -> dict:

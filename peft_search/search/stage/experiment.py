@@ -103,10 +103,11 @@ class StageSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         rows = self.in_flight.pop(trial_id, ())
-        unrecorded = [row for row in rows if not self.rows[row].trial_row().record_path(self.run_dir).is_file()]
-        if error and unrecorded:  # the rows run in order: the first without a record is the one that failed
-            record_failure(self.run_dir, self.rows[unrecorded[0]].trial_row(),
-                           "the trial raised past its retries (see the Tune logs)")
+        if error:  # the rows run in order: the first without a record is the one that failed
+            unrecorded = [row for row in rows if not self.rows[row].trial_row().record_path(self.run_dir).is_file()]
+            if unrecorded:
+                record_failure(self.run_dir, self.rows[unrecorded[0]].trial_row(),
+                               "the trial raised past its retries (see the Tune logs)")
         self.judge()
 
     def judge(self) -> None:
